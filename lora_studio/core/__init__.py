@@ -1,0 +1,1 @@
+"""The headless core: knows diffusion, never Qt."""

@@ -1,0 +1,1 @@
+"""Dataset layer: scan folders, captions, validation, buckets."""

@@ -1,0 +1,1 @@
+"""Preview engine: adapters, weights, merge, fuse."""

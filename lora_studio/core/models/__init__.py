@@ -1,0 +1,1 @@
+"""Base models: detect, load, bundled configs, demo models."""

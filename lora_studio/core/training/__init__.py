@@ -1,0 +1,1 @@
+"""Training engine: train(config, emit, stop) -> result."""
