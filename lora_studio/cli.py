@@ -1,0 +1,70 @@
+"""`lora-studio`: the app (no subcommand) and the headless subcommands of ARCHITECTURE.md.
+
+Each subcommand lives in lora_studio/commands/<name>.py with ``add_arguments(parser)`` and
+``run(args) -> int``; heavy imports (torch, diffusers, Qt) happen inside ``run`` so --help is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lora_studio import __version__
+
+COMMANDS = [
+    ("gui", "open the app (or render it offscreen to a PNG with --screenshot)"),
+    ("demo", "the main job on the embedded demo: train a DreamBooth-LoRA, preview before/after, judge"),
+    ("train", "train a LoRA / DreamBooth-LoRA from a TOML config"),
+    ("generate", "generate an image with a base model and LoRAs"),
+    ("merge", "merge LoRAs into one file, or fuse them into a full model"),
+    ("inspect", "show format, base architecture, rank, alpha and metadata of a LoRA or checkpoint"),
+    ("convert", "convert a LoRA between diffusers and kohya formats"),
+    ("dataset", "dataset tools: check a folder before training"),
+]
+
+
+class UserError(Exception):
+    """An error whose message is for the user as it is (no traceback)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-studio",
+        description="LoRA Studio: train LoRA and DreamBooth-LoRA adapters for Stable Diffusion 1.5 and SDXL, "
+        "and preview them. Without a subcommand it opens the app.",
+    )
+    parser.add_argument("--version", action="version", version=f"lora-studio {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS:
+        module = importlib.import_module(f"lora_studio.commands.{name}")
+        p = sub.add_parser(name, help=help_text, description=getattr(module, "DESCRIPTION", help_text))
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["gui", *(argv or [])])
+    try:
+        return int(args._module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the user's last line of defence: say what happened, no traceback
+        from lora_studio.errors import describe
+
+        message, advice = describe(exc)
+        print(f"error: {message}", file=sys.stderr)
+        if advice:
+            print(f"what to do: {advice}", file=sys.stderr)
+        if __debug__ and "--debug" in (argv or sys.argv):
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
