@@ -257,8 +257,11 @@ def pipeline_class(family: str):
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
 
 
-def load_pipeline(name_or_path, torch_dtype=None, device: str = "cpu"):
-    """A StableDiffusionPipeline / StableDiffusionXLPipeline (safety checker off), weights in ``torch_dtype``."""
+def load_pipeline(name_or_path, torch_dtype=None, device: str = "cpu", config: str | os.PathLike | None = None):
+    """A StableDiffusionPipeline / StableDiffusionXLPipeline (safety checker off), weights in ``torch_dtype``.
+
+    ``config``: for a single file, a diffusers config folder to use instead of the embedded / bundled one.
+    """
     import torch
 
     torch_dtype = torch_dtype or torch.float32
@@ -273,7 +276,7 @@ def load_pipeline(name_or_path, torch_dtype=None, device: str = "cpu"):
     elif ref.kind == "diffusers":
         pipe = _load_folder(ref, torch_dtype)
     else:
-        pipe = _load_single_file(ref, torch_dtype)
+        pipe = _load_single_file(ref, torch_dtype, config)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -336,7 +339,7 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>"):
                          model_max_length=77)
 
 
-def _load_single_file(ref: ModelRef, torch_dtype):
+def _load_single_file(ref: ModelRef, torch_dtype, config=None):
     import tempfile
 
     _quiet()
@@ -344,7 +347,9 @@ def _load_single_file(ref: ModelRef, torch_dtype):
     _, metadata = read_header(ref.path)
     embedded = metadata.get(EMBEDDED_CONFIG_KEY)
     with tempfile.TemporaryDirectory() as tmp:
-        if embedded:
+        if config is not None:
+            config_dir, kwargs = Path(config), {}
+        elif embedded:
             config_dir = write_config_folder(json.loads(embedded)["configs"], Path(tmp))
             kwargs = {}
         else:
@@ -400,6 +405,6 @@ def pipeline_configs(pipe) -> dict[str, object]:
                 comp.config.to_json_file(str(sub / "config.json"))
             if sub.is_dir():
                 for f in sub.iterdir():
-                    if f.is_file():
+                    if f.is_file() and f.name != "tokenizer.json":  # the slow files rebuild it
                         configs[f"{name}/{f.name}"] = f.read_text(encoding="utf-8")
     return configs
