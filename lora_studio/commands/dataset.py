@@ -14,9 +14,23 @@ def add_arguments(parser) -> None:
     check.add_argument("--resolution", type=int, default=512, help="training resolution (default 512)")
     check.add_argument("--sdxl", action="store_true", help="SDXL bucket steps (32 px)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument("--no-upscale", action="store_true",
+                       help="plan buckets without upscaling small images (they get smaller buckets)")
+    check.add_argument("--min-side", type=int, default=None, metavar="PX",
+                       help="smallest bucket side (default resolution/4)")
+    check.add_argument("--max-side", type=int, default=None, metavar="PX",
+                       help="largest bucket side (default resolution*2)")
 
 
 def run(args) -> int:
-    from lora_studio.errors import LoraStudioError
+    import json
 
-    raise LoraStudioError("`lora-studio dataset check` is being built (issue 2).")
+    from lora_studio.core.dataset import check_dataset
+
+    report = check_dataset(args.dir, args.resolution, args.sdxl, no_upscale=args.no_upscale,
+                           min_side=args.min_side, max_side=args.max_side)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        print(report.format_text())
+    return 0 if report.ok else 1

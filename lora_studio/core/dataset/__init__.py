@@ -20,14 +20,45 @@ Scanning and captions
   ``prompt`` (caption stripped), ``caption_source`` ("sidecar"|"metadata"|"folder"|None), ``caption_path``,
   ``repeats`` (from kohya ``N_token class`` folders, else 1), ``size`` (lazy (w, h) after EXIF rotation, or
   None), ``problems: list[Problem]``, ``has_caption``, ``caption_readable``, ``errors``.
-- ``Problem(severity, kind, file, message, advice, category)``; ``ERROR``/``WARNING``.
+- ``Problem(severity, kind, file, message, advice, category)``; ``ERROR``/``WARNING``. ``file`` is relative
+  to the dataset folder; ``kind`` is a stable code (see validate.py / captions.py).
+
+Validation and the pre-flight check (nothing is written)
+- ``check_image(path, name=None, buckets=None) -> (problems, upright (w, h) or None)``: opens the image for
+  real (verify + load). Errors: unreadable, truncated, decompression_bomb. Warnings: cmyk, 16bit,
+  palette_transparency, alpha, exif_rotation, animated, too_small (needs ``buckets``).
+- ``iter_validate(ds, buckets=None)`` yields (index, problems) image by image (for generator workers);
+  ``validate_dataset(ds, buckets=None, progress=None, stop=None) -> bool`` (False when stopped).
+  Both put the image problems into ``item.problems`` (category "image") and fill ``item.size``.
+- ``check_dataset(path, resolution=512, sdxl=False, *, no_upscale=False, min_side=None, max_side=None,
+  progress=None, stop=None) -> CheckReport`` with ``problems``, ``errors``, ``warnings``, ``ok``,
+  ``bucket_counts``, ``assignments``, ``caption_sources``, ``to_dict()``, ``format_text()``, ``dataset``.
+
+Buckets
+- ``make_buckets(resolution, sdxl=False, *, step=None, min_side=None, max_side=None, no_upscale=False) -> Buckets``
+  (step 64, or 32 for SDXL; area budget resolution**2; sides default resolution/4 .. resolution*2).
+  ``Buckets.sizes`` (sorted (w, h)), ``.assign((w, h)) -> (w, h)``, ``.plan(sizes) -> {bucket: count}``,
+  ``.describe()``; ``upscale_factor(size, bucket)``.
+
+Training-side helpers
+- ``load_training_image(path) -> PIL.Image`` (RGB, EXIF-upright, first frame, 8-bit, transparency on white;
+  raises LoraStudioError naming the file). ``to_rgb(pil_image)`` for an already opened image.
+- ``resize_to_bucket(img, bucket, center_crop=True, rng=None, return_crop=False)``: cover then crop to
+  exactly ``bucket`` (w, h); ``rng`` is random.Random or numpy Generator; ``return_crop`` adds (top, left)
+  for SDXL's crop coordinates. ``crop_for_bucket(size, bucket, center_crop, rng)`` gives the numbers only.
 """
 
+from .buckets import Buckets, make_buckets, upscale_factor
+from .check import CheckReport, check_dataset
 from .dataset import Dataset, DatasetItem, image_size
+from .images import crop_for_bucket, load_training_image, resize_to_bucket, to_rgb
 from .problems import ERROR, WARNING, Problem
 from .scan import CAPTION_EXTENSIONS, IMAGE_EXTENSIONS, METADATA_NAME, scan
+from .validate import check_image, iter_validate, validate_dataset
 
 __all__ = [
     "CAPTION_EXTENSIONS", "ERROR", "IMAGE_EXTENSIONS", "METADATA_NAME", "WARNING",
-    "Dataset", "DatasetItem", "Problem", "image_size", "scan",
+    "Buckets", "CheckReport", "Dataset", "DatasetItem", "Problem",
+    "check_dataset", "check_image", "crop_for_bucket", "image_size", "iter_validate", "load_training_image",
+    "make_buckets", "resize_to_bucket", "scan", "to_rgb", "upscale_factor", "validate_dataset",
 ]
