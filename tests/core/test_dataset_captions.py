@@ -351,3 +351,38 @@ def test_changed_on_disk_notices_outside_edits_not_ours(tmp_path):
     assert ds.caption_signature(1) != ds[1].caption_stamp
     ds.reload()
     assert ds[1].caption == "two, edited in another editor" and ds.changed_on_disk() == []
+
+
+def test_images_sharing_a_stem_share_the_sidecar(tmp_path):
+    img(tmp_path / "a.png")
+    img(tmp_path / "a.jpg", fmt="JPEG")
+    ds = Dataset.open(tmp_path)
+    ds.set_caption(0, "shared")
+    assert [(it.caption, it.caption_source) for it in ds] == [("shared", "sidecar")] * 2
+    again = Dataset.open(tmp_path)
+    assert [it.caption for it in again] == ["shared", "shared"]
+    assert kinds(again.all_problems()) == ["shared_caption"]
+
+
+def test_bulk_edit_with_one_failing_write_keeps_that_caption_and_the_rest_land(tmp_path, monkeypatch):
+    for n in "abc":
+        img(tmp_path / f"{n}.png")
+        (tmp_path / f"{n}.txt").write_text(f"cap {n}")
+    ds = Dataset.open(tmp_path)
+    seen = []
+    ds.caption_listeners.append(seen.append)
+    real_replace = os.replace
+
+    def flaky(src, dst):
+        if str(dst).endswith("b.txt"):
+            raise PermissionError(13, "Permission denied", str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", flaky)
+    with pytest.raises(PermissionError):
+        ds.add_trigger("sks")
+    monkeypatch.undo()
+    assert [(tmp_path / f"{n}.txt").read_text() for n in "abc"] == ["sks, cap a", "cap b", "sks, cap c"]
+    assert [it.caption for it in ds] == ["sks, cap a", "cap b", "sks, cap c"] and seen == [0, 2]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp" or p.name.startswith(".")) == []
+    assert ds.add_trigger("sks") == 1  # retry finishes the job

@@ -7,6 +7,7 @@ did not ask to change: other metadata lines byte for byte, unknown keys, key ord
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import os
 import posixpath
@@ -120,23 +121,30 @@ class MetadataFile:
     stamp: tuple[int, int] | None = None
 
 
-def _outside(root: Path, rel: str) -> bool:
+@functools.lru_cache(maxsize=64)
+def _real(root: Path) -> str:
+    return str(root.resolve())
+
+
+def _outside(root: Path, rel: str, follow_links: bool) -> bool:
     if rel == ".." or rel.startswith("../") or rel.startswith("/"):
         return True
-    try:
-        target = (root / rel).resolve()
-        return os.path.commonpath([root.resolve(), target]) != str(root.resolve())
+    if not follow_links:
+        return False
+    try:  # a link inside the folder may still lead out of it
+        real_root = _real(root)
+        return os.path.commonpath([real_root, str((root / rel).resolve())]) != real_root
     except (OSError, ValueError):
         return True
 
 
-def resolve_file_name(root: Path, rel_dir: str, file_name: str) -> tuple[str | None, str]:
+def resolve_file_name(root: Path, rel_dir: str, file_name: str, follow_links: bool = True) -> tuple[str | None, str]:
     """(image path relative to root, or None when it points outside the dataset; normalised name)."""
     name = file_name.replace("\\", "/")
     if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
         return None, name
     rel = posixpath.normpath(posixpath.join(rel_dir, name)) if rel_dir else posixpath.normpath(name)
-    if _outside(root, rel):
+    if _outside(root, rel, follow_links):
         return None, rel
     return rel, rel
 
@@ -262,7 +270,8 @@ def write_metadata(path: Path, root: Path, updates: dict[str, str]) -> None:
         obj = _usable_line(line)
         target = None
         if obj is not None:
-            target, _ = resolve_file_name(root, rel_dir, obj["file_name"])
+            # Only lines the reader accepted can name an image of ``updates``: no need to follow links again.
+            target, _ = resolve_file_name(root, rel_dir, obj["file_name"], follow_links=False)
         if target in updates:
             if "text" in obj or "caption" not in obj:
                 obj["text"] = updates[target]

@@ -262,7 +262,7 @@ class Dataset:
                 continue
             plan.append((i, item, text))
         by_meta: dict[Path, list[tuple[int, DatasetItem, str]]] = {}
-        changed: list[int] = []
+        sidecars: dict[Path, tuple[int, DatasetItem, str]] = {}
         for i, item, text in plan:
             if item.caption_source in (SIDECAR, METADATA):
                 target, how = item.caption_path, item.caption_source
@@ -279,27 +279,70 @@ class Dataset:
                                           "fix the problem reported for that file, then reload the dataset.")
                 by_meta.setdefault(target, []).append((i, item, text))
             else:
-                cap.write_sidecar(target, text)
-                self._written(item, text, SIDECAR, target)
-                changed.append(i)
-        for path, batch in by_meta.items():
-            meta = self._metadata_at(path)
-            old_stamp = meta.stamp if meta is not None else None
-            cap.write_metadata(path, self.root, {item.name: text for _, item, text in batch})
-            new_stamp = cap.stamp(path)
-            if meta is not None:
-                meta.stamp = new_stamp
-            for other in self.items:  # our own write must not look like an outside edit
-                if other.caption_path == path and other.caption_stamp == old_stamp:
-                    other.caption_stamp = new_stamp
-            for i, item, text in batch:
-                self._written(item, text, METADATA, path)
-                changed.append(i)
-        changed.sort()
-        for i in changed:
-            for listener in self.caption_listeners:
-                listener(i)
+                sidecars[target] = (i, item, text)
+        changed: list[int] = []
+        try:
+            self._write_sidecars(sidecars, changed)
+            for path, batch in by_meta.items():
+                self._write_metadata(path, batch, changed)
+        finally:  # listeners hear of every caption that did land, even when a later write failed
+            changed = sorted(set(changed))
+            for i in changed:
+                for listener in self.caption_listeners:
+                    listener(i)
         return changed
+
+    def _write_sidecars(self, jobs: dict[Path, tuple[int, DatasetItem, str]], changed: list[int]) -> None:
+        if not jobs:
+            return
+        stems = self._stem_index()
+
+        def landed(target: Path) -> None:
+            i, item, text = jobs[target]
+            for j in stems[(item.path.parent, item.path.stem.lower())]:  # a.png and a.jpg both read a.txt
+                self._written(self.items[j], text, SIDECAR, target)
+                changed.append(j)
+
+        if len(jobs) == 1:
+            (target, (_, _, text)), = jobs.items()
+            cap.write_sidecar(target, text)
+            landed(target)
+            return
+        # Each write is atomic and fsynced; in parallel the disk batches the syncs (many times faster).
+        from concurrent.futures import ThreadPoolExecutor
+
+        first_error = None
+        with ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+            futures = {pool.submit(cap.write_sidecar, target, job[2]): target for target, job in jobs.items()}
+            for future, target in futures.items():
+                try:
+                    future.result()
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, after recording what landed
+                    first_error = first_error or exc
+                else:
+                    landed(target)
+        if first_error is not None:
+            raise first_error
+
+    def _write_metadata(self, path: Path, batch: list[tuple[int, DatasetItem, str]], changed: list[int]) -> None:
+        meta = self._metadata_at(path)
+        old_stamp = meta.stamp if meta is not None else None
+        cap.write_metadata(path, self.root, {item.name: text for _, item, text in batch})
+        new_stamp = cap.stamp(path)
+        if meta is not None:
+            meta.stamp = new_stamp
+        for other in self.items:  # our own write must not look like an outside edit
+            if other.caption_path == path and other.caption_stamp == old_stamp:
+                other.caption_stamp = new_stamp
+        for i, item, text in batch:
+            self._written(item, text, METADATA, path)
+            changed.append(i)
+
+    def _stem_index(self) -> dict[tuple[Path, str], list[int]]:
+        index: dict[tuple[Path, str], list[int]] = {}
+        for j, o in enumerate(self.items):
+            index.setdefault((o.path.parent, o.path.stem.lower()), []).append(j)
+        return index
 
     def _metadata_at(self, path: Path) -> cap.MetadataFile | None:
         return next((m for m in self.metadata.values() if m.path == path), None)
