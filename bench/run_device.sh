@@ -1,0 +1,28 @@
+#!/bin/bash
+# Everything the performance issue measures, in one GPU call (see bench/README.md).
+# Results go to $RES (default bench/results); with $OUT set (the device tool) they are also packed into
+# $OUT/results.tar.gz next to $OUT/log.txt, since only a few files come back from a call.
+# Stages and their time limits (seconds) can be chosen: STAGES="train preview faithful oom tests".
+RES=${RES:-bench/results}
+mkdir -p "$RES"
+LOG=${OUT:+$OUT/log.txt}
+LOG=${LOG:-$RES/log.txt}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+STAGES=${STAGES:-"train preview faithful oom tests"}
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,power.limit --format=csv
+  python3 -c "import torch, diffusers, peft; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'peft', peft.__version__)"
+  for stage in $STAGES; do
+    echo "=== $stage $(date -u +%T)"
+    case $stage in
+      train)    timeout ${T_TRAIN:-300} python3 bench/train_step.py --out "$RES" $TRAIN_ARGS ;;
+      preview)  timeout ${T_PREVIEW:-110} python3 bench/preview.py --out "$RES" $PREVIEW_ARGS ;;
+      faithful) timeout ${T_FAITHFUL:-100} python3 bench/faithful.py --out "$RES" $FAITHFUL_ARGS ;;
+      oom)      timeout ${T_OOM:-50} python3 bench/oom.py --out "$RES" ;;
+      tests)    timeout ${T_TESTS:-60} python3 -m pytest -q -p no:cacheprovider -m gpu tests/core/test_fast_step.py ;;
+      *)        timeout ${T_EXTRA:-120} python3 bench/$stage.py --out "$RES" ;;
+    esac
+    echo "=== $stage exit $? $(date -u +%T)"
+  done
+} 2>&1 | tee "$LOG"
+if [ -n "$OUT" ]; then tar czf "$OUT/results.tar.gz" -C "$RES" .; fi

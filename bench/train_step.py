@@ -1,0 +1,240 @@
+"""Training-step benchmark: the reference recipe against LoRA Studio's fast step, in one run.
+
+    python bench/train_step.py                  # full-size SD 1.5 (512) and SDXL (1024) on a CUDA GPU
+    python bench/train_step.py --tiny           # demo-sized UNets on the CPU: a smoke test of the harness
+
+Reference: frozen bf16 UNet, peft LoRA rank 32 on to_q/to_k/to_v/to_out.0 with fp32 trainable weights,
+AdamW (foreach), bf16 autocast, cached latents, eager. Engine: the same step wrapped in
+``lora_studio.core.training.fast_step.FastStep`` with a fused capturable AdamW.
+Writes ``bench/results/train_step_<card>_<date>.json`` and ``.md`` (or under --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from bench import models as M  # noqa: E402
+from bench.steps import (alphas_cumprod, count_flops, free, make_step, matmul_peak_tflops,  # noqa: E402
+                         time_steps)
+from lora_studio.core.training.fast_step import (FastStep, capturable_adamw,  # noqa: E402
+                                                 capturable_checkpointing)
+
+GIB = 2 ** 30
+NOMINAL_PEAK_TFLOPS = 790.0
+
+
+def card_name(device) -> str:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()})"
+
+
+def mem(device) -> dict:
+    if torch.device(device).type != "cuda":
+        return {"peak_gib": None, "start_gib": None}
+    return {"peak_gib": torch.cuda.max_memory_allocated() / GIB}
+
+
+def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp, flops_per_image, log):
+    """One row: build the optimizer and step for `path`, time it, report memory; leaves no state behind."""
+    free(device)
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start_alloc = torch.cuda.memory_allocated() / GIB if cuda else None
+    g = torch.Generator().manual_seed(batch)
+    data = M.make_batch(spec, batch, device, generator=g)
+    channels_last = path == "fast_cl"
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+    row = {"model": name, "path": path, "batch": batch, "checkpointing": ckpt}
+    warnings: list[str] = []
+    t_setup = time.perf_counter()
+    if path == "reference":
+        if ckpt:
+            unet.enable_gradient_checkpointing()
+        else:
+            unet.disable_gradient_checkpointing()
+        opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
+        step = make_step(unet, params, opt, acp=acp)
+        run = lambda: step(data)  # noqa: E731
+    else:
+        if ckpt:
+            capturable_checkpointing(unet)
+        else:
+            unet.disable_gradient_checkpointing()
+        opt = capturable_adamw(params, lr=1e-4, weight_decay=1e-2, device=device)
+        step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last),
+                        device=device, params=params, on_warning=warnings.append)
+        run = lambda: step(data)  # noqa: E731
+    try:
+        loss = run()  # first step (fast: warm-up + capture)
+        float(loss)
+        row["first_step_s"] = time.perf_counter() - t_setup
+        timing = time_steps(run, device, warmup=1 if path != "reference" else 2, budget_s=args.budget,
+                            n_min=args.min_steps, n_max=args.max_steps)
+        row.update(timing)
+        row["loss"] = float(run())
+        row["images_per_s"] = batch / (timing["ms"] / 1e3)
+        if flops_per_image:
+            tflops = flops_per_image * batch / (timing["ms"] / 1e3) / 1e12
+            row["tflops"] = tflops
+            row["frac_nominal_peak"] = tflops / NOMINAL_PEAK_TFLOPS
+            if args.peak_tflops == args.peak_tflops:  # not NaN
+                row["frac_measured_peak"] = tflops / args.peak_tflops
+        if cuda:
+            torch.cuda.synchronize()
+            row["peak_gib"] = torch.cuda.max_memory_allocated() / GIB
+            row["start_gib"] = start_alloc
+        if path != "reference":
+            row["captured"] = bool(step.graphs) and all(v is not None for v in step.graphs.values())
+            row["fast_active"] = step.active
+            row["fallback_reason"] = step.reason or (warnings[0] if warnings else None)
+    except torch.cuda.OutOfMemoryError as exc:
+        row["error"] = f"out of memory: {str(exc).splitlines()[0]}"
+    finally:
+        del step, run, opt
+        for p in params:
+            p.grad = None
+        if channels_last:
+            unet.to(memory_format=torch.contiguous_format)
+        free(device)
+    log(row)
+    return row
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(result) -> str:
+    lines = [f"# Training-step benchmark — {result['card']}, {result['date']}", "",
+             f"torch {result['torch']}, diffusers {result['diffusers']}, peft {result['peft']}; "
+             f"matmul peak measured {fmt(result.get('peak_tflops'), '.0f')} TFLOP/s, "
+             f"fractions below use {NOMINAL_PEAK_TFLOPS:.0f}. Median of n steps (CUDA events) after warm-up.",
+             "", "| model | path | batch | ckpt | ms/step | speed-up | img/s | TFLOP/s | % peak | peak GiB "
+             "| first step s | n | note |", "|" + "---|" * 13]
+    ref = {(r["model"], r["batch"], r["checkpointing"]): r for r in result["rows"] if r["path"] == "reference"}
+    for r in result["rows"]:
+        base = ref.get((r["model"], r["batch"], r["checkpointing"]))
+        speed = base["ms"] / r["ms"] if base and "ms" in base and "ms" in r else None
+        note = r.get("error") or ("" if r.get("captured", True) else f"eager fallback: {r.get('fallback_reason')}")
+        lines.append(
+            f"| {r['model']} | {r['path']} | {r['batch']} | {'on' if r['checkpointing'] else 'off'} | "
+            f"{fmt(r.get('ms'), '.1f')} | {fmt(speed, '.2f')}x | {fmt(r.get('images_per_s'), '.1f')} | "
+            f"{fmt(r.get('tflops'), '.0f')} | {fmt(r.get('frac_nominal_peak') and 100 * r['frac_nominal_peak'], '.1f')} | "
+            f"{fmt(r.get('peak_gib'), '.2f')} | {fmt(r.get('first_step_s'), '.2f')} | {r.get('n', '-')} | {note} |")
+    lines += ["", "| model | build s | LoRA s | setup before first step (reference / fast) s | GFLOP per image "
+              "(fwd+bwd) |", "|---|---|---|---|---|"]
+    for name, s in result["setup"].items():
+        lines.append(f"| {name} | {s['build_s']:.2f} | {s['lora_s']:.2f} | {fmt(s.get('reference_setup_s'), '.2f')} / "
+                     f"{fmt(s.get('fast_setup_s'), '.2f')} | {fmt(s.get('flops_per_image') and s['flops_per_image'] / 1e9, '.3g')} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="demo-sized UNets (CPU smoke test of the harness)")
+    ap.add_argument("--models", default="sd15,sdxl")
+    ap.add_argument("--batches", default=None, help="comma list (default 1,4,8; --tiny 1,2)")
+    ap.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
+    ap.add_argument("--paths", default="reference,fast", help="reference, fast, fast_cl (channels-last)")
+    ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per row")
+    ap.add_argument("--min-steps", type=int, default=None)
+    ap.add_argument("--max-steps", type=int, default=60)
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--tag", default="")
+    args = ap.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tiny = args.tiny or device == "cpu"
+    batches = [int(b) for b in (args.batches or ("1,2" if tiny else "1,4,8")).split(",")]
+    ckpts = [c == "on" for c in args.checkpointing.split(",")]
+    paths = args.paths.split(",")
+    args.budget = args.budget if args.budget is not None else (0.2 if tiny else 2.5)
+    args.min_steps = args.min_steps if args.min_steps is not None else (2 if tiny else 8)
+    specs = M.tiny_models() if tiny else M.MODELS
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    t_init = time.perf_counter()
+    if cuda:
+        torch.zeros(1, device=device)
+    cuda_init_s = time.perf_counter() - t_init
+    args.peak_tflops = matmul_peak_tflops(device) if cuda and not tiny else float("nan")
+    import diffusers
+    import peft
+
+    result = {"card": card_name(device), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__,
+              "tiny": tiny, "rank": args.rank, "peak_tflops": args.peak_tflops, "nominal_peak_tflops":
+              NOMINAL_PEAK_TFLOPS, "cuda_init_s": cuda_init_s, "rows": [], "setup": {}}
+
+    def log(row):
+        keys = ("model", "path", "batch", "checkpointing", "ms", "peak_gib", "first_step_s", "error", "captured")
+        print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k in keys}),
+              flush=True)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    card = "cpu" if not cuda else result["card"].split()[1].lower() if len(result["card"].split()) > 1 else "gpu"
+    stem = f"train_step_{'tiny_' if tiny else ''}{card}{args.tag}"
+
+    def save():  # after every row, so a run cut short still leaves its numbers
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+        (out / f"{stem}.md").write_text(markdown(result))
+
+    acp = alphas_cumprod(device)
+    for name in args.models.split(","):
+        spec = specs[name]
+        unet, build_s = M.build_unet(spec[0], device)
+        t = time.perf_counter()
+        params = M.add_lora(unet, rank=args.rank)
+        lora_s = time.perf_counter() - t
+        setup = result["setup"][name] = {"build_s": build_s, "lora_s": lora_s,
+                                         "params": sum(p.numel() for p in unet.parameters()),
+                                         "lora_params": sum(p.numel() for p in params)}
+        # Model FLOPs of one step per image: forward + backward, no recompute, counted once at batch 1.
+        opt = torch.optim.AdamW(params, lr=0.0)
+        step = make_step(unet, params, opt, acp=acp)
+        data = M.make_batch(spec, 1, device)
+        unet.disable_gradient_checkpointing()
+        setup["flops_per_image"] = count_flops(lambda: step(data))
+        del opt, step, data
+        for p in params:
+            p.grad = None
+        free(device)
+        for batch in batches:
+            for ckpt in ckpts:
+                for path in paths:
+                    row = run_config(name, spec, unet, params, path=path, batch=batch, ckpt=ckpt, device=device,
+                                     args=args, acp=acp, flops_per_image=setup["flops_per_image"], log=log)
+                    result["rows"].append(row)
+                    save()
+                    key = f"{'reference' if path == 'reference' else 'fast'}_setup_s"
+                    if key not in setup and "first_step_s" in row:
+                        setup[key] = build_s + lora_s + row["first_step_s"]
+        del unet, params
+        free(device)
+
+    save()
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,226 @@
+"""The fast training step: one captured CUDA graph per batch shape, replayed instead of ~4k-14k launches.
+
+An eager LoRA step on a diffusion UNet is bound by Python launching kernels, not by the GPU. Capturing
+the whole step (forward, loss, backward, gradient clipping, a fused capturable AdamW update, zero grad)
+once per batch shape and replaying it removes that cost without a compiler: capture takes about as
+long as two eager steps.
+
+The seam: the training loop builds ``step_fn(batch) -> loss`` that does the whole step eagerly and
+wraps it: ``step = FastStep(step_fn, device=...)``; ``loss = step(batch)``. What ``step_fn`` must honour
+for capture to be correct (it falls back to eager where capture fails, but cannot see these):
+
+- the same Python path on every call (no host-side branching on step counters, no ``.item()``);
+- randomness from torch's default generator on the GPU, or passed in the batch;
+- an optimizer whose state lives on the GPU and whose learning rate is a GPU tensor
+  (``capturable_adamw``); an LR scheduler then ``fill_``s that tensor and the graph sees it;
+- gradients cleared inside the step (``zero_grad(set_to_none=True)``), never accumulated across calls.
+
+The first call for a new shape runs the real step eagerly on a side stream (the warm-up that
+initialises optimizer state, cuBLAS workspaces and autotuners), then captures the graph without running
+it, so no step is taken twice. Later calls copy the batch into the graph's static inputs and replay.
+No call synchronises with the host; read the returned loss with ``.item()`` only when it is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import torch
+
+Batch = Any  # dict / list / tuple of tensors and plain values, nested
+# Top-level batch entries that change every call but never reach the arithmetic (bookkeeping). They are
+# removed before the step sees the batch, eagerly and captured alike, so they neither key a new graph per
+# step nor get baked into one. Any other plain value is part of the shape key.
+DROP_KEYS = ("micro_step", "step")
+
+
+def fast_path_reason(config, device) -> str | None:
+    """Why the captured step cannot run for this config on this device (None: it can)."""
+    device = torch.device(device)
+    if not getattr(config, "fast_path", True):
+        return "fast_path is off in the config"
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return f"the fast path needs a CUDA GPU (training on {device.type})"
+    if getattr(config, "gradient_accumulation_steps", 1) != 1:
+        return "gradient_accumulation_steps > 1 changes the step between calls"
+    if getattr(config, "optimizer", "adamw") != "adamw":
+        return f"optimizer {config.optimizer!r} cannot be captured (only 'adamw')"
+    if getattr(config, "mixed_precision", "bf16") == "fp16":
+        return "fp16 needs a gradient scaler that checks for overflow on the host every step"
+    return None
+
+
+def capturable_adamw(params, *, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 1e-2,
+                     device=None) -> torch.optim.AdamW:
+    """AdamW whose every input lives on the GPU: fused kernels, device step counters, a tensor learning rate.
+
+    Off CUDA this is plain AdamW, so the same code builds the optimizer everywhere.
+    """
+    params = list(params)
+    device = torch.device(device) if device is not None else params[0].device
+    if device.type != "cuda":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    lr_t = torch.tensor(float(lr), dtype=torch.float32, device=device)
+    return torch.optim.AdamW(params, lr=lr_t, betas=betas, eps=eps, weight_decay=weight_decay,
+                             fused=True, capturable=True)
+
+
+def capturable_checkpointing(model) -> None:
+    """Gradient checkpointing that can be captured: no RNG state is read (the UNet has no dropout).
+
+    torch's default checkpoint saves and restores the CUDA RNG state, which is not allowed while a graph
+    is being captured.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    def ckpt(module, *args):
+        return checkpoint(module.__call__, *args, use_reentrant=False, preserve_rng_state=False)
+
+    model.enable_gradient_checkpointing(gradient_checkpointing_func=ckpt)
+
+
+# ------------------------------------------------------------------------------------------ pytree-ish
+def _flatten(obj, out: list, spec: list):
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+        spec.append(("T", tuple(obj.shape), obj.dtype, str(obj.device)))
+    elif isinstance(obj, dict):
+        spec.append(("D", tuple(obj.keys())))
+        for v in obj.values():
+            _flatten(v, out, spec)
+    elif isinstance(obj, (list, tuple)):
+        spec.append(("L" if isinstance(obj, list) else "U", len(obj)))
+        for v in obj:
+            _flatten(v, out, spec)
+    else:
+        spec.append(("V", obj))  # a plain value is baked into the graph: it is part of the key
+
+
+def _rebuild(obj, tensors: list):
+    it = iter(tensors)
+
+    def go(o):
+        if isinstance(o, torch.Tensor):
+            return next(it)
+        if isinstance(o, dict):
+            return {k: go(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [go(v) for v in o]
+        if isinstance(o, tuple):
+            return tuple(go(v) for v in o)
+        return o
+
+    return go(obj)
+
+
+def _key(batch) -> tuple:
+    spec: list = []
+    _flatten(batch, [], spec)
+    try:
+        return tuple(spec)
+    except TypeError:
+        return None
+
+
+class _Graph:
+    __slots__ = ("graph", "inputs", "loss")
+
+    def __init__(self, graph, inputs, loss):
+        self.graph, self.inputs, self.loss = graph, inputs, loss
+
+
+class FastStep:
+    """``step(batch) -> loss``: the wrapped ``step_fn``, replayed from a CUDA graph per batch shape.
+
+    ``active`` says whether graphs are used at all (``reason`` says why not); per shape, a capture that
+    fails falls back to the eager step for that shape, reported once through ``on_warning``.
+    """
+
+    def __init__(self, step_fn: Callable[[Batch], torch.Tensor], *, device=None, max_graphs: int = 16,
+                 on_warning: Callable[[str], None] | None = None, params: list | None = None,
+                 drop_keys: tuple[str, ...] = DROP_KEYS):
+        self.step_fn = step_fn
+        self.drop_keys = tuple(drop_keys)
+        self.device = torch.device(device) if device is not None else (
+            torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+        self.max_graphs = max_graphs
+        self.on_warning = on_warning or (lambda msg: None)
+        self.params = list(params) if params is not None else []  # grads to drop after a failed capture
+        self.reason: str | None = None
+        if self.device.type != "cuda" or not torch.cuda.is_available():
+            self.reason = f"the fast path needs a CUDA GPU (training on {self.device.type})"
+        self.graphs: dict[tuple, _Graph | None] = {}  # None: this shape runs eagerly
+        self.capture_seconds: dict[tuple, float] = {}
+        self.replays = 0
+        self.eager_calls = 0
+        self._pool = None
+
+    @property
+    def active(self) -> bool:
+        return self.reason is None
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        if self.drop_keys and isinstance(batch, dict):
+            batch = {k: v for k, v in batch.items() if k not in self.drop_keys}
+        if not self.active:
+            self.eager_calls += 1
+            return self.step_fn(batch)
+        key = _key(batch)
+        entry = self.graphs.get(key, False) if key is not None else None
+        if entry is False:
+            if len(self.graphs) >= self.max_graphs:
+                self.graphs[key] = None
+                self.on_warning(f"fast path: more than {self.max_graphs} batch shapes; new shapes run eagerly.")
+                return self._eager(batch)
+            return self._warm_up_and_capture(key, batch)
+        if entry is None:
+            return self._eager(batch)
+        tensors: list = []
+        _flatten(batch, tensors, [])
+        for dst, src in zip(entry.inputs, tensors):
+            dst.copy_(src, non_blocking=True)
+        entry.graph.replay()
+        self.replays += 1
+        return entry.loss.clone()
+
+    def _eager(self, batch):
+        self.eager_calls += 1
+        return self.step_fn(batch)
+
+    def _warm_up_and_capture(self, key, batch) -> torch.Tensor:
+        t0 = time.perf_counter()
+        tensors: list = []
+        _flatten(batch, tensors, [])
+        # Static inputs live outside the graph's pool; the warm-up reads them, so the real batch trains.
+        inputs = [t.detach().to(self.device, copy=True) for t in tensors]
+        static_batch = _rebuild(batch, inputs)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            loss = self.step_fn(static_batch)  # the real step for this batch
+            loss = loss.detach().clone()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        try:
+            # One pool for every shape: each graph's intermediates die inside it, graphs never overlap.
+            with torch.cuda.graph(graph, pool=self._pool):
+                static_loss = self.step_fn(static_batch).detach()
+        except Exception as exc:  # noqa: BLE001 - any failure to capture means "run this shape eagerly"
+            torch.cuda.synchronize(self.device)
+            for p in self.params:
+                p.grad = None  # the aborted capture may have left gradients that were never computed
+            self.graphs[key] = None
+            self.on_warning(f"fast path: could not capture the training step for batch shape "
+                            f"{_shape_words(key)}; it runs eagerly ({type(exc).__name__}: {exc}).")
+            return loss
+        self.graphs[key] = _Graph(graph, inputs, static_loss)
+        self.capture_seconds[key] = time.perf_counter() - t0
+        return loss
+
+
+def _shape_words(key) -> str:
+    shapes = [tuple(s[1]) for s in key or () if s[0] == "T"]
+    return ", ".join("x".join(map(str, s)) for s in shapes[:2]) or "?"

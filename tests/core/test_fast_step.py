@@ -1,0 +1,168 @@
+"""The captured training step: declines cleanly off CUDA, matches the eager step, and the bench harness runs."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lora_studio.config import TrainingConfig
+from lora_studio.core.training.fast_step import (FastStep, _key, capturable_adamw, capturable_checkpointing,
+                                                 fast_path_reason)
+
+ROOT = Path(__file__).resolve().parents[2]
+CUDA = torch.cuda.is_available()
+
+
+def _tiny_unet_with_lora(seed=0, device="cpu"):
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=8, norm_num_groups=8).to(device)
+    unet.requires_grad_(False)
+    # Non-zero B, so the adapter changes the output from the first step and gradients reach A too.
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_v"]))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    return unet, params
+
+
+def _step_fn(unet, params, opt):
+    sys.path.insert(0, str(ROOT))
+    from bench.steps import alphas_cumprod, make_step
+
+    device = next(unet.parameters()).device
+    return make_step(unet, params, opt, acp=alphas_cumprod(device), autocast_cache=False,
+                     amp_dtype=torch.bfloat16 if device.type == "cuda" else torch.bfloat16)
+
+
+def _batches(n, batch=2, size=8, device="cpu", seed=1):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        b = batch if i % 3 else batch + 1  # two shapes interleaved: one graph each
+        out.append({
+            "latents": torch.randn(b, 4, size, size, generator=g).to(device),
+            "noise": torch.randn(b, 4, size, size, generator=g).to(device),
+            "timesteps": torch.randint(0, 1000, (b,), generator=g).to(device),
+            "encoder_hidden_states": torch.randn(b, 5, 16, generator=g).to(device),
+        })
+    return out
+
+
+def test_reason_names_each_blocker():
+    cfg = TrainingConfig()
+    assert "CUDA" in fast_path_reason(cfg, "cpu")
+    assert "off" in fast_path_reason(cfg.replace(fast_path=False), "cuda")
+    if CUDA:
+        assert fast_path_reason(cfg.replace(mixed_precision="bf16"), "cuda") is None
+        assert "accumulation" in fast_path_reason(cfg.replace(gradient_accumulation_steps=2), "cuda")
+        assert "prodigy" in fast_path_reason(cfg.replace(optimizer="prodigy"), "cuda")
+        assert "fp16" in fast_path_reason(cfg.replace(mixed_precision="fp16"), "cuda")
+
+
+def test_batch_key_separates_shapes_and_values():
+    a = {"x": torch.zeros(2, 3), "flag": 1}
+    assert _key(a) == _key({"x": torch.ones(2, 3), "flag": 1})
+    assert _key(a) != _key({"x": torch.zeros(3, 3), "flag": 1})
+    assert _key(a) != _key({"x": torch.zeros(2, 3), "flag": 2})
+    assert _key(a) != _key({"x": torch.zeros(2, 3, dtype=torch.float16), "flag": 1})
+
+
+def test_declines_on_cpu_and_trains_exactly_like_eager():
+    unet, params = _tiny_unet_with_lora()
+    twin = copy.deepcopy(unet)
+    twin_params = [p for p in twin.parameters() if p.requires_grad]
+    opt = capturable_adamw(params, lr=1e-3, device="cpu")
+    assert isinstance(opt.param_groups[0]["lr"], float)  # plain AdamW off CUDA
+    warnings = []
+    fast = FastStep(_step_fn(unet, params, opt), device="cpu", params=params, on_warning=warnings.append)
+    assert not fast.active and "CUDA" in fast.reason
+    eager = _step_fn(twin, twin_params, capturable_adamw(twin_params, lr=1e-3, device="cpu"))
+    batches = _batches(4)
+    before = [p.detach().clone() for p in params]
+    losses_fast = [float(fast(b)) for b in batches]
+    losses_eager = [float(eager(b)) for b in batches]
+    assert losses_fast == losses_eager
+    assert fast.eager_calls == 4 and fast.replays == 0 and not fast.graphs and not warnings
+    assert any(not torch.equal(a, p) for a, p in zip(before, params)), "the step did not train"
+    for p, q in zip(params, twin_params):
+        assert torch.equal(p, q)
+
+
+def test_bench_harness_smoke(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    from bench import train_step
+
+    rc = train_step.main(["--tiny", "--device", "cpu", "--models", "sd15", "--batches", "1",
+                          "--checkpointing", "off", "--budget", "0.05", "--out", str(tmp_path)])
+    assert rc == 0
+    import json
+
+    result = json.loads(next(tmp_path.glob("train_step_tiny_*.json")).read_text())
+    rows = {r["path"]: r for r in result["rows"]}
+    assert set(rows) == {"reference", "fast"}
+    assert rows["fast"]["fast_active"] is False and "CUDA" in rows["fast"]["fallback_reason"]
+    assert all(r["ms"] > 0 and r["loss"] == r["loss"] for r in rows.values())
+    assert result["setup"]["sd15"]["flops_per_image"] > 0
+    assert "| sd15 | fast | 1 |" in next(tmp_path.glob("train_step_tiny_*.md")).read_text()
+
+
+# ------------------------------------------------------------------------------------------ on a GPU
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_captured_step_matches_eager_on_gpu(checkpointing):
+    unet, params = _tiny_unet_with_lora(device="cuda")
+    twin = copy.deepcopy(unet)
+    twin_params = [p for p in twin.parameters() if p.requires_grad]
+    if checkpointing:
+        capturable_checkpointing(unet)
+        twin.enable_gradient_checkpointing()
+    opt = capturable_adamw(params, lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    warnings = []
+    fast = FastStep(_step_fn(unet, params, opt), device="cuda", params=params, on_warning=warnings.append)
+    twin_opt = capturable_adamw(twin_params, lr=1e-3)
+    twin_sched = torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0 / (1 + s))
+    eager = _step_fn(twin, twin_params, twin_opt)
+    batches = _batches(12, device="cuda")
+    lf, le = [], []
+    for b in batches:
+        lf.append(fast(b))
+        sched.step()
+        le.append(eager(b))
+        twin_sched.step()
+    lf = torch.stack(lf).float().cpu()
+    le = torch.stack(le).float().cpu()
+    assert not warnings, warnings
+    assert fast.replays == 10 and len(fast.graphs) == 2
+    assert torch.allclose(lf, le, rtol=1e-3, atol=1e-6), (lf, le)
+    for p, q in zip(params, twin_params):
+        assert torch.allclose(p, q, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_uncapturable_step_falls_back_to_eager_on_gpu():
+    unet, params = _tiny_unet_with_lora(device="cuda")
+    opt = capturable_adamw(params, lr=1e-3)
+    inner = _step_fn(unet, params, opt)
+
+    def step(batch):  # a host sync inside the step cannot be captured
+        loss = inner(batch)
+        float(loss)
+        return loss
+
+    warnings = []
+    fast = FastStep(step, device="cuda", params=params, on_warning=warnings.append)
+    losses = [float(fast(b)) for b in _batches(4, device="cuda")]
+    assert all(v == v for v in losses)
+    assert warnings and "eagerly" in warnings[0]
+    assert fast.replays == 0 and all(v is None for v in fast.graphs.values())
