@@ -196,11 +196,13 @@ def choose_cuda(gpus: list[Gpu], system: str) -> tuple[Build | None, str, list[s
         "installer again: it switches to the GPU build."]
 
 
-def local_cpu_torch_wheel(dirs: list[str]) -> str:
+def local_cpu_torch_wheel(dirs: list[str], python: tuple[int, int] | None = None, system: str = "",
+                          machine: str = "") -> str:
     """A CPU torch wheel for this Python in a local wheel folder (pip's find-links), newest first."""
-    tag = f"cp{sys.version_info[0]}{sys.version_info[1]}"
-    arch = platform.machine().lower().replace("amd64", "x86_64")
-    plat = {"Linux": "linux", "Windows": "win", "Darwin": "macosx"}.get(platform.system(), "?")
+    py = python or sys.version_info[:2]
+    tag = f"cp{py[0]}{py[1]}"
+    arch = (machine or platform.machine()).lower().replace("amd64", "x86_64")
+    plat = {"Linux": "linux", "Windows": "win", "Darwin": "macosx"}.get(system or platform.system(), "?")
     found = []
     for d in dirs:
         path = Path(d.removeprefix("file://"))
@@ -229,9 +231,9 @@ def find_links_dirs() -> list[str]:
     return [d for d in dirs if "://" not in d or d.startswith("file://")]
 
 
-def choose_python(python_max: tuple[int, int]) -> str:
+def choose_python(python_max: tuple[int, int], current: tuple[int, int] | None = None) -> str:
     """This interpreter if the app and the torch build both accept it, else a version for uv to fetch."""
-    if PYTHON_MIN <= sys.version_info[:2] <= python_max:
+    if PYTHON_MIN <= (current or sys.version_info[:2]) <= python_max:
         return sys.executable
     return "3.12"
 
@@ -258,7 +260,8 @@ def make_plan(gpus: list[Gpu], system: str, machine: str, smi_note: str = "",
         warnings += more
         tag = build.tag if build else "cpu"
     else:
-        tag, reason = "cpu", "no NVIDIA GPU found -> CPU build"
+        tag, reason = "cpu", ("nvidia-smi reported no usable GPU -> CPU build" if smi_note
+                              else "no NVIDIA GPU found -> CPU build")
 
     if tag == "mps":
         index, requirement = "", "torch>=2.4"
