@@ -386,3 +386,15 @@ def test_bulk_edit_with_one_failing_write_keeps_that_caption_and_the_rest_land(t
     assert [it.caption for it in ds] == ["sks, cap a", "cap b", "sks, cap c"] and seen == [0, 2]
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tmp" or p.name.startswith(".")) == []
     assert ds.add_trigger("sks") == 1  # retry finishes the job
+
+
+def test_root_named_like_kohya_folder_gets_a_hint_and_index_of(tmp_path):
+    root = tmp_path / "10_sks dog"
+    img(root / "a.png")
+    ds = Dataset.open(root)
+    assert ds[0].repeats == 1 and ds[0].caption_source is None
+    (p,) = ds.problems
+    assert p.kind == "folder_name" and "folder above" in p.advice and "'sks dog'" in p.advice
+    assert ds.index_of("a.png") == 0
+    with pytest.raises(ValueError):
+        ds.index_of("b.png")

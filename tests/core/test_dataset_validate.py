@@ -127,3 +127,16 @@ def test_to_rgb_float_and_la():
     assert to_rgb(f).getpixel((0, 0)) == (128, 128, 128)
     la = Image.new("LA", (2, 2), (10, 0))
     assert to_rgb(la).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_thumbnail_is_small_upright_and_safe(samples):
+    from lora_studio.core.dataset import thumbnail
+
+    folder, expected, _ = samples
+    for name, kind in expected.items():
+        thumb = thumbnail(folder / name, 96)
+        if kind in ERRORS:
+            assert thumb is None, name
+        else:
+            assert thumb.mode == "RGB" and max(thumb.size) <= 96, name
+    assert thumbnail(folder / "rotated.jpg", 64).size == (48, 64)  # portrait after EXIF rotation

@@ -7,7 +7,8 @@ Scanning and captions
   natural sort order; hidden files/folders and temporary files skipped.
 - ``Dataset.open(path) -> Dataset`` (raises LoraStudioError for a missing path / non-folder).
   ``ds.root``, ``ds.items: list[DatasetItem]``, ``len(ds)``, ``ds[i]``, iteration,
-  ``ds.problems`` (folder/metadata problems), ``ds.all_problems()``, ``ds.caption_format``
+  ``ds.problems`` (folder/metadata problems), ``ds.all_problems()``, ``ds.index_of(name)``,
+  ``ds.caption_format``
   ("sidecar"|"metadata"|"folder"|"none"), ``ds.sidecar_extension`` (".txt" or ".caption"), ``ds.reload()``.
   ``ds.set_caption(index_or_item, text)``: writes at once, atomically, in the format the folder uses
   (sidecar rewrite; metadata.jsonl rewrite keeping other lines; otherwise a new sidecar).
@@ -46,12 +47,13 @@ Training-side helpers
 - ``resize_to_bucket(img, bucket, center_crop=True, rng=None, return_crop=False)``: cover then crop to
   exactly ``bucket`` (w, h); ``rng`` is random.Random or numpy Generator; ``return_crop`` adds (top, left)
   for SDXL's crop coordinates. ``crop_for_bucket(size, bucket, center_crop, rng)`` gives the numbers only.
+- ``thumbnail(path, max_side=160) -> PIL.Image | None``: a safe, cheap preview for the caption grid.
 """
 
 from .buckets import Buckets, make_buckets, upscale_factor
 from .check import CheckReport, check_dataset
 from .dataset import Dataset, DatasetItem, image_size
-from .images import crop_for_bucket, load_training_image, resize_to_bucket, to_rgb
+from .images import crop_for_bucket, load_training_image, resize_to_bucket, thumbnail, to_rgb
 from .problems import ERROR, WARNING, Problem
 from .scan import CAPTION_EXTENSIONS, IMAGE_EXTENSIONS, METADATA_NAME, scan
 from .validate import check_image, iter_validate, validate_dataset
@@ -60,5 +62,5 @@ __all__ = [
     "CAPTION_EXTENSIONS", "ERROR", "IMAGE_EXTENSIONS", "METADATA_NAME", "WARNING",
     "Buckets", "CheckReport", "Dataset", "DatasetItem", "Problem",
     "check_dataset", "check_image", "crop_for_bucket", "image_size", "iter_validate", "load_training_image",
-    "make_buckets", "resize_to_bucket", "scan", "to_rgb", "upscale_factor", "validate_dataset",
+    "make_buckets", "resize_to_bucket", "scan", "thumbnail", "to_rgb", "upscale_factor", "validate_dataset",
 ]

@@ -111,6 +111,13 @@ class Dataset:
     def __getitem__(self, index: int) -> DatasetItem:
         return self.items[index]
 
+    def index_of(self, name: str) -> int:
+        """Index of the item with this relative name (posix separators); ValueError if absent."""
+        for i, item in enumerate(self.items):
+            if item.name == name:
+                return i
+        raise ValueError(f"no image {name!r} in {self.root}")
+
     def all_problems(self) -> list[Problem]:
         return self.problems + [p for item in self.items for p in item.problems]
 
@@ -206,6 +213,12 @@ class Dataset:
                 item.caption_stamp = cap.stamp(item.caption_path)
             items.append(item)
 
+        root_match = re.match(r"^(\d+)_(.+)$", root.name)
+        if root_match and any(item.caption_source is None for item in items):
+            problems.append(Problem(WARNING, "folder_name", "", f"the dataset folder itself is named like a kohya "
+                                    f"folder ({root.name!r}), but only its subfolders' names are read",
+                                    f"to use repeats {root_match.group(1)} and caption {root_match.group(2)!r}, "
+                                    "choose the folder above it", "folder"))
         if sidecar_counts[".caption"] > sidecar_counts[".txt"]:
             self.sidecar_extension = ".caption"
         else:

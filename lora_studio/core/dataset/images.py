@@ -67,6 +67,27 @@ def load_training_image(path: str | Path):
                               "run `lora-studio dataset check` on the folder; re-export or remove the file.") from exc
 
 
+def thumbnail(path: str | Path, max_side: int = 160):
+    """A small RGB preview for the caption grid, or None when the file cannot be shown.
+
+    Cheap (JPEGs decode at reduced scale) and safe (a decompression bomb is never decoded).
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.draft("RGB", (max_side, max_side))
+                im.load()
+                upright = ImageOps.exif_transpose(im) or im
+                small = to_rgb(upright)
+    except Exception:  # a preview is optional; `dataset check` says why the file is bad
+        return None
+    small.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return small
+
+
 def crop_for_bucket(size: Size, bucket: Size, center_crop: bool = True, rng=None) -> tuple[Size, tuple[int, int]]:
     """(resized (w, h), crop (top, left)) that make an image of ``size`` exactly ``bucket``.
 
