@@ -124,6 +124,8 @@ class TrainingConfig:
     validation_prompt: str = _f("", "Prompt for sample images during training ('' = none).", group="output")
     validation_steps: int = _f(100, "Make samples every N steps.", group="output", min=1, max=10_000_000)
     num_validation_images: int = _f(2, "Samples per validation.", group="output", min=1, max=64)
+    sample_steps: int = _f(25, "Denoising steps for validation samples and generated class images.", group="output",
+                           min=1, max=1000, advanced=True)
     checkpointing_steps: int = _f(100, "Save a resumable checkpoint every N steps.", group="output", min=1,
                                   max=10_000_000)
     checkpoints_total_limit: int = _f(3, "Keep at most this many checkpoints (0 = all).", group="output", min=0,

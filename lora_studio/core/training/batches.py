@@ -1,0 +1,104 @@
+"""Turn a micro-step number into the tensors of one training step (latents, noise, timesteps, text)."""
+
+from __future__ import annotations
+
+import torch
+
+from lora_studio.core.training.data import BatchOrder, Example, generator, load_example
+from lora_studio.core.training.models import Models, encode_tokens, sdxl_time_ids, tokenize_all
+
+
+def _latent_moments(models: Models, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    vae = models.vae
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return dist.mean.float(), dist.std.float()
+
+
+def _scale(models: Models, latents: torch.Tensor) -> torch.Tensor:
+    cfg = models.vae.config
+    shift = getattr(cfg, "shift_factor", None) or 0.0
+    return (latents - shift) * cfg.scaling_factor
+
+
+class BatchMaker:
+    """Deterministic batches: micro-step m always gives the same examples, crops, flips, noise and timesteps."""
+
+    def __init__(self, models: Models, config, device, orders: list[BatchOrder], cache_latents: bool,
+                 cache_text: bool, process_index: int = 0):
+        self.models, self.config, self.device = models, config, device
+        self.orders = orders  # [instance/style order] (+ [class order] with prior preservation)
+        self.cache_latents, self.cache_text = cache_latents, cache_text
+        self.process_index = process_index
+        self.latent_cache: dict[tuple, tuple] = {}
+        self.text_cache: dict[str, tuple] = {}
+
+    # ---------------------------------------------------------------- caches
+    @torch.no_grad()
+    def fill_caches(self, progress=None) -> None:
+        examples = {(ex.path, ex.bucket): ex for order in self.orders for ex in order.examples}
+        captions = sorted({ex.caption for order in self.orders for ex in order.examples})
+        todo = (len(examples) if self.cache_latents else 0) + (len(captions) if self.cache_text else 0)
+        done = 0
+        if self.cache_latents:
+            for key, ex in examples.items():
+                pixels, crop = load_example(ex, center_crop=True, random_flip=False, gen=None)
+                mean, std = _latent_moments(self.models, pixels[None].to(self.device))
+                self.latent_cache[key] = (mean[0], std[0], crop)
+                done += 1
+                if progress:
+                    progress(done, todo)
+        if self.cache_text:
+            for caption in captions:
+                embeds, pooled = encode_tokens(self.models, tokenize_all(self.models, [caption]))
+                self.text_cache[caption] = (embeds[0].float(), None if pooled is None else pooled[0].float())
+                done += 1
+                if progress:
+                    progress(done, todo)
+
+    # ---------------------------------------------------------------- one step
+    @torch.no_grad()
+    def __call__(self, micro_step: int) -> dict:
+        parts = []
+        for k, order in enumerate(self.orders):
+            gen = generator(self.config.seed, micro_step, self.process_index, k)
+            parts.append(self._part(order.batch(micro_step), gen))
+        return {"parts": parts, "micro_step": micro_step}
+
+    def _part(self, examples: list[Example], gen: torch.Generator) -> dict:
+        cfg, models = self.config, self.models
+        means, stds, crops = [], [], []
+        if self.cache_latents:
+            for ex in examples:
+                mean, std, crop = self.latent_cache[(ex.path, ex.bucket)]
+                means.append(mean)
+                stds.append(std)
+                crops.append(crop)
+            mean, std = torch.stack(means), torch.stack(stds)
+        else:
+            pix = []
+            for ex in examples:
+                p, crop = load_example(ex, cfg.center_crop, cfg.random_flip, gen)
+                pix.append(p)
+                crops.append(crop)
+            mean, std = _latent_moments(models, torch.stack(pix).to(self.device))
+        latents = mean + std * torch.randn(mean.shape, generator=gen).to(mean.device)
+        latents = _scale(models, latents)
+        noise = torch.randn(latents.shape, generator=gen)
+        if cfg.noise_offset > 0:
+            noise = noise + cfg.noise_offset * torch.randn((latents.shape[0], latents.shape[1], 1, 1), generator=gen)
+        n_train = models.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, n_train, (latents.shape[0],), generator=gen)
+        part = {"latents": latents.to(self.device), "noise": noise.to(self.device),
+                "timesteps": timesteps.to(self.device).long()}
+        captions = [ex.caption for ex in examples]
+        if self.cache_text:
+            part["prompt_embeds"] = torch.stack([self.text_cache[c][0] for c in captions]).to(self.device)
+            if models.is_sdxl:
+                part["pooled"] = torch.stack([self.text_cache[c][1] for c in captions]).to(self.device)
+        else:
+            part["input_ids"] = [ids.to(self.device) for ids in tokenize_all(models, captions)]
+        if models.is_sdxl:
+            part["time_ids"] = torch.stack([
+                sdxl_time_ids((ex.size[1], ex.size[0]), crop, (ex.bucket[1], ex.bucket[0]))
+                for ex, crop in zip(examples, crops)]).to(self.device)
+        return part

@@ -1,0 +1,48 @@
+"""DreamBooth prior preservation: make sure class_data_dir holds num_class_images, generating the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lora_studio.core.dataset.scan import scan
+from lora_studio.core.events import Progress, Started
+from lora_studio.core.io import write_with
+
+
+def existing_class_images(folder: Path) -> list[Path]:
+    return scan(folder) if folder.is_dir() else []
+
+
+def ensure_class_images(models, config, device, emit, stop, resolution: int, steps: int) -> list[Path]:
+    """Generate missing class images with the base model (no LoRA yet); reuse the ones already there."""
+    folder = Path(config.class_data_dir)
+    have = existing_class_images(folder)
+    missing = config.num_class_images - len(have)
+    if missing <= 0:
+        return have[: config.num_class_images]
+    emit(Started(total_steps=missing, phase="class_images",
+                 description=f"generating {missing} class images for '{config.class_prompt}'"))
+    pipe = models.pipeline()
+    pipe.to(device)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = len(have)
+    made = 0
+    index = 0
+    while made < missing:
+        if stop():
+            break
+        n = min(config.sample_batch_size, missing - made)
+        seeds = [config.seed * 1_000_003 + start + made + i for i in range(n)]
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        with torch.no_grad():
+            images = pipe([config.class_prompt] * n, num_inference_steps=steps, generator=gens,
+                          height=resolution, width=resolution).images
+        for image in images:
+            while (folder / f"class-{index:05d}.png").exists():
+                index += 1
+            write_with(folder / f"class-{index:05d}.png", lambda tmp, im=image: im.save(tmp, format="PNG"))
+            made += 1
+        emit(Progress(step=made, total=missing, phase="class_images"))
+    return existing_class_images(folder)[: config.num_class_images]

@@ -1,0 +1,473 @@
+"""``train(config, emit, stop) -> result``: the one training engine behind the CLI and the Training tab.
+
+The run reads top to bottom as named steps: preflight, accelerator, models, class images, LoRA, data,
+optimizer, resume, loop, save. Every outcome is an event: ``Finished`` once on success (also after a
+stop, with ``result["stopped"] = True``), ``Failed`` before the exception is re-raised otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from lora_studio.core.events import Checkpoint, Failed, Finished, Progress, Sample, Started, Warning
+from lora_studio.core.training import preflight
+from lora_studio.core.training.data import step_seed
+from lora_studio.core.training.lora import ADAPTER_FILE, build_lora, save_adapter, trainable_modules
+from lora_studio.errors import LoraStudioError, describe
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TrainingFailed(LoraStudioError):
+    """The run stopped on an error; a ``Failed`` event with the same message was already emitted."""
+
+
+def _stop_fn(stop) -> Callable[[], bool]:
+    if stop is None:
+        return lambda: False
+    if isinstance(stop, threading.Event) or hasattr(stop, "is_set"):
+        return stop.is_set
+    return stop
+
+
+def train(config, emit: Callable | None = None, stop=None, *, resume: bool = False) -> dict[str, Any]:
+    """Train a LoRA / DreamBooth-LoRA; return the result dict (also sent in the ``Finished`` event)."""
+    run = _Run(config, emit if emit is not None else (lambda event: None), _stop_fn(stop), resume)
+    try:
+        return run.run()
+    except TrainingFailed:
+        raise
+    except Exception as exc:
+        message, advice = _failure_words(exc, config)
+        run.emit(Failed(message, advice))
+        raise TrainingFailed(message, advice) from exc
+    finally:
+        run.close()
+
+
+def _failure_words(exc: BaseException, config) -> tuple[str, str]:
+    if type(exc).__name__ == "OutOfMemoryError":
+        tips = []
+        if not config.gradient_checkpointing:
+            tips.append("set gradient_checkpointing = true")
+        if config.train_batch_size > 1:
+            tips.append(f"lower train_batch_size from {config.train_batch_size} to {config.train_batch_size // 2} "
+                        f"(and raise gradient_accumulation_steps to {config.gradient_accumulation_steps * 2} "
+                        "to keep the effective batch)")
+        if config.mixed_precision == "no":
+            tips.append("set mixed_precision = \"fp16\" (or \"bf16\")")
+        if not config.cache_latents:
+            tips.append("set cache_latents = true")
+        if config.train_text_encoder:
+            tips.append("set train_text_encoder = false")
+        tips.append(f"lower resolution from {config.resolution} to {max(256, config.resolution * 3 // 4 // 64 * 64)}")
+        if config.rank > 16:
+            tips.append(f"lower rank from {config.rank} to 16")
+        return (f"the GPU ran out of memory (batch {config.train_batch_size} at {config.resolution} px, "
+                f"rank {config.rank}).", "; ".join(tips) + ".")
+    return describe(exc)
+
+
+class _Run:
+    def __init__(self, config, emit, should_stop, resume):
+        self.config = config
+        self._emit = emit
+        self.should_stop = should_stop
+        self.resume = resume
+        self.accelerator = None
+        self.output_dir = Path(config.output_dir)
+        self.loss_history: list[list] = []
+        self.samples: list[str] = []
+        self.last_checkpoint: str | None = None
+        self.tensorboard = False
+
+    def emit(self, event) -> None:
+        if self.accelerator is None or self.accelerator.is_main_process:
+            self._emit(event)
+
+    # ------------------------------------------------------------------ the run, top to bottom
+    def run(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        examples, ref = self.preflight()
+        self.setup_accelerator()
+        if self.accelerator.is_main_process:
+            from lora_studio.config import save
+
+            save(self.config, self.output_dir / "config.toml")
+        self.load_models()
+        class_paths = self.class_images() if self.config.with_prior_preservation else []
+        if self.should_stop() and self.config.with_prior_preservation and \
+                len(class_paths) < self.config.num_class_images:
+            return self.finish_early(t0, "stopped while generating class images")
+        from accelerate.utils import set_seed
+
+        set_seed(self.config.seed)  # LoRA init (A is random) must not depend on what ran before
+        self.params = build_lora(self.models, self.config)
+        self.setup_memory()
+        self.prepare_data(examples, class_paths)
+        self.make_optimizer()
+        start_step, micro = self.restore()
+        stopped = self.loop(start_step, micro)
+        return self.save_final(stopped, t0, len(class_paths))
+
+    # ------------------------------------------------------------------ steps
+    def preflight(self):
+        cfg = self.config
+        preflight.check_config(cfg)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        preflight.check_precision(cfg, device)
+        preflight.check_optimizer(cfg)
+        preflight.check_instance_token(cfg)
+        ref = preflight.check_model(cfg)
+        examples = preflight.collect_examples(cfg)
+        if self.resume:
+            from lora_studio.core.training.checkpoint import latest_checkpoint
+
+            if latest_checkpoint(self.output_dir) is None:
+                self.emit(Warning(f"--resume: no checkpoint in {self.output_dir / 'checkpoints'}; "
+                                  "starting from step 0."))
+        return examples, ref
+
+    def setup_accelerator(self):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        cfg = self.config
+        log_with = None
+        if cfg.report_to == "tensorboard":
+            if importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX"):
+                log_with = "tensorboard"
+            else:
+                self._emit_later = Warning("TensorBoard logs are off: the 'tensorboard' package is not installed "
+                                           "(pip install tensorboard), or set report_to = \"none\".")
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            mixed_precision=cfg.mixed_precision,
+            log_with=log_with,
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir),
+                                                logging_dir=str(self.output_dir / "logs")),
+            cpu=not torch.cuda.is_available(),
+        )
+        if getattr(self, "_emit_later", None) is not None:
+            self.emit(self._emit_later)
+        if log_with and self.accelerator.is_main_process:
+            self.accelerator.init_trackers("lora_studio", config={k: v for k, v in cfg.to_dict().items()
+                                                                  if isinstance(v, (int, float, str, bool))})
+            self.tensorboard = True
+        self.device = self.accelerator.device
+        self.weight_dtype = DTYPES[cfg.mixed_precision]
+
+    def load_models(self):
+        from lora_studio.core.training.models import load_models
+
+        cfg = self.config
+        self.models = m = load_models(cfg.pretrained_model_name_or_path)
+        if cfg.prediction_type:
+            m.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
+        # Frozen weights in the run's precision; the VAE stays fp32 (SDXL's VAE overflows in fp16).
+        for module, dtype in [(m.unet, self.weight_dtype), (m.vae, torch.float32),
+                              *[(enc, self.weight_dtype) for enc in m.text_encoders]]:
+            if module.dtype != dtype:
+                module.to(dtype=dtype)
+            module.to(self.device)
+
+    def class_images(self) -> list[Path]:
+        from lora_studio.core.training.class_images import ensure_class_images
+
+        cfg = self.config
+        paths: list[Path] = []
+        if self.accelerator.is_main_process:
+            with self.accelerator.autocast():
+                paths = ensure_class_images(self.models, cfg, self.device, self.emit, self.should_stop,
+                                            cfg.resolution, cfg.sample_steps)
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            from lora_studio.core.training.class_images import existing_class_images
+
+            paths = existing_class_images(Path(cfg.class_data_dir))[: cfg.num_class_images]
+        return paths
+
+    def setup_memory(self):
+        from lora_studio.core.training.fast_step import capturable_checkpointing, fast_path_reason
+
+        cfg = self.config
+        self.fast_reason = fast_path_reason(cfg, self.device)
+        if self.accelerator.num_processes > 1 and self.fast_reason is None:
+            self.fast_reason = "several processes (data-parallel gradient sync is outside the graph)"
+        if cfg.gradient_checkpointing:
+            if self.fast_reason is None:
+                capturable_checkpointing(self.models.unet)
+            else:
+                self.models.unet.enable_gradient_checkpointing()
+            if cfg.train_text_encoder:
+                for enc in self.models.text_encoders:
+                    enc.gradient_checkpointing_enable()
+        for module in trainable_modules(self.models, cfg):
+            module.train()
+
+    def prepare_data(self, examples, class_paths):
+        from lora_studio.core.training.batches import BatchMaker
+        from lora_studio.core.training.data import BatchOrder, augmentations_random
+
+        cfg, acc = self.config, self.accelerator
+        orders = [BatchOrder(examples, cfg.train_batch_size, cfg.seed, cfg.repeats, acc.num_processes,
+                             acc.process_index)]
+        all_examples = list(examples)
+        if class_paths:
+            class_ex = preflight.class_examples(class_paths, cfg)
+            orders.append(BatchOrder(class_ex, cfg.train_batch_size, cfg.seed, 1, acc.num_processes,
+                                     acc.process_index, salt=1))
+            all_examples += class_ex
+        cache_latents = cfg.cache_latents and not augmentations_random(all_examples, cfg)
+        if cfg.cache_latents and not cache_latents:
+            self.emit(Warning("cache_latents is off for this run: random flips or random crops change the "
+                              "images every epoch (set center_crop = true and random_flip = false to cache)."))
+        cache_text = cfg.cache_text_embeddings and not cfg.train_text_encoder
+        self.batches = BatchMaker(self.models, cfg, self.device, orders, cache_latents, cache_text,
+                                  acc.process_index)
+        if cache_latents or cache_text:
+            total = (len({(e.path, e.bucket) for e in all_examples}) if cache_latents else 0) + \
+                (len({e.caption for e in all_examples}) if cache_text else 0)
+            self.emit(Started(total_steps=total, phase="cache", description="encoding images and captions once"))
+            self.batches.fill_caches(lambda done, todo: self.emit(Progress(step=done, total=todo, phase="cache")))
+        self.epoch_batches = orders[0].batches_per_process
+
+    def make_optimizer(self):
+        from diffusers.optimization import get_scheduler
+
+        from lora_studio.core.training.fast_step import capturable_adamw
+        from lora_studio.core.training.step import TrainingStep
+
+        cfg, acc, m = self.config, self.accelerator, self.models
+        unet_params = [p for p in m.unet.parameters() if p.requires_grad]
+        groups = [{"params": unet_params, "lr": cfg.learning_rate}]
+        if cfg.train_text_encoder:
+            te = [p for enc in m.text_encoders for p in enc.parameters() if p.requires_grad]
+            groups.append({"params": te, "lr": cfg.text_encoder_lr})
+        kw = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+        if cfg.optimizer == "adamw8bit":
+            import bitsandbytes as bnb
+
+            optimizer = bnb.optim.AdamW8bit(groups, lr=cfg.learning_rate, **kw)
+        elif cfg.optimizer == "prodigy":
+            import prodigyopt
+
+            optimizer = prodigyopt.Prodigy(groups, lr=cfg.learning_rate, betas=kw["betas"],
+                                           weight_decay=kw["weight_decay"], eps=kw["eps"])
+        elif self.fast_reason is None and len(groups) == 1:
+            optimizer = capturable_adamw(unet_params, lr=cfg.learning_rate, device=self.device, **kw)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, **kw)
+        # One scheduler step per optimizer update on every process: no scaling by the process count.
+        scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                  num_training_steps=cfg.max_train_steps)
+        trained = [m.unet, *(m.text_encoders if cfg.train_text_encoder else [])]
+        prepared = acc.prepare(*trained, optimizer)
+        self.unet, encs, self.optimizer = prepared[0], list(prepared[1:-1]), prepared[-1]
+        text_encoders = encs if cfg.train_text_encoder else m.text_encoders
+        self.lr_scheduler = scheduler
+        step = TrainingStep(acc, self.unet, text_encoders, m, self.optimizer, scheduler, self.params, cfg,
+                            self.weight_dtype)
+        self.step_fn = step
+        if self.fast_reason is None:
+            from lora_studio.core.training.fast_step import FastStep
+
+            self.step_fn = FastStep(step, device=self.device, params=self.params,
+                                    on_warning=lambda msg: self.emit(Warning(msg)))
+
+    def restore(self) -> tuple[int, int]:
+        from lora_studio.core.training.checkpoint import latest_checkpoint, load_checkpoint
+
+        if not self.resume:
+            return 0, 0
+        path = latest_checkpoint(self.output_dir)
+        if path is None:
+            return 0, 0
+        state = load_checkpoint(path, self.models, self.config, self.optimizer, self.lr_scheduler, self.accelerator)
+        self.loss_history = [list(x) for x in state.get("loss_history", [])]
+        self.last_checkpoint = str(path)
+        self.emit(Warning(f"resumed from {path.name} (step {state['step']})."))
+        return int(state["step"]), int(state["micro_step"])
+
+    def loop(self, step: int, micro: int) -> bool:
+        cfg, acc = self.config, self.accelerator
+        total = cfg.max_train_steps
+        self.emit(Started(total_steps=total, phase="train",
+                          description=f"{cfg.mode} LoRA, rank {cfg.rank}, alpha {cfg.alpha:g}, "
+                                      f"{self.models.family}, {acc.num_processes} process(es)"))
+        start_step, t_start = step, time.perf_counter()
+        window: list[tuple[int, float]] = [(step, t_start)]
+        self.micro = micro
+        while step < total:
+            if self._stop_requested():
+                return True
+            losses = []
+            for _ in range(cfg.gradient_accumulation_steps):
+                batch = self.batches(micro)
+                # Dropout draws from the global generator: seed it per micro-step so a resumed run matches.
+                torch.manual_seed(step_seed(cfg.seed, micro, acc.process_index))
+                losses.append(self.step_fn(batch))
+                micro += 1
+            step += 1
+            self.micro = micro
+            loss = torch.stack(losses).float().mean()
+            if acc.num_processes > 1:
+                loss = acc.gather(loss[None].to(self.device)).mean()
+            loss = float(loss)
+            if not math.isfinite(loss):
+                self._fail_nonfinite(step, loss)
+            self.loss_history.append([step, loss])
+            now = time.perf_counter()
+            window = (window + [(step, now)])[-21:]
+            self.emit(self._progress(step, total, loss, window, start_step, t_start))
+            if self.tensorboard:
+                acc.log({"loss": loss, "lr": self.lr_scheduler.get_last_lr()[0]}, step=step)
+            if step % cfg.checkpointing_steps == 0 and step < total:
+                self.checkpoint(step, micro)
+            if cfg.validation_prompt and step % cfg.validation_steps == 0 and step < total:
+                self.make_samples(step)
+        return False
+
+    def _stop_requested(self) -> bool:
+        flag = bool(self.should_stop())
+        if self.accelerator.num_processes > 1:  # every process stops at the same step
+            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            flag = bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+        return flag
+
+    def _progress(self, step, total, loss, window, start_step, t_start) -> Progress:
+        (s0, t0), (s1, t1) = window[0], window[-1]
+        rate = (s1 - s0) / (t1 - t0) if t1 > t0 and s1 > s0 else None
+        if rate is None:
+            spent = t1 - t_start
+            rate = (step - start_step) / spent if spent > 0 else None
+        eta = (total - step) / rate if rate else 0.0
+        used = peak = cap = None
+        if self.device.type == "cuda":
+            used = torch.cuda.memory_allocated(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            cap = torch.cuda.get_device_properties(self.device).total_memory
+        return Progress(step=step, total=total, loss=loss, lr=float(self.lr_scheduler.get_last_lr()[0]),
+                        it_per_s=rate, eta_s=float(eta), vram_used=used, vram_peak=peak, vram_total=cap)
+
+    def _fail_nonfinite(self, step: int, loss: float):
+        kept = f" The last good checkpoint is {self.last_checkpoint}; `--resume` continues from it." \
+            if self.last_checkpoint else " No checkpoint was written before it."
+        advice = (f"lower learning_rate (now {self.config.learning_rate:g})"
+                  + (", use mixed_precision = \"bf16\" or \"no\" instead of \"fp16\""
+                     if self.config.mixed_precision == "fp16" else "")
+                  + ", keep max_grad_norm at 1.0, and check the images (`lora-studio dataset check`)." + kept)
+        message = f"the loss became {loss} at step {step}; training stopped there."
+        self.emit(Failed(message, advice))
+        raise TrainingFailed(message, advice)
+
+    # ------------------------------------------------------------------ outputs
+    def checkpoint(self, step: int, micro: int):
+        from lora_studio.core.training.checkpoint import save_checkpoint
+
+        if self.accelerator.is_main_process:
+            path = save_checkpoint(self.output_dir, step, micro, self.models, self.config, self.optimizer,
+                                   self.lr_scheduler, self.accelerator, self.loss_history,
+                                   self.config.checkpoints_total_limit)
+            self.last_checkpoint = str(path)
+            self.emit(Checkpoint(path=str(path), step=step))
+        self.accelerator.wait_for_everyone()
+
+    @torch.no_grad()
+    def make_samples(self, step: int):
+        from lora_studio.core.io import write_with
+
+        cfg, m = self.config, self.models
+        if self.accelerator.is_main_process:
+            unet = self.accelerator.unwrap_model(self.unet)
+            encs = [self.accelerator.unwrap_model(e) for e in m.text_encoders]
+            pipe = m.pipeline(unet=unet, text_encoders=encs)
+            for module in trainable_modules(m, cfg):
+                module.eval()
+            try:
+                for i in range(cfg.num_validation_images):
+                    gen = torch.Generator("cpu").manual_seed(cfg.seed + i)
+                    with self.accelerator.autocast():
+                        image = pipe(cfg.validation_prompt, num_inference_steps=cfg.sample_steps, generator=gen,
+                                     height=cfg.resolution, width=cfg.resolution).images[0]
+                    path = self.output_dir / "samples" / f"step-{step:06d}-{i}.png"
+                    write_with(path, lambda tmp, im=image: im.save(tmp, format="PNG"))
+                    self.samples.append(str(path))
+                    self.emit(Sample(path=str(path), step=step, prompt=cfg.validation_prompt))
+            finally:
+                for module in trainable_modules(m, cfg):
+                    module.train()
+        self.accelerator.wait_for_everyone()
+
+    def save_final(self, stopped: bool, t0: float, n_class: int) -> dict[str, Any]:
+        cfg, acc = self.config, self.accelerator
+        step = self.loss_history[-1][0] if self.loss_history else 0
+        kohya = None
+        if stopped and step > 0 and not str(self.last_checkpoint or "").endswith(f"checkpoint-{step}"):
+            self.checkpoint(step, self.micro)  # save on stop: `--resume` continues exactly here
+        elif not stopped and cfg.validation_prompt:
+            self.make_samples(step)
+        if acc.is_main_process:
+            adapter = save_adapter(self.output_dir, self.models, cfg, extra={"step": step})
+            kohya = self.export_kohya(adapter)
+        acc.wait_for_everyone()
+        result = {
+            "output_dir": str(self.output_dir),
+            "adapter_path": str(self.output_dir / ADAPTER_FILE),
+            "kohya_path": kohya,
+            "config_path": str(self.output_dir / "config.toml"),
+            "family": self.models.family,
+            "rank": cfg.rank,
+            "alpha": cfg.alpha,
+            "steps": step,
+            "total_steps": cfg.max_train_steps,
+            "stopped": stopped,
+            "final_loss": self.loss_history[-1][1] if self.loss_history else None,
+            "loss_history": self.loss_history,
+            "checkpoint": self.last_checkpoint,
+            "samples": self.samples,
+            "class_images": n_class,
+            "num_processes": acc.num_processes,
+            "elapsed_s": time.perf_counter() - t0,
+        }
+        self.emit(Finished(result))
+        return result
+
+    def export_kohya(self, adapter: Path) -> str | None:
+        try:
+            from lora_studio.core.lora_files import export_kohya
+        except ImportError:
+            return None
+        out = self.output_dir / "kohya" / f"{self.output_dir.name or 'lora'}.safetensors"
+        export_kohya(adapter, out)
+        return str(out)
+
+    def finish_early(self, t0: float, why: str) -> dict[str, Any]:
+        result = {"output_dir": str(self.output_dir), "adapter_path": None, "kohya_path": None, "stopped": True,
+                  "steps": 0, "total_steps": self.config.max_train_steps, "loss_history": [], "final_loss": None,
+                  "checkpoint": None, "samples": [], "family": self.models.family, "rank": self.config.rank,
+                  "alpha": self.config.alpha, "elapsed_s": time.perf_counter() - t0, "note": why,
+                  "config_path": str(self.output_dir / "config.toml"), "class_images": 0,
+                  "num_processes": self.accelerator.num_processes}
+        self.emit(Finished(result))
+        return result
+
+    def close(self):
+        acc = self.accelerator
+        if acc is None:
+            return
+        if self.tensorboard:
+            acc.end_training()
+        if acc.num_processes == 1:
+            # Accelerate keeps process-wide singletons; a later run in this process may use other settings.
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()

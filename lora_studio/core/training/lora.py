@@ -1,0 +1,138 @@
+"""LoRA layers through peft: build them, read their weights, save them in diffusers format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from lora_studio.core.io import write_with
+
+ADAPTER_FILE = "pytorch_lora_weights.safetensors"
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def lora_config(config, target_modules):
+    from peft import LoraConfig
+
+    # Gaussian init: B starts at zero, so the adapter starts as the identity, like diffusers' scripts.
+    return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
+                      init_lora_weights="gaussian", target_modules=list(target_modules))
+
+
+def build_lora(models, config) -> list[torch.nn.Parameter]:
+    """Add LoRA layers to the UNet (and text encoders when asked); return the trainable parameters."""
+    from lora_studio.errors import LoraStudioError
+
+    try:
+        models.unet.add_adapter(lora_config(config, config.target_modules))
+    except ValueError as exc:
+        raise LoraStudioError(f"target_modules {config.target_modules} matched no UNet layer ({exc}).",
+                              "use module names of the UNet's attention, e.g. [\"to_q\", \"to_k\", \"to_v\", "
+                              "\"to_out.0\"].") from None
+    if config.train_text_encoder:
+        for encoder in models.text_encoders:
+            encoder.add_adapter(lora_config(config, TEXT_ENCODER_TARGETS))
+    params = []
+    for module in trainable_modules(models, config):
+        for p in module.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()  # trainable weights stay fp32 whatever the mixed precision
+                params.append(p)
+    return params
+
+
+def trainable_modules(models, config) -> list:
+    return [models.unet, *(models.text_encoders if config.train_text_encoder else [])]
+
+
+def _unwrap(module):
+    return getattr(module, "module", module)
+
+
+def lora_state_dicts(models, config) -> dict[str, dict[str, torch.Tensor]]:
+    """Diffusers-format LoRA weights per component ('unet', 'text_encoder', 'text_encoder_2')."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    out = {"unet": convert_state_dict_to_diffusers(get_peft_model_state_dict(_unwrap(models.unet)))}
+    if config.train_text_encoder:
+        names = ["text_encoder", "text_encoder_2"][: len(models.text_encoders)]
+        for name, enc in zip(names, models.text_encoders):
+            out[name] = convert_state_dict_to_diffusers(get_peft_model_state_dict(_unwrap(enc)))
+    return {k: {n: t.detach().float().cpu().contiguous() for n, t in v.items()} for k, v in out.items()}
+
+
+def adapter_metadata(models, config, extra: dict | None = None) -> dict[str, str]:
+    """The file's safetensors metadata: diffusers' peft configs plus what LoRA Studio records."""
+    packed = {}
+    for name, module in [("unet", models.unet), ("text_encoder", None), ("text_encoder_2", None)]:
+        if module is None:
+            idx = 0 if name == "text_encoder" else 1
+            if not config.train_text_encoder or idx >= len(models.text_encoders):
+                continue
+            module = models.text_encoders[idx]
+        cfg = _unwrap(module).peft_config["default"].to_dict()
+        for key, value in cfg.items():
+            packed[f"{name}.{key}"] = sorted(value) if isinstance(value, set) else value
+    meta = {
+        "format": "pt",
+        # diffusers >= 0.34 builds the LoraConfig from this key, so alpha != rank scales correctly on load.
+        "lora_adapter_metadata": json.dumps(packed, indent=2, sort_keys=True, default=str),
+        "lora_studio.base_family": models.family,
+        "lora_studio.rank": str(config.rank),
+        "lora_studio.alpha": repr(float(config.alpha)),
+        "lora_studio.target_modules": json.dumps(list(config.target_modules)),
+        "lora_studio.text_encoder": json.dumps(bool(config.train_text_encoder)),
+        "lora_studio.base_model": str(config.pretrained_model_name_or_path),
+    }
+    for key, value in (extra or {}).items():
+        meta[f"lora_studio.{key}"] = value if isinstance(value, str) else json.dumps(value)
+    return meta
+
+
+def save_adapter(folder: str | Path, models, config, extra: dict | None = None) -> Path:
+    """Write ``folder/pytorch_lora_weights.safetensors`` atomically, in the pipeline class's own layout."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    layers = lora_state_dicts(models, config)
+    metadata = adapter_metadata(models, config, extra)
+    path = folder / ADAPTER_FILE
+
+    def save_function(weights, filename):
+        write_with(path, lambda tmp: save_file({k: v.contiguous() for k, v in weights.items()}, str(tmp),
+                                               metadata=metadata))
+
+    kwargs = dict(unet_lora_layers=layers["unet"], save_function=save_function, weight_name=ADAPTER_FILE)
+    if "text_encoder" in layers:
+        kwargs["text_encoder_lora_layers"] = layers["text_encoder"]
+    if "text_encoder_2" in layers:
+        kwargs["text_encoder_2_lora_layers"] = layers["text_encoder_2"]
+    folder.mkdir(parents=True, exist_ok=True)
+    models.pipeline_class.save_lora_weights(str(folder), **kwargs)
+    return path
+
+
+def load_adapter_weights(models, config, path: str | Path) -> None:
+    """Put saved LoRA weights back into the live adapters (resume)."""
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    groups: dict[str, dict] = {}
+    for key, value in state.items():
+        prefix, rest = key.split(".", 1)
+        groups.setdefault(prefix, {})[rest] = value
+    set_peft_model_state_dict(_unwrap(models.unet), convert_unet_state_dict_to_peft(groups["unet"]))
+    if config.train_text_encoder:
+        from diffusers.utils import convert_state_dict_to_peft
+
+        for name, enc in zip(["text_encoder", "text_encoder_2"], models.text_encoders):
+            set_peft_model_state_dict(_unwrap(enc), convert_state_dict_to_peft(groups[name]))
+    for module in trainable_modules(models, config):
+        for p in module.parameters():
+            if p.requires_grad and p.dtype != torch.float32:
+                p.data = p.data.float()

@@ -1,0 +1,106 @@
+"""One training step, the seam the CUDA-graph fast path replaces.
+
+``prepare_batch`` (data, VAE, text encoders when frozen, noise, timesteps) runs outside the step, so
+the step itself is a pure function of tensors: forward, loss, backward, clip, optimizer step, zero grad.
+``TrainingStep.__call__(batch) -> loss`` is the contract; ``fast_step.make_fast_step(step)`` may return a
+drop-in replacement with the same call signature (or None when the run does not allow it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lora_studio.core.training.models import encode_tokens
+
+
+def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) per example."""
+    alphas_cumprod = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas_cumprod / (1.0 - alphas_cumprod)
+    clipped = torch.clamp(snr, max=gamma)
+    # v-prediction's loss already carries a factor snr+1 relative to epsilon's.
+    return clipped / (snr + 1.0) if prediction_type == "v_prediction" else clipped / snr
+
+
+class TrainingStep:
+    """Loss of one micro-batch, backward, and (at accumulation boundaries) clip + update + zero grad."""
+
+    def __init__(self, accelerator, unet, text_encoders, models, optimizer, lr_scheduler, params, config,
+                 weight_dtype):
+        self.accelerator = accelerator
+        self.unet = unet
+        self.text_encoders = text_encoders  # the (possibly wrapped) encoders; trained only if configured
+        self.models = models
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.params = list(params)  # a real list: clipping must see every trainable tensor
+        self.config = config
+        self.weight_dtype = weight_dtype
+        self.prediction_type = models.noise_scheduler.config.prediction_type
+
+    # ------------------------------------------------------------------ pieces
+    def _conditioning(self, part):
+        if "prompt_embeds" in part:
+            return part["prompt_embeds"], part.get("pooled")
+        return encode_tokens(self.models, part["input_ids"], self.text_encoders)
+
+    def _per_example_loss(self, part) -> torch.Tensor:
+        sched = self.models.noise_scheduler
+        latents, noise, timesteps = part["latents"], part["noise"], part["timesteps"]
+        noisy = sched.add_noise(latents, noise, timesteps)
+        target = noise if self.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
+        embeds, pooled = self._conditioning(part)
+        kwargs = {}
+        if self.models.is_sdxl:
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.weight_dtype),
+                                           "time_ids": part["time_ids"].to(self.weight_dtype)}
+        with self.accelerator.autocast():
+            pred = self.unet(noisy.to(self.weight_dtype), timesteps, embeds.to(self.weight_dtype),
+                             return_dict=False, **kwargs)[0]
+        loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if self.config.snr_gamma > 0:
+            loss = loss * snr_weights(sched, timesteps, self.config.snr_gamma, self.prediction_type)
+        return loss
+
+    def loss(self, batch) -> torch.Tensor:
+        parts = batch["parts"]
+        if len(parts) == 2 and _same_shapes(parts[0], parts[1]):
+            # Instance and class examples in one forward pass, as diffusers' DreamBooth script does.
+            merged = {k: _cat(parts[0][k], parts[1][k]) for k in parts[0]}
+            per = self._per_example_loss(merged)
+            n = parts[0]["latents"].shape[0]
+            return per[:n].mean() + self.config.prior_loss_weight * per[n:].mean()
+        total = self._per_example_loss(parts[0]).mean()
+        if len(parts) == 2:
+            total = total + self.config.prior_loss_weight * self._per_example_loss(parts[1]).mean()
+        return total
+
+    # ------------------------------------------------------------------ the step
+    def __call__(self, batch) -> torch.Tensor:
+        acc = self.accelerator
+        with acc.accumulate(*self.trained_modules()):
+            loss = self.loss(batch)
+            acc.backward(loss)
+            if acc.sync_gradients and self.config.max_grad_norm > 0:
+                acc.clip_grad_norm_(self.params, self.config.max_grad_norm)
+            self.optimizer.step()
+            if acc.sync_gradients:
+                self.lr_scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def trained_modules(self):
+        return [self.unet, *(self.text_encoders if self.config.train_text_encoder else [])]
+
+
+def _same_shapes(a, b) -> bool:
+    return a["latents"].shape[1:] == b["latents"].shape[1:] and all(
+        (a[k].shape[1:] if torch.is_tensor(a[k]) else None) == (b[k].shape[1:] if torch.is_tensor(b[k]) else None)
+        for k in a if k != "input_ids")
+
+
+def _cat(x, y):
+    if torch.is_tensor(x):
+        return torch.cat([x, y])
+    return [torch.cat([a, b]) for a, b in zip(x, y)]  # token ids, one tensor per encoder
