@@ -7,6 +7,7 @@ between steps.
 
 from __future__ import annotations
 
+import importlib
 import queue
 import threading
 import time
@@ -43,38 +44,41 @@ class JobThread(QThread):
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
+    def _emit(self, event) -> None:
+        if isinstance(event, ev.Failed):
+            self._failed_sent = True
+        self.event.emit(event)
+
     def run(self) -> None:
+        self._failed_sent = False
         try:
-            out = self._fn(self.event.emit, self._stop.is_set)
+            out = self._fn(self._emit, self._stop.is_set)
         except BaseException as exc:  # noqa: BLE001 - reported to the user, never swallowed
-            traceback.print_exc()
-            message, advice = _describe(exc)
-            self.error.emit(message, advice)
+            if not self._failed_sent:  # the engine already sent Failed with its advice otherwise
+                traceback.print_exc()
+                message, advice = _describe(exc)
+                self.error.emit(message, advice)
         else:
             self.result.emit(out)
 
 
 # ------------------------------------------------------------------------------------------ system info
 def gpu_info() -> dict[str, Any]:
-    """{'name', 'total' (bytes), 'cuda'}; CPU when there is no CUDA device. Imports torch: call off-thread."""
+    """{'name', 'total' (bytes), 'cuda'}; the CPU when torch sees no GPU. Imports torch: call off-thread."""
     try:
-        from lora_studio.core import system  # type: ignore[attr-defined]
+        from lora_studio.core import system
 
-        info = system.gpu_info() if hasattr(system, "gpu_info") else None
-        if info:
-            if not isinstance(info, dict):
-                info = {"name": getattr(info, "name", "GPU"), "total": getattr(info, "total_memory", 0)
-                        or getattr(info, "memory_total", 0) or getattr(info, "total", 0)}
-            info.setdefault("cuda", True)
-            return info
-    except Exception:  # noqa: BLE001 - fall back to torch below
-        pass
-    import torch
+        info = system.gpu_info()
+    except ImportError:
+        info = None
+        import torch
 
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        return {"name": props.name, "total": int(props.total_memory), "cuda": True}
-    return {"name": "CPU", "total": 0, "cuda": False}
+        if torch.cuda.is_available():
+            props = torch.cuda.get_device_properties(0)
+            return {"name": props.name, "total": int(props.total_memory), "cuda": True}
+    if info is None:
+        return {"name": "CPU", "total": 0, "cuda": False}
+    return {"name": info.name, "total": int(info.total_memory), "cuda": True, "backend": info.backend}
 
 
 class SystemProbe(QThread):
@@ -87,22 +91,37 @@ class SystemProbe(QThread):
             info = gpu_info()
         except Exception:  # noqa: BLE001
             info = {"name": "CPU", "total": 0, "cuda": False}
-        try:  # warm the heavy imports so the first job starts without a stall
-            import lora_studio.core.training  # noqa: F401
-            import lora_studio.core.inference  # noqa: F401
-        except Exception:  # noqa: BLE001
-            pass
+        # Warm the heavy imports here, once, so no job stalls on them later.
+        for name in ("lora_studio.core.training.engine", "lora_studio.core.inference", "diffusers", "peft"):
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the job that needs it reports the real error
+                pass
         self.found.emit(info)
 
 
 # -------------------------------------------------------------------------------------------- jobs
+EVENTS_FILE = "events.jsonl"
+
+
 def training_job(config, resume: bool = False) -> JobThread:
+    """The one training engine, with the run's events also kept in ``<output_dir>/events.jsonl``
+    so a finished run can be reopened (File > Open finished run)."""
+
     def fn(emit, stop):
+        import os
+
         from lora_studio.core.training import train
 
-        if resume:
-            return train(config, emit, stop, resume=True)
-        return train(config, emit, stop)
+        os.makedirs(config.output_dir, exist_ok=True)
+        path = os.path.join(config.output_dir, EVENTS_FILE)
+        if not resume and os.path.exists(path):
+            os.remove(path)
+        writer = ev.JsonlWriter(path, forward=emit)
+        try:
+            return train(config, writer, stop, resume=resume)
+        finally:
+            writer.close()
 
     return JobThread(fn)
 
@@ -111,16 +130,33 @@ def open_dataset_job(path: str) -> JobThread:
     def fn(emit, stop):
         from lora_studio.core.dataset import Dataset
 
-        return Dataset.open(path)
+        ds = Dataset.open(path)
+        validate = getattr(ds, "validate", None)
+        if callable(validate):
+            validate()
+        for item in ds.items:  # read image headers here, not in the table's paint
+            if stop():
+                break
+            item.size  # noqa: B018 - a lazy property; reading it caches the size
+        return ds
 
     return JobThread(fn)
 
 
 def class_images_job(config) -> JobThread:
-    def fn(emit, stop):
-        from lora_studio.core import training
+    """Generate the missing DreamBooth class images with the base model (what training would do first)."""
 
-        return training.generate_class_images(config, emit, stop)
+    def fn(emit, stop):
+        import torch
+
+        from lora_studio.core.training.class_images import ensure_class_images
+        from lora_studio.core.training.models import load_models
+
+        models = load_models(config.pretrained_model_name_or_path)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        with torch.inference_mode():
+            return ensure_class_images(models, config, device, emit, stop, config.resolution,
+                                       getattr(config, "sample_steps", 20))
 
     return JobThread(fn)
 

@@ -1,0 +1,117 @@
+"""The Training tab drives the real engine on a tiny random-init SD1 pipeline (the demo architecture), on CPU."""
+
+import math
+
+import pytest
+from PySide6.QtCore import Qt
+
+from lora_studio.core import events as ev
+from tests.gui.conftest import make_images
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory):
+    from lora_studio.core.demo.build import build_pipeline
+
+    path = tmp_path_factory.mktemp("gui-models") / "sd1"
+    build_pipeline("sd1", seed=0).save_pretrained(path)
+    return path
+
+
+def _setup(window, model, data, out, steps, **extra):
+    tab = window.training_tab
+    tab.model_picker.set_model(str(model))
+    values = dict(train_data_dir=str(data), output_dir=str(out), resolution=64, max_train_steps=steps,
+                  checkpointing_steps=1000, rank=4, learning_rate=1e-3, report_to="none", validation_prompt="",
+                  seed=7)
+    values.update(extra)
+    tab.form.set_values(values)
+    return tab
+
+
+def _wait_ready(qtbot, window):
+    # the app warms torch/diffusers imports on its start-up thread; a run starts after that, as for a user
+    qtbot.waitUntil(lambda: window.gpu_label.text().startswith(("CPU", "GPU")), timeout=120000)
+
+
+@pytest.mark.slow
+def test_training_run_from_the_tab_feeds_the_plot_and_finishes(qtbot, make_window, tmp_path, tiny_sd1, probe):
+    data = make_images(tmp_path / "data", 4, size=(64, 64))
+    window = make_window(probe_gpu=True)
+    _wait_ready(qtbot, window)
+    tab = _setup(window, tiny_sd1, data, tmp_path / "out", steps=8, validation_prompt="a photo",
+                 validation_steps=4, num_validation_images=1)
+    seen = []
+    tab.event_received.connect(seen.append)
+    probe.start()
+    with qtbot.waitSignal(tab.run_finished, timeout=180000) as finished:
+        qtbot.mouseClick(tab.start_btn, Qt.LeftButton)
+        assert tab.is_running() and not tab.start_btn.isEnabled() and tab.stop_btn.isEnabled()
+    qtbot.waitUntil(lambda: not tab.is_running(), timeout=10000)
+    probe.stop()
+    result = finished.args[0]
+    assert not result["stopped"] and result["steps"] == 8
+    assert isinstance(seen[-1], ev.Finished)
+    assert tab.plot.points == 8 and tab.plot.redraws >= 1
+    x, y = tab.plot.raw_item.getData()
+    assert len(x) == 8 and all(math.isfinite(v) for v in y)
+    assert tab.progress.value() == 8 and tab.start_btn.isEnabled()
+    assert tab.samples.count() >= 1  # validation samples appear
+    assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()
+    assert (tmp_path / "out" / "events.jsonl").exists()
+    # the finished adapter is offered in the Preview tab
+    assert any(r.path.endswith("pytorch_lora_weights.safetensors") for r in window.preview_tab.rows)
+    assert probe.max_gap < 0.2, f"GUI blocked for {probe.max_gap * 1000:.0f} ms during training"
+
+    # a finished run reopens with its curve
+    other = make_window()
+    other.open_run(str(tmp_path / "out"))
+    assert other.training_tab.plot.points == 8
+
+
+@pytest.mark.slow
+def test_stop_leaves_a_run_that_resume_completes(qtbot, make_window, tmp_path, tiny_sd1):
+    data = make_images(tmp_path / "data", 4, size=(64, 64))
+    window = make_window(probe_gpu=True)
+    _wait_ready(qtbot, window)
+    tab = _setup(window, tiny_sd1, data, tmp_path / "out", steps=400)
+    steps = []
+    tab.event_received.connect(lambda e: isinstance(e, ev.Progress) and e.phase == "train" and steps.append(e.step))
+    with qtbot.waitSignal(tab.run_finished, timeout=180000) as stopped:
+        tab.start_btn.click()
+        qtbot.waitUntil(lambda: len(steps) >= 3, timeout=120000)
+        tab.stop_btn.click()
+    qtbot.waitUntil(lambda: not tab.is_running(), timeout=30000)
+    first = stopped.args[0]
+    assert first["stopped"] and 3 <= first["steps"] < 400
+    assert list((tmp_path / "out" / "checkpoints").iterdir())
+
+    tab.form.set_values({"max_train_steps": first["steps"] + 3})
+    steps.clear()
+    with qtbot.waitSignal(tab.run_finished, timeout=180000) as resumed:
+        tab.resume_btn.click()
+    qtbot.waitUntil(lambda: not tab.is_running(), timeout=30000)
+    second = resumed.args[0]
+    assert not second["stopped"] and second["steps"] == first["steps"] + 3
+    assert steps[0] == first["steps"] + 1  # continued, not restarted
+    assert tab.plot.points == first["steps"] + 3  # one curve across the stop
+
+
+def test_form_is_built_from_config_metadata_and_rejects_bad_values(qtbot, make_window):
+    from lora_studio import config as cfgmod
+
+    window = make_window()
+    form = window.training_tab.form
+    lr = form.editors["learning_rate"]
+    assert cfgmod.field_help("learning_rate") in lr.toolTip()
+    assert set(form.editors) >= {"rank", "train_batch_size", "mixed_precision", "gradient_checkpointing"}
+    assert not form.editors["adam_beta1"].isVisibleTo(form)  # advanced rows collapsed
+    form.advanced_box.setChecked(True)
+    assert form.editors["adam_beta1"].isVisibleTo(form)
+    window.set_gpu({"name": "RTX Test", "total": 12 * 1024**3, "cuda": True})
+    assert window.training_tab.preset_combo.currentData() == 12
+    assert form.value("train_batch_size") == cfgmod.PRESETS["sd1"][12]["train_batch_size"]
+    form.set_values({"mode": "dreambooth", "instance_prompt": ""})
+    assert window.training_tab.start() is False  # ConfigError -> dialog, no run
+    assert "instance_prompt" in window.training_tab.last_dialog.text()
+    window.training_tab.last_dialog.close()
