@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
+from lora_studio.core.locks import folder_lock
 from lora_studio.errors import LoraStudioError
 
 from . import captions as cap
@@ -295,9 +296,12 @@ class Dataset:
                 sidecars[target] = (i, item, text)
         changed: list[int] = []
         try:
-            self._write_sidecars(sidecars, changed)
-            for path, batch in by_meta.items():
-                self._write_metadata(path, batch, changed)
+            # Another window or process may write this dataset too: metadata.jsonl rewrites re-read the
+            # file, and the lock keeps two read-modify-write cycles from interleaving.
+            with folder_lock(self.root):
+                self._write_sidecars(sidecars, changed)
+                for path, batch in by_meta.items():
+                    self._write_metadata(path, batch, changed)
         finally:  # listeners hear of every caption that did land, even when a later write failed
             changed = sorted(set(changed))
             for i in changed:
