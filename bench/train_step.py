@@ -150,6 +150,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default=None, help="comma list (default 1,4,8; --tiny 1,2)")
     ap.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
     ap.add_argument("--paths", default="reference,fast", help="reference, fast, fast_cl (channels-last)")
+    ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
+                    "checkpointing off, e.g. 1,4")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per row")
     ap.add_argument("--min-steps", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=60)
@@ -220,7 +222,9 @@ def main(argv=None) -> int:
         free(device)
         for batch in batches:
             for ckpt in ckpts:
-                for path in paths:
+                extra = ["fast_cl"] if (not ckpt and str(batch) in args.cl_batches.split(",")
+                                        and "fast_cl" not in paths) else []
+                for path in paths + extra:
                     row = run_config(name, spec, unet, params, path=path, batch=batch, ckpt=ckpt, device=device,
                                      args=args, acp=acp, flops_per_image=setup["flops_per_image"], log=log)
                     result["rows"].append(row)

@@ -1,0 +1,176 @@
+"""Low-memory presets: the training run's GPU peak for SDXL 1024 and SD 1.5 512, rank 32, batch 1.
+
+    python bench/lowmem.py [--tiny]
+
+Everything the run keeps on the GPU is counted: the frozen UNet, LoRA weights with their gradients and
+AdamW state, the cached latents and text embeddings of the batch; the VAE and text encoders are off the
+GPU (cached latents and embeddings). Variants per model:
+  bf16            frozen base in bf16, gradient checkpointing, eager step
+  bf16+fast       the same through FastStep (the graph's memory pool counted)
+  int8            (stretch) frozen Linear weights stored as int8 with a per-output-channel scale,
+                  dequantised on the fly in forward and backward (nothing extra saved for backward)
+  int8+fast       the same through FastStep
+Peaks are torch.cuda.max_memory_allocated from an empty GPU (build included) and, separately, during
+training only (reset after setup). Targets: SDXL <= 7.5 GiB (8 GB card), stretch 5.5 GiB; SD 1.5 <= 3.5 GiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from bench import models as M  # noqa: E402
+from bench.steps import alphas_cumprod, free, make_step, time_steps  # noqa: E402
+from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
+
+GIB = 2 ** 30
+
+
+class _DequantLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, q, scale, bias):
+        w = q.to(x.dtype) * scale.to(x.dtype)
+        ctx.save_for_backward(q, scale)
+        return F.linear(x, w, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, scale = ctx.saved_tensors
+        w = q.to(grad.dtype) * scale.to(grad.dtype)
+        return grad @ w, None, None, None
+
+
+class Int8Linear(torch.nn.Module):
+    """A frozen Linear whose weight is stored as int8 rows with one bf16 scale each (half of bf16)."""
+
+    def __init__(self, linear: torch.nn.Linear, dtype=torch.bfloat16):
+        super().__init__()
+        w = linear.weight.detach()
+        scale = w.float().abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / 127.0
+        self.register_buffer("q", torch.round(w.float() / scale).clamp_(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale.to(dtype))
+        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x):
+        dtype = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
+        if not x.is_cuda and torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+        bias = None if self.bias is None else self.bias.to(dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return _DequantLinear.apply(x.to(dtype), self.q, self.scale, bias)
+
+
+def quantize_frozen_linears(model, min_numel: int = 4096) -> int:
+    """Swap every frozen nn.Linear (peft's base layers included) for Int8Linear; returns bytes saved."""
+    saved = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear and not child.weight.requires_grad and child.weight.numel() >= min_numel:
+                setattr(parent, name, Int8Linear(child, child.weight.dtype))
+                saved += child.weight.numel() * (child.weight.element_size() - 1)
+                del child
+    return saved
+
+
+def measure(name, spec, *, int8, fast, device, args, rank=32):
+    free(device)
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    torch.manual_seed(0)  # the same random base and LoRA for every variant
+    unet, _ = M.build_unet(spec[0], device)
+    params = M.add_lora(unet, rank)
+    saved = quantize_frozen_linears(unet) if int8 else 0
+    if fast:
+        capturable_checkpointing(unet)
+        opt = capturable_adamw(params, lr=1e-4, device=device)
+    else:
+        unet.enable_gradient_checkpointing()
+        opt = torch.optim.AdamW(params, lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    data = M.make_batch(spec, 1, device, generator=g)
+    # Fixed noise and timestep, so the first loss compares int8 storage against bf16 on the same input.
+    data["noise"] = torch.randn(data["latents"].shape, generator=g).to(device)
+    data["timesteps"] = torch.tensor([500], device=device)
+    step = make_step(unet, params, opt, acp=alphas_cumprod(device), autocast_cache=not fast)
+    if fast:
+        step = FastStep(step, device=device, params=params)
+    free(device)
+    setup_alloc = torch.cuda.memory_allocated() / GIB if cuda else None
+    peak_build = torch.cuda.max_memory_allocated() / GIB if cuda else None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    loss0 = float(step(data))
+    setup_s = time.perf_counter() - t0
+    timing = time_steps(lambda: step(data), device, warmup=1, budget_s=args.budget, n_min=3, n_max=20)
+    row = {"model": name, "int8": int8, "fast": fast, "rank": rank, "first_loss": loss0,
+           "ms": timing["ms"], "n": timing["n"], "setup_s": setup_s, "int8_bytes_saved": saved,
+           "resident_gib": setup_alloc, "peak_build_gib": peak_build,
+           "peak_train_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None}
+    if fast:
+        row["captured"] = any(v is not None for v in step.graphs.values())
+    row["peak_gib"] = max(row["peak_build_gib"] or 0, row["peak_train_gib"] or 0) if cuda else None
+    del step, opt, params, unet, data
+    free(device)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--models", default="sdxl,sd15")
+    ap.add_argument("--variants", default="bf16,bf16+fast,int8,int8+fast")
+    ap.add_argument("--budget", type=float, default=1.5)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args(argv)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tiny = args.tiny or device == "cpu"
+    specs = M.tiny_models() if tiny else M.MODELS
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    result = {"card": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "tiny": tiny,
+              "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "rows": []}
+    for name in args.models.split(","):
+        for v in args.variants.split(","):
+            try:
+                row = measure(name, specs[name], int8="int8" in v, fast="fast" in v, device=device, args=args)
+            except torch.cuda.OutOfMemoryError as exc:
+                row = {"model": name, "variant": v, "error": str(exc).splitlines()[0]}
+            row["variant"] = v
+            result["rows"].append(row)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = ("tiny_" if tiny else "") + ("h100" if "H100" in result["card"] else "gpu" if device == "cuda" else "cpu")
+    (out / f"lowmem_{tag}.json").write_text(json.dumps(result, indent=1))
+    lines = [f"# Low-memory presets — {result['card']}, {result['date']}", "",
+             "Rank 32, batch 1, gradient checkpointing, cached latents + text embeddings (encoders off the GPU).", "",
+             "| model | variant | peak GiB (from empty) | peak in training GiB | resident GiB | ms/step | first loss |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['variant']} | OOM | | | | {r['error']} |")
+            continue
+        f = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
+        lines.append(f"| {r['model']} | {r['variant']} | {f(r['peak_gib'], '.2f')} | {f(r['peak_train_gib'], '.2f')} | "
+                     f"{f(r['resident_gib'], '.2f')} | {r['ms']:.1f} | {r['first_loss']:.4f} |")
+    (out / f"lowmem_{tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
