@@ -204,7 +204,8 @@ if [ -n "$SRC" ]; then
   WHEEL="$(ls "$PREFIX"/build/dist/lora_studio-*.whl | head -n 1)"
 fi
 APP_HASH="$(plan_tool wheel-hash "$WHEEL")"
-if [ "$(old app_hash)" != "$APP_HASH" ] || ! "$ENV_PY" -I -c 'import lora_studio.cli' 2>/dev/null; then
+if [ "$(old app_hash)" != "$APP_HASH" ] \
+   || ! "$ENV_PY" -I -c 'from importlib.metadata import version; version("lora-studio")' 2>/dev/null; then
   step "Installing LoRA Studio and its libraries"
   reinstall=(); [ -n "$(old app_hash)" ] && reinstall=(--reinstall-package lora-studio)
   [ -z "$UV" ] && [ -n "$(old app_hash)" ] && reinstall=(--force-reinstall --no-deps)
