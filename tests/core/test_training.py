@@ -148,3 +148,170 @@ def test_resume_after_stop_equals_uninterrupted_run(sd1_dir, tmp_path):
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
     assert [round(x, 6) for _, x in full["loss_history"]] == [round(x, 6) for _, x in second["loss_history"]]
+
+
+# ------------------------------------------------------------------------------ the file in plain diffusers
+def _merged_by_hand(model_dir: Path, adapter_path: str, scale: float):
+    """The base pipeline with W += scale * up @ down written into every targeted weight, by hand."""
+    from lora_studio.core.models.loader import load_pipeline
+
+    pipe = load_pipeline(str(model_dir), torch_dtype=torch.float32)
+    state = load_file(adapter_path)
+    downs = {k: v for k, v in state.items() if k.endswith("down.weight")}
+    assert downs
+    for key, down in downs.items():
+        up = state[key.replace("down.weight", "up.weight")]
+        component, rest = key.split(".", 1)
+        module_path = rest.rsplit(".", 3)[0] if ".lora_linear_layer." in rest else rest.rsplit(".", 3)[0]
+        module = getattr(pipe, component).get_submodule(module_path)
+        with torch.no_grad():
+            module.weight += scale * (up.float() @ down.float())
+    return pipe
+
+
+def _image(pipe, prompt="a red circle in zebra style"):
+    out = pipe(prompt, num_inference_steps=4, generator=torch.Generator().manual_seed(3), output_type="np")
+    return torch.from_numpy(out.images[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_adapter_loads_in_plain_diffusers_with_alpha_scaling(family, sd1_dir, sdxl_dir, tmp_path):
+    from lora_studio.core.models.loader import load_pipeline
+
+    model = sd1_dir if family == "sd1" else sdxl_dir
+    data = make_dataset(tmp_path / "data", n=2, captions=["a red circle in zebra style"])
+    cfg = config(model, data, tmp_path / "out", rank=4, lora_alpha=12.0, learning_rate=2e-2, max_train_steps=3,
+                 train_text_encoder=True, text_encoder_lr=2e-2)
+    result = train(cfg, Recorder())
+    with safe_open(result["adapter_path"], "pt") as f:
+        prefixes = {k.split(".")[0] for k in f.keys()}
+        assert f.metadata()["lora_studio.base_family"] == family
+    assert prefixes == ({"unet", "text_encoder", "text_encoder_2"} if family == "sdxl" else {"unet", "text_encoder"})
+
+    pipe = load_pipeline(str(model), torch_dtype=torch.float32)
+    base = _image(pipe)
+    pipe.load_lora_weights(str(tmp_path / "out"))
+    loaded = _image(pipe)
+    by_hand = _image(_merged_by_hand(model, result["adapter_path"], 12.0 / 4))
+    wrong_scale = _image(_merged_by_hand(model, result["adapter_path"], 1.0))
+    assert (loaded - by_hand).abs().mean() < 1 / 255
+    # The comparison can fail: the adapter visibly changes the image, and alpha/rank is what makes it match.
+    assert (loaded - base).abs().mean() > 2 / 255
+    assert (loaded - wrong_scale).abs().mean() > 1 / 255
+
+
+# ------------------------------------------------------------------------------ bad input stops before work
+def _fails_before_work(cfg, tmp_path, *words):
+    events = Recorder()
+    with pytest.raises(TrainingFailed) as info:
+        train(cfg, events)
+    failed = events.of(ev.Failed)
+    assert len(failed) == 1 and failed[0].message == str(info.value) and failed[0].advice
+    text = (str(info.value) + " " + info.value.advice).lower()
+    for word in words:
+        assert word.lower() in text, (word, text)
+    assert not (tmp_path / "out").exists()  # nothing was written: the run stopped before any work
+    assert not events.of(ev.Started)
+    return info.value
+
+
+def test_empty_dataset(sd1_dir, tmp_path):
+    (tmp_path / "data").mkdir()
+    _fails_before_work(config(sd1_dir, tmp_path / "data", tmp_path / "out"), tmp_path, "no images", "add")
+
+
+def test_missing_captions_in_style_mode(sd1_dir, tmp_path):
+    data = make_dataset(tmp_path / "data", n=3, captions=["a red circle"])
+    (data / "img1.txt").unlink()
+    _fails_before_work(config(sd1_dir, data, tmp_path / "out"), tmp_path, "img1.png", "no caption", "caption")
+
+
+def test_missing_instance_token(sd1_dir, tmp_path):
+    data = make_dataset(tmp_path / "data", n=2)
+    cfg = config(sd1_dir, data, tmp_path / "out", mode="dreambooth", instance_prompt="a photo of a dog",
+                 with_prior_preservation=True, class_prompt="a photo of a dog", class_data_dir=str(tmp_path / "c"))
+    _fails_before_work(cfg, tmp_path, "instance_prompt", "rare token", "sks")
+
+
+def test_empty_instance_prompt_names_the_key(sd1_dir, tmp_path):
+    data = make_dataset(tmp_path / "data", n=2)
+    cfg = config(sd1_dir, data, tmp_path / "out")
+    cfg.mode = "dreambooth"  # set after construction, as a GUI form would, so train() validates it
+    _fails_before_work(cfg, tmp_path, "instance_prompt")
+
+
+def test_folder_that_is_not_a_pipeline(tmp_path):
+    data = make_dataset(tmp_path / "data", n=2, captions=["x"])
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "unet.bin").write_bytes(b"")
+    _fails_before_work(config(tmp_path / "model", data, tmp_path / "out"), tmp_path, "model_index.json")
+
+
+def test_unsupported_precision_on_this_device(sd1_dir, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU case")
+    data = make_dataset(tmp_path / "data", n=2, captions=["x"])
+    _fails_before_work(config(sd1_dir, data, tmp_path / "out", mixed_precision="fp16"), tmp_path,
+                       "fp16", "mixed_precision")
+
+
+def test_missing_optional_optimizer(sd1_dir, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed")
+    data = make_dataset(tmp_path / "data", n=2, captions=["x"])
+    _fails_before_work(config(sd1_dir, data, tmp_path / "out", optimizer="adamw8bit"), tmp_path,
+                       "bitsandbytes", "pip install", "adamw")
+
+
+# ------------------------------------------------------------------------------ NaN, stop
+def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    """A text encoder whose embedding of 'zebra' is NaN: the first batch captioned with it poisons the loss."""
+    from lora_studio.core.demo.build import build_pipeline
+    from lora_studio.core.training.data import BatchOrder
+    from lora_studio.core.training.preflight import collect_examples
+
+    pipe = build_pipeline("sd1", seed=0)
+    zebra = pipe.tokenizer("zebra", add_special_tokens=False).input_ids
+    with torch.no_grad():
+        pipe.text_encoder.get_input_embeddings().weight[zebra] = float("nan")
+    pipe.save_pretrained(tmp_path / "model")
+    data = make_dataset(tmp_path / "data", n=4, captions=["a red circle", "a green circle", "a blue circle",
+                                                          "a zebra circle"])
+    cfg = config(tmp_path / "model", data, tmp_path / "out", max_train_steps=8, checkpointing_steps=1)
+    order = BatchOrder(collect_examples(cfg), 1, cfg.seed)
+    bad_step = next(m + 1 for m in range(8) if "zebra" in order.batch(m)[0].caption)
+    assert bad_step >= 2, "pick a seed whose first zebra batch is not the first step"
+
+    events = Recorder()
+    with pytest.raises(TrainingFailed, match=f"step {bad_step}"):
+        train(cfg, events)
+    assert [p.step for p in events.of(ev.Progress, "train")] == list(range(1, bad_step))
+    assert events.of(ev.Failed)[-1].message.startswith("the loss became nan")
+    assert f"checkpoint-{bad_step - 1}" in events.of(ev.Failed)[-1].advice
+    assert not events.of(ev.Finished)
+    ckpts = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
+    assert ckpts[-1] == f"checkpoint-{bad_step - 1}"
+    assert not (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()
+    good = load_file(str(tmp_path / "out" / "checkpoints" / ckpts[-1] / "pytorch_lora_weights.safetensors"))
+    assert all(torch.isfinite(t).all() for t in good.values())
+
+
+def test_stop_saves_adapter_and_checkpoint(sd1_dir, tmp_path):
+    import threading
+
+    data = make_dataset(tmp_path / "data", n=2, captions=["a circle"])
+    flag = threading.Event()
+    events = Recorder()
+
+    def emit(event):
+        events(event)
+        if isinstance(event, ev.Progress) and event.phase == "train" and event.step == 2:
+            flag.set()
+
+    result = train(config(sd1_dir, data, tmp_path / "out", max_train_steps=50), emit, stop=flag)
+    assert result["stopped"] and result["steps"] == 2
+    assert Path(result["adapter_path"]).is_file() and result["checkpoint"].endswith("checkpoint-2")
+    assert len(events.of(ev.Finished)) == 1 and not events.of(ev.Failed)

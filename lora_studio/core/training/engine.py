@@ -445,8 +445,10 @@ class _Run:
             from lora_studio.core.lora_files import export_kohya
         except ImportError:
             return None
-        out = self.output_dir / "kohya" / f"{self.output_dir.name or 'lora'}.safetensors"
-        export_kohya(adapter, out)
+        # For A1111 / ComfyUI / InvokeAI: named after the run's folder, real alpha kept.
+        out = self.output_dir / "kohya" / f"{self.output_dir.resolve().name or 'lora'}.safetensors"
+        export_kohya(adapter, out, family=self.models.family, alpha=self.config.alpha,
+                     unet_config=dict(self.models.unet.config))
         return str(out)
 
     def finish_early(self, t0: float, why: str) -> dict[str, Any]:

@@ -32,8 +32,13 @@ def build_lora(models, config) -> list[torch.nn.Parameter]:
                               "use module names of the UNet's attention, e.g. [\"to_q\", \"to_k\", \"to_v\", "
                               "\"to_out.0\"].") from None
     if config.train_text_encoder:
+        from peft import inject_adapter_in_model
+
         for encoder in models.text_encoders:
-            encoder.add_adapter(lora_config(config, TEXT_ENCODER_TARGETS))
+            # peft directly: transformers' add_adapter wants a newer peft than diffusers does.
+            te_config = lora_config(config, TEXT_ENCODER_TARGETS)
+            inject_adapter_in_model(te_config, encoder, adapter_name="default")
+            encoder.peft_config = {"default": te_config}
     params = []
     for module in trainable_modules(models, config):
         for p in module.parameters():
