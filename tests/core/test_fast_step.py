@@ -64,6 +64,7 @@ def test_reason_names_each_blocker():
         assert fast_path_reason(cfg.replace(mixed_precision="bf16"), "cuda") is None
         assert "accumulation" in fast_path_reason(cfg.replace(gradient_accumulation_steps=2), "cuda")
         assert "prodigy" in fast_path_reason(cfg.replace(optimizer="prodigy"), "cuda")
+        assert "dropout" in fast_path_reason(cfg.replace(lora_dropout=0.1, gradient_checkpointing=True), "cuda")
         assert "fp16" in fast_path_reason(cfg.replace(mixed_precision="fp16"), "cuda")
 
 
@@ -125,24 +126,33 @@ def test_captured_step_matches_eager_on_gpu(checkpointing):
     if checkpointing:
         capturable_checkpointing(unet)
         twin.enable_gradient_checkpointing()
-    opt = capturable_adamw(params, lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+    class Step:  # like the engine's TrainingStep: the LR scheduler steps inside the step
+        def __init__(self, unet, params):
+            opt = capturable_adamw(params, lr=1e-3)
+            self.inner = _step_fn(unet, params, opt)
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 / (1 + s))
+
+        def __call__(self, batch):
+            loss = self.inner(batch)
+            self.lr_scheduler.step()
+            return loss
+
     warnings = []
-    fast = FastStep(_step_fn(unet, params, opt), device="cuda", params=params, on_warning=warnings.append)
-    twin_opt = capturable_adamw(twin_params, lr=1e-3)
-    twin_sched = torch.optim.lr_scheduler.LambdaLR(twin_opt, lambda s: 1.0 / (1 + s))
-    eager = _step_fn(twin, twin_params, twin_opt)
+    step = Step(unet, params)
+    fast = FastStep(step, device="cuda", params=params, on_warning=warnings.append)
+    eager = Step(twin, twin_params)
     batches = _batches(12, device="cuda")
     lf, le = [], []
     for b in batches:
-        lf.append(fast(b))
-        sched.step()
+        lf.append(fast({**b, "micro_step": len(lf)}))  # bookkeeping keys are dropped, not baked
         le.append(eager(b))
-        twin_sched.step()
     lf = torch.stack(lf).float().cpu()
     le = torch.stack(le).float().cpu()
     assert not warnings, warnings
     assert fast.replays == 10 and len(fast.graphs) == 2
+    # The schedule went on during replays (it would stick at the captured value inside the graph).
+    assert step.lr_scheduler.last_epoch == eager.lr_scheduler.last_epoch == 12
+    assert abs(float(step.lr_scheduler.optimizer.param_groups[0]["lr"]) - 1e-3 / 13) < 1e-9
     assert torch.allclose(lf, le, rtol=1e-3, atol=1e-6), (lf, le)
     for p, q in zip(params, twin_params):
         assert torch.allclose(p, q, rtol=1e-3, atol=1e-5)
@@ -166,3 +176,22 @@ def test_uncapturable_step_falls_back_to_eager_on_gpu():
     assert all(v == v for v in losses)
     assert warnings and "eagerly" in warnings[0]
     assert fast.replays == 0 and all(v is None for v in fast.graphs.values())
+
+
+def test_host_calls_are_recorded_not_run_and_bookkeeping_keys_dropped():
+    from lora_studio.core.training.fast_step import _HostCalls
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+    calls = []
+    proxy = _HostCalls(sched, calls)
+    proxy.step()
+    assert sched.last_epoch == 0 and proxy.last_epoch == 0  # recorded, not run; plain attributes pass through
+    obj, name, args, kwargs = calls[0]
+    getattr(obj, name)(*args, **kwargs)
+    assert sched.last_epoch == 1 and opt.param_groups[0]["lr"] == 0.5
+
+    seen = []
+    fast = FastStep(lambda b: seen.append(sorted(b)) or torch.zeros(()), device="cpu")
+    fast({"x": torch.ones(1), "micro_step": 3})
+    assert seen == [["x"]]

@@ -33,6 +33,8 @@ Batch = Any  # dict / list / tuple of tensors and plain values, nested
 # removed before the step sees the batch, eagerly and captured alike, so they neither key a new graph per
 # step nor get baked into one. Any other plain value is part of the shape key.
 DROP_KEYS = ("micro_step", "step")
+# Attributes of the step object whose method calls stay on the host (see _HostCalls).
+HOST_ATTRS = ("lr_scheduler",)
 
 
 def fast_path_reason(config, device) -> str | None:
@@ -48,6 +50,8 @@ def fast_path_reason(config, device) -> str | None:
         return f"optimizer {config.optimizer!r} cannot be captured (only 'adamw')"
     if getattr(config, "mixed_precision", "bf16") == "fp16":
         return "fp16 needs a gradient scaler that checks for overflow on the host every step"
+    if getattr(config, "lora_dropout", 0.0) > 0 and getattr(config, "gradient_checkpointing", False):
+        return "LoRA dropout under gradient checkpointing needs the RNG state restored, which a graph cannot do"
     return None
 
 
@@ -124,10 +128,33 @@ def _key(batch) -> tuple:
 
 
 class _Graph:
-    __slots__ = ("graph", "inputs", "loss")
+    __slots__ = ("graph", "inputs", "loss", "host_calls")
 
-    def __init__(self, graph, inputs, loss):
-        self.graph, self.inputs, self.loss = graph, inputs, loss
+    def __init__(self, graph, inputs, loss, host_calls):
+        self.graph, self.inputs, self.loss, self.host_calls = graph, inputs, loss, host_calls
+
+
+class _HostCalls:
+    """Stands in for a host-side object (an LR scheduler) while the step is captured.
+
+    Its method calls are recorded instead of run, and re-run on the real object after every replay: a
+    scheduler's ``step()`` inside the captured step would otherwise be baked into the graph with the
+    learning rate of the capture, and its host counters would stop.
+    """
+
+    def __init__(self, real, calls: list):
+        object.__setattr__(self, "_real", real)
+        object.__setattr__(self, "_calls", calls)
+
+    def __getattr__(self, name):
+        value = getattr(self._real, name)
+        if not callable(value):
+            return value
+
+        def record(*args, **kwargs):
+            self._calls.append((self._real, name, args, kwargs))
+
+        return record
 
 
 class FastStep:
@@ -139,9 +166,10 @@ class FastStep:
 
     def __init__(self, step_fn: Callable[[Batch], torch.Tensor], *, device=None, max_graphs: int = 16,
                  on_warning: Callable[[str], None] | None = None, params: list | None = None,
-                 drop_keys: tuple[str, ...] = DROP_KEYS):
+                 drop_keys: tuple[str, ...] = DROP_KEYS, host_attrs: tuple[str, ...] = HOST_ATTRS):
         self.step_fn = step_fn
         self.drop_keys = tuple(drop_keys)
+        self.host_attrs = tuple(host_attrs)
         self.device = torch.device(device) if device is not None else (
             torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
         self.max_graphs = max_graphs
@@ -181,6 +209,8 @@ class FastStep:
         for dst, src in zip(entry.inputs, tensors):
             dst.copy_(src, non_blocking=True)
         entry.graph.replay()
+        for obj, name, args, kwargs in entry.host_calls:
+            getattr(obj, name)(*args, **kwargs)
         self.replays += 1
         return entry.loss.clone()
 
@@ -198,13 +228,18 @@ class FastStep:
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            loss = self.step_fn(static_batch)  # the real step for this batch
-            loss = loss.detach().clone()
+            loss = self.step_fn(static_batch).detach()  # the real step for this batch
         torch.cuda.current_stream(self.device).wait_stream(side)
+        loss = loss.clone()
         graph = torch.cuda.CUDAGraph()
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+        host_calls: list = []
+        originals = {name: getattr(self.step_fn, name) for name in self.host_attrs
+                     if getattr(self.step_fn, name, None) is not None}
         try:
+            for name, real in originals.items():
+                setattr(self.step_fn, name, _HostCalls(real, host_calls))
             # One pool for every shape: each graph's intermediates die inside it, graphs never overlap.
             with torch.cuda.graph(graph, pool=self._pool):
                 static_loss = self.step_fn(static_batch).detach()
@@ -216,7 +251,10 @@ class FastStep:
             self.on_warning(f"fast path: could not capture the training step for batch shape "
                             f"{_shape_words(key)}; it runs eagerly ({type(exc).__name__}: {exc}).")
             return loss
-        self.graphs[key] = _Graph(graph, inputs, static_loss)
+        finally:
+            for name, real in originals.items():
+                setattr(self.step_fn, name, real)
+        self.graphs[key] = _Graph(graph, inputs, static_loss, host_calls)
         self.capture_seconds[key] = time.perf_counter() - t0
         return loss
 
