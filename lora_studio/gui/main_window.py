@@ -15,14 +15,15 @@ from lora_studio.gui import theme, workers
 from lora_studio.gui.dataset_tab import DatasetTab
 from lora_studio.gui.preview_tab import PreviewTab
 from lora_studio.gui.training_tab import GIB, TrainingTab
-from lora_studio.paths import resource
 
 TABS = {"dataset": 0, "training": 1, "preview": 2}
 MAX_RECENT = 8
 
 
 def demo_dataset() -> Path:
-    return resource("datasets", "demo-subject")
+    from lora_studio.core.demo import demo_dataset_path
+
+    return demo_dataset_path("subject")
 
 
 class MainWindow(QMainWindow):
@@ -234,8 +235,9 @@ class MainWindow(QMainWindow):
         if name in ("instance_prompt", "class_prompt", "class_data_dir", "num_class_images",
                     "with_prior_preservation"):
             self.dataset_tab.set_dreambooth_values(self.training_tab.form.values())
-        elif name == "resolution":
-            self.dataset_tab.model.set_resolution(self.training_tab.form.value("resolution"))
+        elif name in ("resolution", "model_family"):
+            self.dataset_tab.model.set_resolution(self.training_tab.form.value("resolution"),
+                                                  self.training_tab.model_family() == "sdxl")
 
     def set_gpu(self, info: dict) -> None:
         self.gpu = info

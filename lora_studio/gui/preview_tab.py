@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import time
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from lora_studio.gui import workers
 from lora_studio.gui.widgets.image_view import ImageView, to_qimage
 from lora_studio.gui.widgets.model_picker import ModelPicker
 
-SCHEDULERS = ["default", "euler", "euler_a", "dpm++", "ddim"]
+# the preview engine accepts these labels (core.inference.engine.SCHEDULERS)
+SCHEDULERS = ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC"]
 SLIDER_SCALE = 100  # slider ticks per unit weight
 
 
@@ -30,9 +32,10 @@ class LoraRow(QWidget):
     changed = Signal()  # weight settled or enable toggled: regenerate
     removed = Signal(object)
 
-    def __init__(self, path: str, weight: float = 1.0, parent=None):
+    def __init__(self, path: str, weight: float = 1.0, adapter_name: str = "lora", parent=None):
         super().__init__(parent)
         self.path = path
+        self.adapter_name = adapter_name  # stable while the row lives: the engine keeps the adapter loaded
         lay = QHBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
         lay.setSpacing(6)
@@ -190,7 +193,7 @@ class PreviewTab(QWidget):
         seed_row.addWidget(dice)
         self.steps = QSpinBox()
         self.steps.setRange(1, 150)
-        self.steps.setValue(20)
+        self.steps.setValue(12)
         self.guidance = QDoubleSpinBox()
         self.guidance.setRange(0.0, 30.0)
         self.guidance.setSingleStep(0.5)
@@ -199,9 +202,10 @@ class PreviewTab(QWidget):
         self.width_spin = QSpinBox()
         self.height_spin = QSpinBox()
         for s in (self.width_spin, self.height_spin):
-            s.setRange(16, 4096)
+            s.setRange(0, 4096)
             s.setSingleStep(64)
-            s.setValue(512)
+            s.setSpecialValueText("model's own")  # 0: the base model's native size
+            s.setValue(0)
         size_row.addWidget(self.width_spin, 1)
         size_row.addWidget(QLabel("×"))
         size_row.addWidget(self.height_spin, 1)
@@ -286,7 +290,12 @@ class PreviewTab(QWidget):
             self.add_lora(p)
 
     def add_lora(self, path: str, weight: float = 1.0) -> LoraRow:
-        row = LoraRow(str(path), weight)
+        base = re.sub(r"[^A-Za-z0-9_]", "_", LoraRow.display_name(str(path))) or "lora"
+        taken = {r.adapter_name for r in self.rows}
+        name, n = base, 2
+        while name in taken:
+            name, n = f"{base}_{n}", n + 1
+        row = LoraRow(str(path), weight, name)
         row.changed.connect(self.regenerate)
         row.removed.connect(self.remove_lora)
         self.rows.append(row)
@@ -304,15 +313,19 @@ class PreviewTab(QWidget):
     def active_loras(self) -> list[tuple[str, float]]:
         return [(r.path, r.weight()) for r in self.rows if r.enabled.isChecked()]
 
+    def engine_loras(self) -> list[tuple[str, str, float]]:
+        # a disabled LoRA stays loaded at weight 0, so ticking it again costs no reload
+        return [(r.path, r.adapter_name, r.weight() if r.enabled.isChecked() else 0.0) for r in self.rows]
+
     # ---------------------------------------------------------------------------------------- generate
     def params(self) -> dict:
-        return dict(prompt=self.prompt.toPlainText().strip(), negative_prompt=self.negative.text().strip(),
+        return dict(prompt=self.prompt.toPlainText().strip(), negative=self.negative.text().strip(),
                     seed=self.seed.value(), steps=self.steps.value(), guidance=self.guidance.value(),
                     width=self.width_spin.value(), height=self.height_spin.value(),
                     scheduler=self.scheduler.currentText())
 
     def generate(self) -> None:
-        self.worker.submit("generate", model=self.model_picker.model() or "demo", loras=self.active_loras(),
+        self.worker.submit("generate", model=self.model_picker.model() or "demo", loras=self.engine_loras(),
                            params=self.params())
         self.status.setText("Generating…")
 
@@ -388,16 +401,19 @@ class PreviewTab(QWidget):
         dlg.open()
         self.last_dialog = dlg
 
-    def run_grid(self, weights: list[float], seeds: list[int]) -> None:
-        self.worker.submit("grid", model=self.model_picker.model() or "demo", loras=self.active_loras(),
-                           params=self.params(), weights=weights, seeds=seeds)
+    def run_grid(self, adapter: str, weights: list[float], seeds: list[int],
+                 checkpoints: list[tuple[str, str]] | None = None) -> None:
+        self.worker.submit("grid", model=self.model_picker.model() or "demo", loras=self.engine_loras(),
+                           params=self.params(), adapter=adapter, weights=weights, seeds=seeds,
+                           checkpoints=checkpoints)
         self.status.setText("Making the comparison grid…")
 
     def _on_grid(self, img, info: dict) -> None:
         dlg = QDialog(self)
         dlg.setWindowTitle("Comparison grid")
         lay = QVBoxLayout(dlg)
-        lay.addWidget(QLabel(f"Rows: seeds {info.get('seeds')} · columns: weights {info.get('weights')}"))
+        rows = "checkpoints" if info.get("checkpoints") else f"weights of {info.get('adapter')}"
+        lay.addWidget(QLabel(f"Rows: {rows} · columns: seeds {info.get('seeds')}"))
         view = ImageView()
         view.set_image(img)
         lay.addWidget(view)
@@ -423,30 +439,56 @@ def _numbers(text: str, cast):
 
 
 class GridDialog(QDialog):
-    """Weight x seed grid for the first enabled LoRA."""
+    """Weight x seed for one LoRA, or checkpoint x seed for a run's saved checkpoints."""
 
     def __init__(self, tab: PreviewTab):
         super().__init__(tab)
         self.tab = tab
         self.setWindowTitle("Comparison grid")
+        self.setMinimumWidth(460)
         form = QFormLayout(self)
+        self.adapter = QComboBox()
+        for r in tab.rows:
+            self.adapter.addItem(LoraRow.display_name(r.path), r)
+        self.by_weight = QRadioButton("Weight × seed")
+        self.by_checkpoint = QRadioButton("Checkpoint × seed (from the LoRA's run folder)")
+        self.by_weight.setChecked(True)
         self.weights = QLineEdit("0, 0.5, 1.0, 1.5")
         self.seeds = QLineEdit(f"{tab.seed.value()}, {tab.seed.value() + 1}")
-        form.addRow("Weights (columns):", self.weights)
-        form.addRow("Seeds (rows):", self.seeds)
+        form.addRow("LoRA:", self.adapter)
+        form.addRow("", self.by_weight)
+        form.addRow("", self.by_checkpoint)
+        form.addRow("Weights (rows):", self.weights)
+        form.addRow("Seeds (columns):", self.seeds)
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         buttons.accepted.connect(self._ok)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
 
+    def checkpoints(self, row: LoraRow) -> list[tuple[str, str]]:
+        folder = Path(row.path).parent / "checkpoints"
+        found = []
+        for d in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
+                        if p.name.split("-")[-1].isdigit() else -1):
+            f = d / "pytorch_lora_weights.safetensors"
+            if f.exists():
+                found.append((d.name.replace("checkpoint-", "step "), str(f)))
+        found.append(("final", row.path))
+        return found
+
     def _ok(self) -> None:
+        row = self.adapter.currentData()
+        if row is None:
+            QMessageBox.warning(self, "Comparison grid", "Add a LoRA first.")
+            return
         try:
             weights, seeds = _numbers(self.weights.text(), float), _numbers(self.seeds.text(), int)
         except ValueError:
             QMessageBox.warning(self, "Comparison grid", "Weights and seeds are comma-separated numbers.")
             return
         self.accept()
-        self.tab.run_grid(weights, seeds)
+        checkpoints = self.checkpoints(row) if self.by_checkpoint.isChecked() else None
+        self.tab.run_grid(row.adapter_name, weights, seeds, checkpoints)
 
 
 class MergeDialog(QDialog):

@@ -14,8 +14,8 @@ import time
 import traceback
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QRunnable, QSize, QThread, Signal
-from PySide6.QtGui import QImage, QImageReader
+from PySide6.QtCore import QObject, QRunnable, QThread, Signal
+from PySide6.QtGui import QImage
 
 from lora_studio.core import events as ev
 
@@ -81,6 +81,18 @@ def gpu_info() -> dict[str, Any]:
     return {"name": info.name, "total": int(info.total_memory), "cuda": True, "backend": info.backend}
 
 
+def settle_heap() -> None:
+    """Move every object alive now (torch, diffusers, a loaded pipeline) out of the cyclic collector's reach.
+
+    A full collection walks every tracked object while holding the GIL; with torch and diffusers imported
+    that took 0.3-0.7 s on the test machine and froze the GUI thread, whichever thread triggered it.
+    Frozen objects are never scanned again, so later collections only walk what jobs create.
+    """
+    import gc
+
+    gc.freeze()
+
+
 class SystemProbe(QThread):
     """Finds the GPU at startup; this also imports torch once, off the GUI thread."""
 
@@ -97,6 +109,7 @@ class SystemProbe(QThread):
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - the job that needs it reports the real error
                 pass
+        settle_heap()
         self.found.emit(info)
 
 
@@ -126,18 +139,14 @@ def training_job(config, resume: bool = False) -> JobThread:
     return JobThread(fn)
 
 
-def open_dataset_job(path: str) -> JobThread:
+def open_dataset_job(path: str, resolution: int = 512, sdxl: bool = False) -> JobThread:
+    """Scan the folder and validate every image (fills sizes and problems) off the GUI thread."""
+
     def fn(emit, stop):
-        from lora_studio.core.dataset import Dataset
+        from lora_studio.core.dataset import Dataset, make_buckets, validate_dataset
 
         ds = Dataset.open(path)
-        validate = getattr(ds, "validate", None)
-        if callable(validate):
-            validate()
-        for item in ds.items:  # read image headers here, not in the table's paint
-            if stop():
-                break
-            item.size  # noqa: B018 - a lazy property; reading it caches the size
+        validate_dataset(ds, buckets=make_buckets(resolution, sdxl=sdxl), stop=stop)
         return ds
 
     return JobThread(fn)
@@ -234,10 +243,12 @@ class PreviewWorker(QThread):
                     self.busy.emit(False)
 
     def _ensure_engine(self, model: str):
-        from lora_studio.core.inference import PreviewEngine
+        from lora_studio.core.inference.engine import PreviewEngine
 
         if self.engine is None or self.model != model:
+            self.engine = None  # let the old pipeline go before the new one loads
             self.engine = PreviewEngine(model)
+            settle_heap()
             self.model = model
             self.loads += 1
             self.model_loaded.emit(model, self.loads)
@@ -246,30 +257,42 @@ class PreviewWorker(QThread):
     def _do_load(self, model: str) -> None:
         self._ensure_engine(model)
 
-    def _apply_loras(self, engine, loras: list[tuple[str, float]]) -> None:
-        paths = [p for p, _ in loras]
-        engine.set_loras(paths)
-        engine.set_weights([w for _, w in loras])
+    @staticmethod
+    def _request(params: dict):
+        from lora_studio.core.inference.engine import PreviewRequest
+
+        p = dict(params)
+        p["width"] = p.get("width") or None
+        p["height"] = p.get("height") or None
+        return PreviewRequest(**p)
+
+    def _apply_loras(self, engine, loras: list[tuple[str, str, float]]) -> None:
+        """``loras``: (path, adapter name, weight); a disabled LoRA stays loaded at weight 0."""
+        engine.set_loras([(path, name) for path, name, _ in loras])
+        engine.set_weights({name: w for _, name, w in loras})
 
     def _do_generate(self, model: str, loras: list, params: dict) -> None:
         engine = self._ensure_engine(model)
         self._apply_loras(engine, loras)
         t0 = time.perf_counter()
-        img = engine.generate(emit=self.event.emit, stop=self._stop.is_set, **params)
-        if img is None or self._stop.is_set():
+        img = engine.generate(self._request(params), emit=self.event.emit, stop=self._stop.is_set)
+        if img is None:
             return
-        info = dict(params, loras=loras, model=model, seconds=time.perf_counter() - t0, loads=self.loads)
+        info = dict(params, loras=[(p, w) for p, _, w in loras], model=model, seconds=time.perf_counter() - t0,
+                    loads=self.loads, base_loads=engine.base_loads)
         self.image.emit(img, info)
 
-    def _do_grid(self, model: str, loras: list, params: dict, weights: list, seeds: list) -> None:
-        from lora_studio.core.inference import comparison_grid
-
+    def _do_grid(self, model: str, loras: list, params: dict, adapter: str, weights: list, seeds: list,
+                 checkpoints: list | None = None) -> None:
         engine = self._ensure_engine(model)
         self._apply_loras(engine, loras)
-        img = comparison_grid(engine, weights=weights, seeds=seeds, emit=self.event.emit, stop=self._stop.is_set,
-                              **params)
+        request = self._request(params)
+        if checkpoints:
+            img = engine.checkpoint_grid(request, checkpoints, seeds, emit=self.event.emit, stop=self._stop.is_set)
+        else:
+            img = engine.weight_grid(request, adapter, weights, seeds, emit=self.event.emit, stop=self._stop.is_set)
         if img is not None:
-            self.grid.emit(img, dict(weights=weights, seeds=seeds))
+            self.grid.emit(img, dict(weights=weights, seeds=seeds, adapter=adapter, checkpoints=checkpoints))
 
     def _do_merge(self, loras: list, out: str, model: str | None = None, fuse_out: str | None = None) -> None:
         from lora_studio.core import inference
@@ -288,7 +311,7 @@ class _ThumbSignals(QObject):
 
 
 class ThumbnailTask(QRunnable):
-    """Decodes one image at thumbnail size; QImage is safe off the GUI thread (QPixmap is not)."""
+    """Decodes one image at thumbnail size with the dataset layer's safe reader; QImage is fine off-thread."""
 
     def __init__(self, path: str, size: int, signals: _ThumbSignals):
         super().__init__()
@@ -296,19 +319,15 @@ class ThumbnailTask(QRunnable):
         self.setAutoDelete(True)
 
     def run(self) -> None:
-        reader = QImageReader(self.path)
-        reader.setAutoTransform(True)
-        full = reader.size()
-        if full.isValid() and (full.width() > self.size or full.height() > self.size):
-            reader.setScaledSize(full.scaled(QSize(self.size, self.size), _keep_aspect()))
-        img = reader.read()
+        from lora_studio.core.dataset import thumbnail
+
+        small = thumbnail(self.path, self.size)
+        if small is None:
+            img = QImage()
+        else:
+            data = small.convert("RGB").tobytes("raw", "RGB")
+            img = QImage(data, small.width, small.height, 3 * small.width, QImage.Format_RGB888).copy()
         self.signals.done.emit(self.path, img)
-
-
-def _keep_aspect():
-    from PySide6.QtCore import Qt
-
-    return Qt.KeepAspectRatio
 
 
 def events_from_file(path: str) -> list:

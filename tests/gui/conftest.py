@@ -1,11 +1,18 @@
+import sys
+import threading
 import time
+import traceback
 
 import pytest
 from PySide6.QtCore import QSettings, QTimer
 
 
 class BlockProbe:
-    """Ticks every 10 ms on the GUI thread; the largest gap between ticks is the longest the loop was blocked."""
+    """Ticks every 10 ms on the GUI thread; the largest gap between ticks is the longest the loop was blocked.
+
+    A watchdog thread records where the GUI thread was when it missed ticks for over 150 ms, so a failure
+    says what blocked it.
+    """
 
     def __init__(self, interval_ms: int = 10):
         self.timer = QTimer()
@@ -14,6 +21,22 @@ class BlockProbe:
         self.max_gap = 0.0
         self.ticks = 0
         self._last = None
+        self.stalls: list[str] = []
+        self._gui_thread = threading.get_ident()
+        self._watch = threading.Event()
+
+    def _watchdog(self):
+        reported = None
+        while not self._watch.wait(0.05):
+            last = self._last
+            if last is not None and time.perf_counter() - last > 0.15 and reported != last:
+                reported = last
+                frame = sys._current_frames().get(self._gui_thread)
+                if frame is not None:
+                    self.stalls.append("".join(traceback.format_stack(frame)[-8:]))
+
+    def report(self) -> str:
+        return f"GUI blocked for {self.max_gap * 1000:.0f} ms; stuck in:\n" + "\n---\n".join(self.stalls[:3])
 
     def _tick(self):
         now = time.perf_counter()
@@ -25,11 +48,14 @@ class BlockProbe:
     def start(self):
         self._last = time.perf_counter()
         self.timer.start()
+        self._watch.clear()
+        threading.Thread(target=self._watchdog, daemon=True).start()
         return self
 
     def stop(self):
         self.timer.stop()
         self._tick()
+        self._watch.set()
         return self
 
 
@@ -38,6 +64,7 @@ def probe():
     p = BlockProbe()
     yield p
     p.timer.stop()
+    p._watch.set()
 
 
 @pytest.fixture
@@ -79,3 +106,34 @@ def make_images(folder, n, size=(24, 16), captions=True):
         if captions:
             (folder / f"img{i:04d}.txt").write_text(f"caption {i}", encoding="utf-8")
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory):
+    """The demo architecture (SD1 in miniature), random init, saved as a diffusers folder."""
+    from lora_studio.core.demo.build import build_pipeline
+
+    path = tmp_path_factory.mktemp("gui-models") / "sd1"
+    build_pipeline("sd1", seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_loras(tiny_sd1, tmp_path_factory):
+    """Two LoRA files for the tiny SD1 with random (not zero) up-weights, so each visibly changes the image."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    folder = tmp_path_factory.mktemp("gui-loras")
+    paths = []
+    for i, name in enumerate(("style_a", "style_b")):
+        pipe = StableDiffusionPipeline.from_pretrained(tiny_sd1)
+        torch.manual_seed(100 + i)
+        pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                         target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+        out = folder / name
+        StableDiffusionPipeline.save_lora_weights(out, unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+        paths.append(out / "pytorch_lora_weights.safetensors")
+    return paths

@@ -89,4 +89,4 @@ def test_opening_a_1000_image_folder_never_blocks_the_gui(qtbot, make_window, tm
     probe.stop()
     assert tab.model.thumbnails_ready() < 1000  # lazily: only what was on screen
     assert probe.ticks > 10
-    assert probe.max_gap < 0.2, f"GUI blocked for {probe.max_gap * 1000:.0f} ms"
+    assert probe.max_gap < 0.2, probe.report()

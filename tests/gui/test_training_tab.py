@@ -9,15 +9,6 @@ from lora_studio.core import events as ev
 from tests.gui.conftest import make_images
 
 
-@pytest.fixture(scope="session")
-def tiny_sd1(tmp_path_factory):
-    from lora_studio.core.demo.build import build_pipeline
-
-    path = tmp_path_factory.mktemp("gui-models") / "sd1"
-    build_pipeline("sd1", seed=0).save_pretrained(path)
-    return path
-
-
 def _setup(window, model, data, out, steps, **extra):
     tab = window.training_tab
     tab.model_picker.set_model(str(model))
@@ -47,7 +38,7 @@ def test_training_run_from_the_tab_feeds_the_plot_and_finishes(qtbot, make_windo
     with qtbot.waitSignal(tab.run_finished, timeout=180000) as finished:
         qtbot.mouseClick(tab.start_btn, Qt.LeftButton)
         assert tab.is_running() and not tab.start_btn.isEnabled() and tab.stop_btn.isEnabled()
-    qtbot.waitUntil(lambda: not tab.is_running(), timeout=10000)
+    qtbot.waitUntil(lambda: tab.start_btn.isEnabled(), timeout=10000)
     probe.stop()
     result = finished.args[0]
     assert not result["stopped"] and result["steps"] == 8
@@ -61,7 +52,7 @@ def test_training_run_from_the_tab_feeds_the_plot_and_finishes(qtbot, make_windo
     assert (tmp_path / "out" / "events.jsonl").exists()
     # the finished adapter is offered in the Preview tab
     assert any(r.path.endswith("pytorch_lora_weights.safetensors") for r in window.preview_tab.rows)
-    assert probe.max_gap < 0.2, f"GUI blocked for {probe.max_gap * 1000:.0f} ms during training"
+    assert probe.max_gap < 0.2, probe.report()
 
     # a finished run reopens with its curve
     other = make_window()
@@ -81,7 +72,7 @@ def test_stop_leaves_a_run_that_resume_completes(qtbot, make_window, tmp_path, t
         tab.start_btn.click()
         qtbot.waitUntil(lambda: len(steps) >= 3, timeout=120000)
         tab.stop_btn.click()
-    qtbot.waitUntil(lambda: not tab.is_running(), timeout=30000)
+    qtbot.waitUntil(lambda: tab.start_btn.isEnabled(), timeout=30000)
     first = stopped.args[0]
     assert first["stopped"] and 3 <= first["steps"] < 400
     assert list((tmp_path / "out" / "checkpoints").iterdir())
@@ -90,7 +81,7 @@ def test_stop_leaves_a_run_that_resume_completes(qtbot, make_window, tmp_path, t
     steps.clear()
     with qtbot.waitSignal(tab.run_finished, timeout=180000) as resumed:
         tab.resume_btn.click()
-    qtbot.waitUntil(lambda: not tab.is_running(), timeout=30000)
+    qtbot.waitUntil(lambda: tab.start_btn.isEnabled(), timeout=30000)
     second = resumed.args[0]
     assert not second["stopped"] and second["steps"] == first["steps"] + 3
     assert steps[0] == first["steps"] + 1  # continued, not restarted

@@ -18,26 +18,6 @@ COL_THUMB, COL_FILE, COL_CAPTION, COL_SIZE, COL_BUCKET, COL_PROBLEMS = range(6)
 ItemRole = Qt.UserRole + 1
 
 
-def _bucket_for(size, resolution: int, step: int = 64) -> tuple[int, int] | None:
-    """The aspect-ratio bucket an image of ``size`` trains at: about resolution² pixels, sides multiples of 64."""
-    if not size:
-        return None
-    try:
-        from lora_studio.core.dataset import buckets as core_buckets  # the dataset layer's own rule, when present
-
-        fn = getattr(core_buckets, "bucket_for", None) or getattr(core_buckets, "bucket_for_size", None)
-        if fn is not None:
-            return tuple(fn(size, resolution))
-    except Exception:  # noqa: BLE001 - fall back to the plain rule below
-        pass
-    w, h = size
-    area = resolution * resolution
-    aspect = w / h
-    bw = max(step, int((area * aspect) ** 0.5) // step * step)
-    bh = max(step, int((area / aspect) ** 0.5) // step * step)
-    return bw, bh
-
-
 class CaptionEdit(QUndoCommand):
     """Captions of some rows changed from ``old`` to ``new``; applied through the Dataset (atomic writes)."""
 
@@ -66,6 +46,8 @@ class CaptionTableModel(QAbstractTableModel):
         self.dataset = None
         self.undo_stack = QUndoStack(self)
         self.resolution = 512
+        self.sdxl = False
+        self._buckets = None
         self._thumbs: dict[str, QPixmap] = {}
         self._pending: set[str] = set()
         self._row_of: dict[str, int] = {}
@@ -90,8 +72,18 @@ class CaptionTableModel(QAbstractTableModel):
         self.undo_stack.clear()
         self.endResetModel()
 
-    def set_resolution(self, resolution: int) -> None:
+    def buckets(self):
+        if self._buckets is None:
+            from lora_studio.core.dataset import make_buckets
+
+            self._buckets = make_buckets(self.resolution, sdxl=self.sdxl)
+        return self._buckets
+
+    def set_resolution(self, resolution: int, sdxl: bool | None = None) -> None:
         self.resolution = resolution
+        if sdxl is not None:
+            self.sdxl = sdxl
+        self._buckets = None
         if self.rowCount():
             self.dataChanged.emit(self.index(0, COL_BUCKET), self.index(self.rowCount() - 1, COL_BUCKET))
 
@@ -138,8 +130,10 @@ class CaptionTableModel(QAbstractTableModel):
             if col == COL_SIZE:
                 return f"{item.size[0]} × {item.size[1]}" if item.size else "unreadable"
             if col == COL_BUCKET:
-                b = _bucket_for(item.size, self.resolution)
-                return f"{b[0]} × {b[1]}" if b else "–"
+                if not item.size:
+                    return "–"
+                b = self.buckets().assign(item.size)
+                return f"{b[0]} × {b[1]}"
             if col == COL_PROBLEMS:
                 return "; ".join(p.message for p in item.problems) if item.problems else ""
         if role == Qt.ToolTipRole:

@@ -1,0 +1,64 @@
+"""The Preview tab on the real preview engine with a tiny random-init SD1 and two LoRAs, on CPU."""
+
+import numpy as np
+import pytest
+
+from lora_studio.gui.widgets.image_view import to_qimage
+
+
+def _pixels(qimage):
+    qimage = qimage.convertToFormat(qimage.Format.Format_RGBA8888)
+    return np.frombuffer(qimage.constBits(), np.uint8, qimage.sizeInBytes()).copy()
+
+
+@pytest.mark.slow
+def test_moving_a_slider_makes_a_new_image_without_reloading_the_base_model(qtbot, make_window, tiny_sd1,
+                                                                           tiny_loras, probe):
+    window = make_window(probe_gpu=True)
+    qtbot.waitUntil(lambda: window.gpu_label.text().startswith(("CPU", "GPU")), timeout=120000)
+    tab = window.preview_tab
+    window.tabs.setCurrentWidget(tab)
+    tab.model_picker.set_model(str(tiny_sd1))
+    tab.steps.setValue(2)
+    tab.prompt.setPlainText("a photo of sks toy")
+    row_a = tab.add_lora(str(tiny_loras[0]), 1.0)
+    tab.add_lora(str(tiny_loras[1]), 0.5)
+    assert [r.adapter_name for r in tab.rows] == ["style_a", "style_b"]
+    loaded = []
+    tab.model_loaded.connect(lambda model, n: loaded.append(n))
+
+    probe.start()
+    with qtbot.waitSignal(tab.image_ready, timeout=120000) as first:
+        tab.generate_btn.click()
+    before = _pixels(tab.view.image())
+
+    # the user drags the slider and lets go: a new image comes, and the base model was loaded once
+    with qtbot.waitSignal(tab.image_ready, timeout=60000) as second:
+        row_a.slider.setSliderDown(True)
+        row_a.slider.setValue(-150)
+        row_a.slider.setSliderDown(False)  # emits sliderReleased
+    probe.stop()
+    assert row_a.spin.value() == -1.5
+    info = second.args[0]
+    assert [w for _, w in info["loras"]] == [-1.5, 0.5]
+    assert info["base_loads"] == 1 and loaded == [1] and tab.worker.loads == 1
+    after = _pixels(tab.view.image())
+    assert before.shape == after.shape and not np.array_equal(before, after)
+    assert tab.history_list.count() == 2
+    assert probe.max_gap < 0.2, probe.report()
+
+    # unticking a LoRA keeps it loaded at weight 0 (no reload) and regenerates
+    with qtbot.waitSignal(tab.image_ready, timeout=60000) as third:
+        tab.rows[1].enabled.setChecked(False)
+    assert [w for _, w in third.args[0]["loras"]] == [-1.5, 0.0]
+    assert tab.worker.engine.adapter_loads == 2 and tab.worker.engine.base_loads == 1
+    assert first.args[0]["seed"] == third.args[0]["seed"]
+
+
+def test_to_qimage_keeps_pixels():
+    from PIL import Image
+
+    img = Image.new("RGB", (3, 2), (10, 20, 30))
+    q = to_qimage(img)
+    assert (q.width(), q.height()) == (3, 2)
+    assert q.pixelColor(2, 1).getRgb()[:3] == (10, 20, 30)
