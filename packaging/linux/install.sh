@@ -14,8 +14,8 @@
 # Environment: LORA_STUDIO_TORCH_BUILD (cpu, mps, cu118, cu126, cu128, cu130) overrides the GPU detection;
 # LORA_STUDIO_TORCH_INDEX (a URL, or "default" for the tool's configured index) and LORA_STUDIO_TORCH_SPEC
 # (e.g. torch==2.13.0) override where torch comes from; LORA_STUDIO_FIND_LINKS names local wheel folders;
-# LORA_STUDIO_PYTHON picks the Python that runs the installer; UV_CACHE_DIR moves uv's download cache
-# (default: inside the prefix, so --uninstall leaves nothing behind).
+# LORA_STUDIO_PYTHON picks the Python that runs the installer; LORA_STUDIO_NO_UV=1 uses venv + pip instead
+# of uv; UV_CACHE_DIR moves uv's download cache (default: inside the prefix, so --uninstall leaves nothing).
 set -euo pipefail
 
 say() { printf '%s\n' "$*"; }
@@ -40,7 +40,7 @@ while [ $# -gt 0 ]; do
     --torch-build=*) export LORA_STUDIO_TORCH_BUILD="${1#*=}"; shift ;;
     --dry-run) MODE=dry-run; shift ;;
     --uninstall) MODE=uninstall; shift ;;
-    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown option: $1" "run with --help to see the options." ;;
   esac
 done
@@ -145,7 +145,9 @@ export PIP_CACHE_DIR="${PIP_CACHE_DIR:-$PREFIX/cache/pip}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 [ -n "${LORA_STUDIO_FIND_LINKS:-}" ] && export UV_FIND_LINKS="${UV_FIND_LINKS:-${LORA_STUDIO_FIND_LINKS// /,}}"
 
-if [ -z "$UV" ]; then
+if [ -n "${LORA_STUDIO_NO_UV:-}" ]; then
+  UV=""
+elif [ -z "$UV" ]; then
   step "Getting uv (the package installer) from PyPI"
   if "$PY" -m pip install -q --no-cache-dir --target "$PREFIX/tools" uv >/dev/null 2>&1 \
      && "$PREFIX/tools/bin/uv" --version >/dev/null 2>&1; then
