@@ -234,16 +234,22 @@ def build_sdxl_components(seed: int = 0) -> dict:
     }
 
 
-def build_pipeline(family: str = "sd1", seed: int = 0):
-    """A randomly initialised demo pipeline of the given family ("sd1"/"sd15" or "sdxl")."""
+def pipeline_from_components(family: str, components: dict):
     if family in ("sd1", "sd15", "demo"):
         from diffusers import StableDiffusionPipeline
 
-        return StableDiffusionPipeline(
-            **build_sd1_components(seed), safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False)
+        return StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
     if family in ("sdxl", "demo-xl"):
         from diffusers import StableDiffusionXLPipeline
 
-        return StableDiffusionXLPipeline(**build_sdxl_components(seed))
+        return StableDiffusionXLPipeline(**components)
     raise ValueError(f"unknown family {family!r}: use 'sd1' or 'sdxl'")
+
+
+def build_pipeline(family: str = "sd1", seed: int = 0):
+    """A randomly initialised demo pipeline of the given family ("sd1"/"sd15" or "sdxl")."""
+    if family not in ("sd1", "sd15", "demo", "sdxl", "demo-xl"):
+        raise ValueError(f"unknown family {family!r}: use 'sd1' or 'sdxl'")
+    sdxl = family in ("sdxl", "demo-xl")
+    return pipeline_from_components(family, (build_sdxl_components if sdxl else build_sd1_components)(seed))
