@@ -183,6 +183,7 @@ class FastStep:
         self.replays = 0
         self.eager_calls = 0
         self._pool = None
+        self._stream = None
 
     @property
     def active(self) -> bool:
@@ -225,7 +226,10 @@ class FastStep:
         # Static inputs live outside the graph's pool; the warm-up reads them, so the real batch trains.
         inputs = [t.detach().to(self.device, copy=True) for t in tensors]
         static_batch = _rebuild(batch, inputs)
-        side = torch.cuda.Stream(self.device)
+        if self._stream is None:
+            # One side stream for every warm-up and capture: each new stream gets its own cuBLAS workspace.
+            self._stream = torch.cuda.Stream(self.device)
+        side = self._stream
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             loss = self.step_fn(static_batch).detach()  # the real step for this batch
@@ -241,7 +245,7 @@ class FastStep:
             for name, real in originals.items():
                 setattr(self.step_fn, name, _HostCalls(real, host_calls))
             # One pool for every shape: each graph's intermediates die inside it, graphs never overlap.
-            with torch.cuda.graph(graph, pool=self._pool):
+            with torch.cuda.graph(graph, pool=self._pool, stream=side):
                 static_loss = self.step_fn(static_batch).detach()
         except Exception as exc:  # noqa: BLE001 - any failure to capture means "run this shape eagerly"
             torch.cuda.synchronize(self.device)
