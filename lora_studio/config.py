@@ -262,29 +262,43 @@ def save(cfg: TrainingConfig, path: str | Path) -> None:
 
 # ------------------------------------------------------------------------------------------- presets
 # Settings per GPU memory; what does not appear keeps its default. Measured values live in bench/.
+# Peaks measured on an H100 (bench/results/lowmem_h100.md, train_step_h100.md, 2026-11-27): allocated GPU memory
+# of the whole run at rank 32 with the frozen base in 16-bit, cached latents and text embeddings (encoders off the
+# GPU), eager / fast step. A card also loses ~0.3-0.6 GB to the CUDA context and fragmentation: keep ~1 GB spare.
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {
     "sd1": {
+        # 512, batch 1, checkpointing: 2.20 / 2.26 GiB at rank 32 (target <= 3.5 GiB).
         4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
                 cache_text_embeddings=True, resolution=512, rank=8),
-        8: dict(train_batch_size=2, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
+        # batch 4, checkpointing: 3.2 GiB (batch 4 without it needs 6.1-6.5 GiB, too close to 8 GB).
+        8: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
                 cache_text_embeddings=True, resolution=512),
+        # batch 4, no checkpointing: 6.1-6.5 GiB.
         12: dict(train_batch_size=4, gradient_checkpointing=False, mixed_precision="fp16", cache_latents=True,
                  resolution=512),
-        16: dict(train_batch_size=4, gradient_checkpointing=False, mixed_precision="bf16", cache_latents=True,
+        # batch 8, no checkpointing: 10.5-11.0 GiB (86 img/s against 73 at batch 4 with the fast step).
+        16: dict(train_batch_size=8, gradient_checkpointing=False, mixed_precision="bf16", cache_latents=True,
                  resolution=512),
         24: dict(train_batch_size=8, gradient_checkpointing=False, mixed_precision="bf16", cache_latents=True,
                  resolution=512),
     },
     "sdxl": {
+        # Does not fit as it stands: the frozen UNet alone is 4.8 GiB in 16-bit. 8-bit storage of its Linear
+        # weights (bench/lowmem.py, not in the engine yet) brings 1024/batch 1 to 4.2 GiB.
         4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
                 cache_text_embeddings=True, resolution=768, rank=4),
+        # 1024, batch 1, checkpointing: 6.15 / 6.28 GiB at rank 32 (target <= 7.5 GiB); rank 16 keeps a margin.
         8: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
                 cache_text_embeddings=True, resolution=1024, rank=16),
-        12: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="bf16", cache_latents=True,
+        # batch 2, checkpointing: between batch 1 (6.2 GiB) and batch 4 (8.1-9.1 GiB).
+        12: dict(train_batch_size=2, gradient_checkpointing=True, mixed_precision="bf16", cache_latents=True,
                  cache_text_embeddings=True, resolution=1024),
-        16: dict(train_batch_size=2, gradient_checkpointing=True, mixed_precision="bf16", cache_latents=True,
+        # batch 4, checkpointing: 8.1-9.1 GiB.
+        16: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="bf16", cache_latents=True,
                  resolution=1024),
-        24: dict(train_batch_size=4, gradient_checkpointing=False, mixed_precision="bf16", cache_latents=True,
+        # batch 4, checkpointing (without it batch 4 needs 34.5 GiB and batch 1 12.7 GiB; batch 4 with
+        # checkpointing is also the faster per image with the fast step: 11.2 img/s against 9.8).
+        24: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="bf16", cache_latents=True,
                  resolution=1024),
     },
 }
