@@ -18,8 +18,7 @@ def copy_source_tree(dest: Path) -> Path:
     return dest
 
 
-def build_wheel(out: Path, tmp: Path) -> Path:
-    src = copy_source_tree(tmp / "src")
+def build_wheel(out: Path, src: Path) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
                     "-q", "-w", str(out)], check=True)
     (wheel,) = out.glob("lora_studio-*.whl")

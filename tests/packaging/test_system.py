@@ -74,15 +74,16 @@ def test_the_app_finds_only_its_own_environments_record(tmp_path):
     prefix = tmp_path / "prefix"
     env = prefix / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(env)], check=True)
-    code = "from lora_studio.core.system import find_install_record as f, torch_check as c; print(f()); print(c().expected)"
 
-    def ask():
-        out = subprocess.run([str(env / "bin" / "python"), "-c", code], capture_output=True, text=True,
-                             cwd=tmp_path, check=True, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
-        return out.stdout.split("\n")[:2]
+    def ask(code="print(s.find_install_record())"):
+        out = subprocess.run([str(env / "bin" / "python"), "-c", "from lora_studio.core import system as s; " + code],
+                             capture_output=True, text=True, cwd=tmp_path, check=True,
+                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+        return out.stdout.strip()
 
-    assert ask() == ["None", ""]
+    assert ask() == "None"
     record(prefix, build="cpu", device="cpu", env=str(tmp_path / "elsewhere" / "env"))
-    assert ask() == ["None", ""]  # a record of another environment is not ours
+    assert ask() == "None"  # a record of another environment is not ours
     record(prefix, build="cpu", device="cpu", env=str(env))
-    assert ask() == [str(prefix / "install.json"), "cpu"]
+    assert ask("print(s.find_install_record()); print(s.torch_check().expected)").split() == [
+        str(prefix / "install.json"), "cpu"]
