@@ -1,0 +1,162 @@
+"""The demo world: renderer, tokenizer, architectures, the shipped demo models and the judge."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lora_studio.core.demo import demo_dataset_path, demo_model_path
+from lora_studio.core.demo import renderer
+from lora_studio.core.demo.build import build_pipeline, make_tokenizer
+from lora_studio.core.demo.judge import Judge, parse_prompt
+from lora_studio.core.demo.train_world import eval_prompts, judge_accuracy, judge_data
+
+SEED_HELDOUT = 40  # a renderer stream no training run used (train_world uses 10, 20, 30)
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return Judge.load()
+
+
+def test_renderer_is_deterministic_and_varied():
+    a, scenes_a = renderer.render_array(7, 0, 24)
+    b, scenes_b = renderer.render_array(7, 0, 24)
+    assert np.array_equal(a, b)
+    assert [s.caption for s in scenes_a] == [s.caption for s in scenes_b]
+    assert a.shape == (24, 64, 64, 3) and a.dtype == np.uint8
+    assert len({bytes(x) for x in a}) == 24
+    c, _ = renderer.render_array(8, 0, 24)
+    assert not np.array_equal(a, c)
+
+
+def test_base_world_has_class_and_empty_captions_but_no_subject_or_style():
+    scenes = [renderer.sample_scene(3, i) for i in range(2000)]
+    captions = [s.caption for s in scenes]
+    assert 0.07 < captions.count("") / len(captions) < 0.13
+    assert any(c in ("a shape", "a photo of a shape") for c in captions)
+    assert not any("sks" in c or "zebra" in c for c in captions)
+    assert {s.shape for s in scenes} == set(renderer.SHAPES)
+    assert {s.colour for s in scenes} == set(renderer.COLOURS)
+
+
+def test_shipped_datasets_are_the_renderers_and_use_both_caption_formats(tmp_path):
+    subject, style = demo_dataset_path("subject"), demo_dataset_path("style")
+    subject_pngs = sorted(subject.glob("*.png"))
+    assert 8 <= len(subject_pngs) <= 12
+    for png in subject_pngs:
+        assert png.with_suffix(".txt").read_text().strip() == renderer.SUBJECT_PROMPT
+    rows = [json.loads(line) for line in (style / "metadata.jsonl").read_text().splitlines()]
+    assert 12 <= len(rows) <= 20
+    assert all(r["text"].endswith("in zebra style") and (style / r["file_name"]).is_file() for r in rows)
+    # Re-rendering gives the same pixels.
+    renderer.write_subject_set(tmp_path / "s")
+    for png in subject_pngs:
+        assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / "s" / png.name)))
+
+
+def test_tokenizer_knows_every_text_and_the_rare_token():
+    tok = make_tokenizer()
+    for text in ("a photo of sks shape", "ümlaut 中文 🙂 xyzzy q", "A RED Circle!!"):
+        ids = tok(text).input_ids
+        assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+        assert tok.unk_token_id not in ids[1:-1]
+        # CLIP's decoder puts a space after every word piece; the characters themselves must survive.
+        assert tok.decode(ids, skip_special_tokens=True).replace(" ", "") == text.lower().replace(" ", "")
+    assert tok.tokenize("sks") == ["sks</w>"]
+    assert tok.model_max_length == 77
+    shipped = json.loads((demo_model_path("demo") / "tokenizer" / "vocab.json").read_text(encoding="utf-8"))
+    assert shipped == tok.get_vocab()
+
+
+def test_random_init_architectures_match_real_sd_naming():
+    sd1 = build_pipeline("sd1", seed=0)
+    names = [n for n, _ in sd1.unet.named_modules()]
+    for suffix in ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0", "attn1.to_q"):
+        assert any(n.endswith(suffix) for n in names), suffix
+    assert sd1.unet.config.cross_attention_dim == sd1.text_encoder.config.hidden_size
+    xl = build_pipeline("sdxl", seed=0)
+    cfg = xl.unet.config
+    assert cfg.addition_embed_type == "text_time"
+    assert cfg.projection_class_embeddings_input_dim == (
+        xl.text_encoder_2.config.projection_dim + 6 * cfg.addition_time_embed_dim)
+    assert cfg.cross_attention_dim == xl.text_encoder.config.hidden_size + xl.text_encoder_2.config.hidden_size
+    img = xl("a red circle", num_inference_steps=2, output_type="np").images[0]
+    assert img.shape == (64, 64, 3)
+    # Same seed, same weights.
+    a, b = build_pipeline("sd1", seed=3).unet, build_pipeline("sd1", seed=3).unet
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def _load(name):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    cls = StableDiffusionPipeline if name == "demo" else StableDiffusionXLPipeline
+    pipe = cls.from_pretrained(demo_model_path(name), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, colour_min, shape_min", [("demo", 0.90, 0.75), ("demo-xl", 0.80, 0.60)])
+def test_demo_models_follow_prompts(judge, name, colour_min, shape_min):
+    pipe = _load(name)
+    assert pipe.unet.dtype == torch.float32  # fp16 on disk, fp32 on the CPU
+    start = time.perf_counter()
+    image = pipe("a red circle", num_inference_steps=20, guidance_scale=5.0,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    seconds = time.perf_counter() - start
+    assert image.size == (64, 64)
+    print(f"{name}: one 64x64 image, 20 steps with guidance: {seconds:.2f} s")  # docs/demo_world.md records it
+
+    prompts = eval_prompts(64)
+    images = pipe(prompts, num_inference_steps=20, guidance_scale=5.0,
+                  generator=[torch.Generator().manual_seed(i) for i in range(64)]).images
+    score = judge.score(images, prompts)
+    print(name, {k: score[k] for k in ("colour_accuracy", "shape_accuracy")})
+    assert score["colour_accuracy"] >= colour_min
+    assert score["shape_accuracy"] >= shape_min
+    assert score["subject_share"] == 0.0  # the base models have never seen the subject
+
+
+def test_judge_reads_heldout_renders(judge):
+    cfg = {"base": 600, "style": 150, "subject": 100, "negatives": 60}
+    images, y = judge_data(cfg, SEED_HELDOUT, 1.0)
+    acc = judge_accuracy(judge.net, images, y, "cpu")
+    assert all(v >= 0.98 for v in acc.values()), acc
+
+
+def test_judge_recognises_the_shipped_subject_and_style_sets(judge):
+    subject = sorted(demo_dataset_path("subject").glob("*.png"))
+    style_rows = [json.loads(line) for line in (demo_dataset_path("style") / "metadata.jsonl").read_text().splitlines()]
+    s = judge.score(subject, renderer.SUBJECT_PROMPT)
+    assert s["subject_share"] >= 0.95 and s["style_share"] == 0.0
+    t = judge.score([demo_dataset_path("style") / r["file_name"] for r in style_rows], [r["text"] for r in style_rows])
+    assert t["style_share"] >= 0.95 and t["subject_share"] == 0.0
+    assert t["colour_accuracy"] >= 0.95 and t["shape_accuracy"] >= 0.9
+
+
+def test_judge_score_and_prompt_parsing(judge):
+    img, scene = renderer.render(SEED_HELDOUT, 1000, "base", caption_mode="full")
+    right = f"a {scene.colour} {scene.shape}"
+    wrong_colour = next(c for c in renderer.COLOURS if c != scene.colour)
+    s = judge.score([img, img], [right, f"a {wrong_colour} {scene.shape}"])
+    assert [r["match"]["colour"] for r in s["per_prompt"]] == [True, False]
+    assert s["colour_accuracy"] == 0.5 and s["shape_accuracy"] == 1.0
+    assert parse_prompt("Two blue Crosses in zebra style") == {
+        "shape": "cross", "colour": "blue", "subject": False, "style": True}
+    assert parse_prompt("a shape")["shape"] is None
+
+
+def test_judge_cli(capsys):
+    from lora_studio.cli import main
+
+    rc = main(["judge", str(demo_dataset_path("subject")), "--prompt", renderer.SUBJECT_PROMPT, "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["subject_share"] == 1.0 and out["n"] == len(list(demo_dataset_path("subject").glob("*.png")))
+    rc = main(["judge", str(demo_dataset_path("subject")), "--prompt", "a", "--prompt", "b"])
+    assert rc == 1
