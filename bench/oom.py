@@ -43,11 +43,13 @@ def main(argv=None) -> int:
              f"setup: SDXL UNet bf16 + LoRA rank 32, batch 2 at 1024, no gradient checkpointing, "
              f"memory capped at {args.cap_gib} GiB; allocated before the step: "
              f"{torch.cuda.memory_allocated() / 2 ** 30:.2f} GiB", ""]
+    oom = False
     try:
         step(batch)
         torch.cuda.synchronize()
         lines.append("NO out-of-memory happened (raise the batch or lower --cap-gib).")
     except torch.cuda.OutOfMemoryError as exc:
+        oom = True
         lines += ["exception type: " + f"{type(exc).__module__}.{type(exc).__name__}",
                   "exception text:", str(exc), "",
                   "where: " + traceback.format_exc().strip().splitlines()[-3].strip()]
@@ -65,12 +67,15 @@ def main(argv=None) -> int:
             lines += ["engine (train) Failed event -> message: " + m, "engine (train) Failed event -> advice: " + a]
         except Exception as e:  # noqa: BLE001 - the engine may not be there yet
             lines.append(f"engine words unavailable: {type(e).__name__}: {e}")
-        # The process must survive the OOM and be able to go on (smaller batch, checkpointing).
+    if oom:
+        # The process must survive the OOM and go on (smaller batch, checkpointing). Outside the except
+        # block: inside it, the traceback's frames still hold the failed step's activations.
         for p in params:
             p.grad = None
         opt.zero_grad(set_to_none=True)
         torch.cuda.empty_cache()
         unet.enable_gradient_checkpointing()
+        torch.cuda.reset_peak_memory_stats()
         try:
             loss = step(M.make_batch(spec, 1, "cuda"))
             lines.append(f"after the OOM, the same process trained batch 1 with checkpointing: loss {float(loss):.4f}, "

@@ -7,8 +7,8 @@ diffusers' fuse_lora, Euler, the full-size VAE decoder), full-size with random w
 embeddings already cached (a slider move does not change the prompt). Variants:
   live     both adapters run on every step (no fusing)
   fused    unfuse + set_adapters(weights) + fuse_lora on release, then plain UNet steps
-  graphed  as fused, and the UNet forward replayed from a CUDA graph captured once per image size;
-           fusing writes the weights in place, so the graph stays valid across slider moves
+  graphed  as fused, with fast_step.GraphedForward: the UNet forward replayed from a CUDA graph captured
+           once per image size; fusing writes the weights in place, so the graph stays valid
 Each timed sample changes both slider weights; the clock stops when the uint8 image is on the host.
 """
 
@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench import models as M  # noqa: E402
+from lora_studio.core.training.fast_step import GraphedForward  # noqa: E402
 
 
 def build(name, spec, device, dtype, tiny):
@@ -58,34 +59,6 @@ def build(name, spec, device, dtype, tiny):
     sched = EulerDiscreteScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                    beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1)
     return unet, vae, sched
-
-
-class UNetGraph:
-    """The UNet forward at one shape, captured once and replayed per denoising step."""
-
-    def __init__(self, unet, example: dict):
-        self.inputs = {k: v.clone() for k, v in example.items()}
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s), torch.no_grad():
-            for _ in range(2):
-                self._run(unet)
-        torch.cuda.current_stream().wait_stream(s)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.out = self._run(unet)
-        self.unet = unet
-
-    def _run(self, unet):
-        i = self.inputs
-        added = {"text_embeds": i["text_embeds"], "time_ids": i["time_ids"]} if "text_embeds" in i else None
-        return unet(i["sample"], i["t"], i["ehs"], added_cond_kwargs=added).sample
-
-    def __call__(self, **kw):
-        for k, v in kw.items():
-            self.inputs[k].copy_(v)
-        self.graph.replay()
-        return self.out
 
 
 def generate(unet, vae, sched, cond, *, steps, guidance, image, generator, forward):
@@ -146,17 +119,12 @@ def main(argv=None) -> int:
                 if variant in ("fused", "graphed"):
                     unet.fuse_lora(adapter_names=["a", "b"])
                     fused = True
-                if variant == "graphed":
-                    t0 = time.perf_counter()
-                    latent = image // 8
-                    ex = {"sample": torch.randn(2, 4, latent, latent, device=device, dtype=dtype),
-                          "t": torch.full((2,), 500.0, device=device), **cond}
-                    forward = UNetGraph(unet, ex)
-                    torch.cuda.synchronize()
-                    capture_s = time.perf_counter() - t0
-                # warm-up image (cuDNN autotune, first VAE decode)
+                graphed = GraphedForward(unet).install() if variant == "graphed" else None
+                # warm-up image (cuDNN autotune, first VAE decode; the graph's capture)
                 generate(unet, vae, sched, cond, steps=args.steps, guidance=7.0, image=image, generator=g,
                          forward=forward)
+                if graphed is not None:
+                    capture_s = graphed.capture_seconds
                 totals, applies = [], []
                 for w1, w2 in sliders[: args.repeats]:
                     if cuda:
@@ -175,6 +143,8 @@ def main(argv=None) -> int:
                     totals.append(time.perf_counter() - t0)
                 if fused:
                     unet.unfuse_lora()
+                if graphed is not None:
+                    graphed.uninstall()
             row = {"model": name, "variant": variant, "image": image, "steps": args.steps,
                    "release_to_image_s": statistics.median(totals), "all_s": totals,
                    "apply_weights_s": statistics.median(applies), "graph_capture_s": capture_s}

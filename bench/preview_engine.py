@@ -97,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--variants", default="engine,engine+graphed,engine-bf16+graphed")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
@@ -110,56 +111,75 @@ def main(argv=None) -> int:
     result = {"card": torch.cuda.get_device_name(0) if cuda else "cpu", "tiny": tiny, "engine": "PreviewEngine",
               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "rows": []}
     sliders = [(0.3, 1.0), (1.0, 0.0), (0.6, 0.6), (0.2, 0.9), (0.9, 0.4)]
-    for name in args.models.split(","):
-        from lora_studio.core.inference import engine as E
+    from lora_studio.core.inference import engine as E
+    from lora_studio.core.training.fast_step import GraphedForward
 
-        _, dtype = E._default_device_dtype(device, None)
-        t0 = time.perf_counter()
-        pipe = build_pipeline(name, device, dtype, tiny)
-        build_s = time.perf_counter() - t0
-        with tempfile.TemporaryDirectory() as tmp:
-            paths = [write_lora(pipe, Path(tmp, n), seed) for n, seed in (("a", 1), ("b", 2))]
-            engine = PreviewEngine(pipe=pipe, device=device, dtype=dtype)
-            engine.add_lora(paths[0], "a", 0.8)
-            engine.add_lora(paths[1], "b", 0.5)
+    variants = args.variants.split(",")
+    for name in args.models.split(","):
         size = 64 if tiny else M.MODELS[name][1]
         req = PreviewRequest(prompt="a photo of a red circle", negative="blurry", steps=args.steps, guidance=7.5,
                              width=size, height=size, scheduler="euler")
-        t0 = time.perf_counter()
-        engine.generate(req)  # first image: snapshots, cuDNN autotune
-        first_s = time.perf_counter() - t0
-        totals, applies = [], []
-        for w1, w2 in sliders[: args.repeats]:
+        for dtype_name in ("default", "bf16"):
+            todo = [v for v in variants if ("bf16" in v) == (dtype_name == "bf16")]
+            if not todo:
+                continue
+            dtype = E._default_device_dtype(device, None)[1] if dtype_name == "default" else torch.bfloat16
+            t0 = time.perf_counter()
+            pipe = build_pipeline(name, device, dtype, tiny)
+            build_s = time.perf_counter() - t0
+            with tempfile.TemporaryDirectory() as tmp:
+                paths = [write_lora(pipe, Path(tmp, n), seed) for n, seed in (("a", 1), ("b", 2))]
+                engine = PreviewEngine(pipe=pipe, device=device, dtype=dtype)
+                engine.add_lora(paths[0], "a", 0.8)
+                engine.add_lora(paths[1], "b", 0.5)
+            for variant in todo:
+                graphed = GraphedForward(pipe.unet).install() if "graphed" in variant and cuda else None
+                t0 = time.perf_counter()
+                engine.generate(req)  # first image: snapshots, cuDNN autotune, graph capture
+                first_s = time.perf_counter() - t0
+                totals, applies = [], []
+                for w1, w2 in sliders[: args.repeats]:
+                    if cuda:
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()  # slider released
+                    engine.set_weights({"a": w1, "b": w2})
+                    image = engine.generate(req)
+                    totals.append(time.perf_counter() - t0)
+                    applies.append(engine.last_apply_s)
+                row = {"model": name, "variant": variant, "image": size, "dtype": str(dtype), "steps": args.steps,
+                       "release_to_image_s": statistics.median(totals), "all_s": totals,
+                       "apply_weights_s": statistics.median(applies), "first_image_s": first_s, "build_s": build_s,
+                       "image_size": list(image.size),
+                       "graph_replays": graphed.replays if graphed else None}
+                if graphed is not None:
+                    graphed.uninstall()
+                print(json.dumps(row), flush=True)
+                result["rows"].append(row)
+                save(result, Path(args.out), tiny, cuda)
+            del engine, pipe
             if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()  # slider released
-            engine.set_weights({"a": w1, "b": w2})
-            image = engine.generate(req)
-            totals.append(time.perf_counter() - t0)
-            applies.append(engine.last_apply_s)
-        row = {"model": name, "image": size, "dtype": str(dtype), "steps": args.steps,
-               "release_to_image_s": statistics.median(totals), "all_s": totals,
-               "apply_weights_s": statistics.median(applies), "first_image_s": first_s, "build_s": build_s,
-               "image_size": list(image.size)}
-        print(json.dumps(row), flush=True)
-        result["rows"].append(row)
-        del engine, pipe
-        if cuda:
-            torch.cuda.empty_cache()
-    out = Path(args.out)
+                torch.cuda.empty_cache()
+    print(render(result))
+    return 0
+
+
+def save(result, out: Path, tiny: bool, cuda: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = ("tiny_" if tiny else "") + ("h100" if "H100" in result["card"] else "gpu" if cuda else "cpu")
     (out / f"preview_engine_{tag}.json").write_text(json.dumps(result, indent=1))
+    (out / f"preview_engine_{tag}.md").write_text(render(result))
+
+
+def render(result) -> str:
     lines = [f"# Preview latency, PreviewEngine — {result['card']}, {result['date']}", "",
-             f"Slider release -> PIL image: set_weights + generate, {args.steps} Euler steps, CFG 7.5, two rank-16 "
-             f"LoRAs (fused), median of {args.repeats}.", "",
-             "| model | size | dtype | release->image s | apply (fuse) s | first image s |", "|---|---|---|---|---|---|"]
+             "Slider release -> PIL image: set_weights + generate, 20 Euler steps, CFG 7.5, two rank-16 LoRAs "
+             "(fused). 'graphed': fast_step.GraphedForward installed on pipe.unet. Median of the slider moves.", "",
+             "| model | size | variant | dtype | release->image s | apply (fuse) s | first image s |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
-        lines.append(f"| {r['model']} | {r['image']} | {r['dtype']} | {r['release_to_image_s']:.3f} | "
-                     f"{r['apply_weights_s']:.3f} | {r['first_image_s']:.2f} |")
-    (out / f"preview_engine_{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+        lines.append(f"| {r['model']} | {r['image']} | {r.get('variant', 'engine')} | {r['dtype']} | "
+                     f"{r['release_to_image_s']:.3f} | {r['apply_weights_s']:.3f} | {r['first_image_s']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -195,3 +195,44 @@ def test_host_calls_are_recorded_not_run_and_bookkeeping_keys_dropped():
     fast = FastStep(lambda b: seen.append(sorted(b)) or torch.zeros(()), device="cpu")
     fast({"x": torch.ones(1), "micro_step": 3})
     assert seen == [["x"]]
+
+
+def test_graphed_forward_installs_and_passes_through_off_cuda():
+    from lora_studio.core.training.fast_step import GraphedForward
+
+    unet, _ = _tiny_unet_with_lora()
+    x, t, ehs = torch.randn(2, 4, 8, 8), torch.tensor(10), torch.randn(2, 5, 16)
+    with torch.no_grad():
+        want = unet(x, t, ehs).sample
+        g = GraphedForward(unet).install()
+        assert unet.forward is g
+        got = unet(x, t, ehs).sample
+        g.uninstall()
+    assert torch.equal(want, got) and g.replays == 0 and not g.graphs
+    assert "forward" not in unet.__dict__
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_graphed_forward_sees_in_place_weight_changes_on_gpu():
+    from lora_studio.core.training.fast_step import GraphedForward
+
+    unet, _ = _tiny_unet_with_lora(device="cuda")
+    g = GraphedForward(unet).install()
+    layer = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.base_layer
+    outs = []
+    with torch.inference_mode():
+        for i, size in enumerate((8, 8, 8, 16)):
+            if i == 2:
+                layer.weight.mul_(1.5)  # a slider move: fused weights rewritten in place
+            x = torch.randn(2, 4, size, size, device="cuda")
+            t = torch.tensor(500.0, device="cuda")
+            ehs = torch.randn(2, 5, 16, device="cuda")
+            got = unet(x, t, ehs, return_dict=False)[0]
+            want = g._forward(x, t, ehs, return_dict=False)[0]  # the original forward, eagerly
+            outs.append((got, want))
+    # 8x8 captured once (and replayed at once), replayed twice more; 16x16 captured and replayed.
+    assert g.replays == 4 and len(g.graphs) == 2 and all(v is not None for v in g.graphs.values())
+    for got, want in outs:
+        assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+    g.uninstall()

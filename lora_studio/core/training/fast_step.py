@@ -266,3 +266,100 @@ class FastStep:
 def _shape_words(key) -> str:
     shapes = [tuple(s[1]) for s in key or () if s[0] == "T"]
     return ", ".join("x".join(map(str, s)) for s in shapes[:2]) or "?"
+
+
+class GraphedForward:
+    """A module's inference forward replayed from a CUDA graph per input shape (preview denoising).
+
+    ``g = GraphedForward(pipe.unet).install()`` routes ``pipe.unet(...)`` through it; each new combination of
+    input shapes and plain arguments is warmed up, captured once, then replayed. Weights written in place
+    (fusing LoRAs with ``copy_``) are seen by the graph, so slider moves need no new capture. Anything that
+    changes the modules or their Python-side settings (adding or removing adapters, enabling/disabling them,
+    live adapter scales) must call ``reset()``. With gradients enabled, or off CUDA, it calls the forward as is.
+    """
+
+    def __init__(self, module, *, max_graphs: int = 8, warmup: int = 2):
+        self.module = module
+        self.max_graphs = max_graphs
+        self.warmup = warmup
+        self._forward = module.forward
+        self.graphs: dict[tuple, tuple | None] = {}
+        self.replays = 0
+        self.capture_seconds = 0.0
+        self._pool = None
+        self._stream = None
+
+    def install(self) -> "GraphedForward":
+        self.module.forward = self
+        return self
+
+    def uninstall(self) -> None:
+        if self.module.__dict__.get("forward") is self:
+            del self.module.forward
+        self.reset()
+
+    def reset(self) -> None:
+        self.graphs.clear()
+
+    def __call__(self, *args, **kwargs):
+        if torch.is_grad_enabled() or not torch.cuda.is_available():
+            return self._forward(*args, **kwargs)
+        call = (args, kwargs)
+        spec: list = []
+        tensors: list = []
+        _flatten(call, tensors, spec)
+        if not tensors or any(not t.is_cuda for t in tensors if t.numel() > 1):
+            return self._forward(*args, **kwargs)
+        try:
+            key = (tuple(spec), torch.is_inference_mode_enabled())
+            hash(key)
+        except TypeError:
+            return self._forward(*args, **kwargs)
+        entry = self.graphs.get(key, False)
+        if entry is False:
+            if len(self.graphs) >= self.max_graphs:
+                self.graphs.clear()  # sizes changed: start over rather than grow without bound
+            entry = self.graphs[key] = self._capture(call, tensors)
+        if entry is None:
+            return self._forward(*args, **kwargs)
+        graph, inputs, out = entry
+        for dst, src in zip(inputs, tensors):
+            dst.copy_(src, non_blocking=True)
+        graph.replay()
+        self.replays += 1
+        return _clone_out(out)
+
+    def _capture(self, call, tensors):
+        t0 = time.perf_counter()
+        device = next(t.device for t in tensors if t.is_cuda)
+        inputs = [t.to(device, copy=True) for t in tensors]
+        args, kwargs = _rebuild(call, inputs)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+            self._pool = torch.cuda.graph_pool_handle()
+        side = self._stream
+        side.wait_stream(torch.cuda.current_stream(device))
+        try:
+            with torch.cuda.stream(side):
+                for _ in range(self.warmup):
+                    self._forward(*args, **kwargs)
+            torch.cuda.current_stream(device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, stream=side):
+                out = self._forward(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - an uncapturable forward just runs eagerly
+            torch.cuda.synchronize(device)
+            return None
+        self.capture_seconds += time.perf_counter() - t0
+        return graph, inputs, out
+
+
+def _clone_out(out):
+    """Outputs live in the graph's memory and the next replay overwrites them: hand out copies."""
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, dict):  # diffusers' BaseOutput is an OrderedDict dataclass
+        return type(out)(**{k: _clone_out(v) for k, v in out.items()})
+    if isinstance(out, (list, tuple)):
+        return type(out)(_clone_out(v) for v in out)
+    return out
