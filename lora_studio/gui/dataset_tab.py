@@ -51,7 +51,7 @@ class CaptionDelegate(QStyledItemDelegate):
     open_editor = Signal(object)  # proxy index
 
     def createEditor(self, parent, option, index):
-        if "\n" in (index.data(Qt.EditRole) or ""):
+        if "\n" in (index.data(Qt.EditRole) or "").strip():
             self.open_editor.emit(index)
             return None
         return super().createEditor(parent, option, index)
@@ -359,7 +359,7 @@ class DatasetTab(QWidget):
 
     def _selection_changed(self) -> None:
         n = len(self.table.selectionModel().selectedRows())
-        self.selection_label.setText(f"{n} rows selected." if n else
+        self.selection_label.setText(f"{n} row{'s' if n != 1 else ''} selected." if n else
                                      "No rows selected: edits apply to all rows shown.")
 
     def add_trigger(self, where: str) -> int:

@@ -165,18 +165,19 @@ class MainWindow(QMainWindow):
         ds = demo_dataset()
         self.training_tab.model_picker.set_model("demo")
         self.preview_tab.model_picker.set_model("demo")
+        # the demo world's subject and class prompts (core/demo/renderer.py); 64 px is the demo model's size
+        prompt, class_prompt = "a photo of sks shape", "a shape"
         values = {"output_dir": os.path.join(os.path.expanduser("~"), "lora-studio-runs", "demo-subject"),
-                  "max_train_steps": 200, "resolution": 64, "validation_prompt": "a photo of sks toy",
-                  "validation_steps": 50, "checkpointing_steps": 50}
+                  "max_train_steps": 300, "resolution": 64, "learning_rate": 5e-4, "rank": 8,
+                  "mode": "dreambooth", "instance_prompt": prompt, "class_prompt": class_prompt,
+                  "validation_prompt": prompt, "validation_steps": 75, "checkpointing_steps": 100}
         if ds.is_dir():
-            self.dataset_tab.open_folder(str(ds))
             values["train_data_dir"] = str(ds)
-            prompt_file = ds / "instance_prompt.txt"
-            if prompt_file.exists():
-                prompt = prompt_file.read_text(encoding="utf-8").strip()
-                values.update(mode="dreambooth", instance_prompt=prompt, validation_prompt=prompt)
         self.training_tab.form.set_values(values)
         self.dataset_tab.set_dreambooth_values(self.training_tab.form.values())
+        self.preview_tab.prompt.setPlainText(prompt)
+        if ds.is_dir():
+            self.dataset_tab.open_folder(str(ds))
         self.statusBar().showMessage("Demo loaded: a tiny model and dataset that train in minutes on a CPU.", 8000)
 
     def _pick_config(self) -> None:

@@ -106,3 +106,19 @@ def test_form_is_built_from_config_metadata_and_rejects_bad_values(qtbot, make_w
     assert window.training_tab.start() is False  # ConfigError -> dialog, no run
     assert "instance_prompt" in window.training_tab.last_dialog.text()
     window.training_tab.last_dialog.close()
+
+
+def test_loss_plot_keeps_nan_visible_and_rewinds_on_resume(qtbot):
+    from lora_studio.gui.widgets.loss_plot import LossPlot
+
+    plot = LossPlot()
+    qtbot.addWidget(plot)
+    for step, loss in enumerate([1.0, 0.8, float("nan"), 0.6, 0.5], start=1):
+        plot.add(step, loss, 1e-4)
+    plot.redraw()
+    assert plot.nan_steps == [3]
+    assert len(plot.nan_item.data) == 1  # the NaN gets a red cross
+    for step in (4, 5, 6):  # resumed from the step-3 checkpoint
+        plot.add(step, 0.4, 1e-4)
+    assert list(plot.steps.view()) == [1, 2, 3, 4, 5, 6]
+    assert plot.loss.view()[-1] == 0.4

@@ -126,7 +126,7 @@ class CaptionTableModel(QAbstractTableModel):
             if col == COL_FILE:
                 return item.name
             if col == COL_CAPTION:
-                return item.caption if role == Qt.EditRole else item.caption.replace("\n", " ⏎ ")
+                return item.caption if role == Qt.EditRole else item.caption.strip().replace("\n", " ⏎ ")
             if col == COL_SIZE:
                 return f"{item.size[0]} × {item.size[1]}" if item.size else "unreadable"
             if col == COL_BUCKET:

@@ -52,12 +52,18 @@ class ImageView(QGraphicsView):
         if self.has_image():
             self._fit = True
             self.fitInView(self._item, Qt.KeepAspectRatio)
-            self.zoomed.emit(self.transform().m11())
+            self._zoom_changed()
 
     def zoom(self, factor: float) -> None:
         self._fit = False
         self.scale(factor, factor)
-        self.zoomed.emit(self.transform().m11())
+        self._zoom_changed()
+
+    def _zoom_changed(self) -> None:
+        scale = self.transform().m11()
+        # magnified a lot, show the real pixels rather than a blur
+        self._item.setTransformationMode(Qt.FastTransformation if scale >= 3 else Qt.SmoothTransformation)
+        self.zoomed.emit(scale)
 
     def wheelEvent(self, event) -> None:
         if self.has_image():

@@ -31,6 +31,9 @@ class Buffer:
     def clear(self) -> None:
         self.n = 0
 
+    def truncate(self, n: int) -> None:
+        self.n = min(self.n, n)
+
 
 class LossPlot(QWidget):
     """Loss (raw, smoothed, NaN marks) over a learning-rate curve sharing the step axis."""
@@ -85,6 +88,8 @@ class LossPlot(QWidget):
         self._dirty = True
 
     def add(self, step: int, loss: float | None, lr: float | None) -> None:
+        if self.steps.n and step <= self.steps.view()[-1]:
+            self._rewind(step)  # a run resumed from an earlier checkpoint: its curve continues from there
         if loss is not None:
             loss = float(loss)
             self.steps.append(step)
@@ -98,6 +103,18 @@ class LossPlot(QWidget):
             self.lr_steps.append(step)
             self.lr.append(float(lr))
         self._dirty = True
+
+    def _rewind(self, step: int) -> None:
+        keep = int(np.searchsorted(self.steps.view(), step, side="left"))
+        for b in (self.steps, self.loss, self.smooth):
+            b.truncate(keep)
+        keep_lr = int(np.searchsorted(self.lr_steps.view(), step, side="left"))
+        self.lr_steps.truncate(keep_lr)
+        self.lr.truncate(keep_lr)
+        self.nan_steps = [s for s in self.nan_steps if s < step]
+        smooth = self.smooth.view()
+        finite = smooth[np.isfinite(smooth)]
+        self._ema = float(finite[-1]) if finite.size else None
 
     @property
     def points(self) -> int:
