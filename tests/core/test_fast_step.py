@@ -236,3 +236,26 @@ def test_graphed_forward_sees_in_place_weight_changes_on_gpu():
     for got, want in outs:
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
     g.uninstall()
+
+
+def test_capturable_adamw_keeps_a_float_base_rate_for_schedulers():
+    opt = capturable_adamw([torch.nn.Parameter(torch.zeros(2))], lr=0.5, device="cpu")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1)
+    assert sched.base_lrs == [0.5]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_resumed_optimizer_lr_moves_back_to_gpu_before_capture():
+    unet, params = _tiny_unet_with_lora(device="cuda")
+    opt = capturable_adamw(params, lr=1e-3)
+    state = opt.state_dict()
+    state["param_groups"][0]["lr"] = state["param_groups"][0]["lr"].cpu()  # as torch.load(map_location="cpu")
+    opt.load_state_dict(state)
+    assert opt.param_groups[0]["lr"].device.type == "cpu"
+    warnings = []
+    fast = FastStep(_step_fn(unet, params, opt), device="cuda", params=params, optimizer=opt,
+                    on_warning=warnings.append)
+    for b in _batches(3, device="cuda"):
+        fast(b)
+    assert not warnings and fast.replays >= 1 and opt.param_groups[0]["lr"].is_cuda

@@ -66,8 +66,23 @@ def capturable_adamw(params, *, lr: float, betas=(0.9, 0.999), eps: float = 1e-8
     if device.type != "cuda":
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     lr_t = torch.tensor(float(lr), dtype=torch.float32, device=device)
-    return torch.optim.AdamW(params, lr=lr_t, betas=betas, eps=eps, weight_decay=weight_decay,
-                             fused=True, capturable=True)
+    opt = torch.optim.AdamW(params, lr=lr_t, betas=betas, eps=eps, weight_decay=weight_decay,
+                            fused=True, capturable=True)
+    for group in opt.param_groups:
+        # A float base rate: schedulers then compute floats and fill_ the tensor, with no .item() per step.
+        group["initial_lr"] = float(lr)
+    return opt
+
+
+def lr_tensors_on_device(optimizer, device) -> None:
+    """Put tensor learning rates on the GPU (loading a checkpoint with map_location='cpu' moves them off).
+
+    A CPU learning rate would make every captured update copy it from host memory, which capture refuses.
+    """
+    for group in getattr(optimizer, "param_groups", []):
+        lr = group.get("lr")
+        if isinstance(lr, torch.Tensor) and lr.device != torch.device(device):
+            group["lr"] = lr.to(device)
 
 
 def capturable_checkpointing(model) -> None:
@@ -166,8 +181,10 @@ class FastStep:
 
     def __init__(self, step_fn: Callable[[Batch], torch.Tensor], *, device=None, max_graphs: int = 16,
                  on_warning: Callable[[str], None] | None = None, params: list | None = None,
-                 drop_keys: tuple[str, ...] = DROP_KEYS, host_attrs: tuple[str, ...] = HOST_ATTRS):
+                 drop_keys: tuple[str, ...] = DROP_KEYS, host_attrs: tuple[str, ...] = HOST_ATTRS,
+                 optimizer=None):
         self.step_fn = step_fn
+        self.optimizer = optimizer if optimizer is not None else getattr(step_fn, "optimizer", None)
         self.drop_keys = tuple(drop_keys)
         self.host_attrs = tuple(host_attrs)
         self.device = torch.device(device) if device is not None else (
@@ -221,6 +238,8 @@ class FastStep:
 
     def _warm_up_and_capture(self, key, batch) -> torch.Tensor:
         t0 = time.perf_counter()
+        if self.optimizer is not None:
+            lr_tensors_on_device(self.optimizer, self.device)
         tensors: list = []
         _flatten(batch, tensors, [])
         # Static inputs live outside the graph's pool; the warm-up reads them, so the real batch trains.
