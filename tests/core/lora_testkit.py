@@ -28,7 +28,7 @@ def pipeline(name="demo"):
     return copy.deepcopy(_CACHE[name])
 
 
-def make_lora(name, path, rank=4, alpha=8.0, seed=1, scale=0.6, text_encoders=True, metadata=True):
+def make_lora(name, path, rank=4, alpha=8.0, seed=1, scale=0.25, text_encoders=True, metadata=True):
     """A diffusers-format LoRA file as the trainer saves it: peft adapters, random non-zero A and B."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model

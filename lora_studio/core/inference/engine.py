@@ -1,0 +1,360 @@
+"""The preview engine: one base model, N named LoRAs, a weight slider each, images on request.
+
+Weights are applied by *fusing*: every LoRA layer's base weight is restored from a snapshot taken when
+its first adapter arrived, then ``sum(w_i * delta_i)`` is added, and the adapters' own forward passes
+are switched off. A denoising step then costs what the base model costs, whatever the number of
+LoRAs, and a slider change costs one pass over the LoRA layers (no reload, no drift: restoring from the
+snapshot is exact where subtracting a fused delta again would accumulate rounding).
+``mode="live"`` keeps diffusers' live adapters instead (for comparison and benchmarks).
+
+Driven from a GUI thread-worker: ``generate(request, emit, stop)`` reports per-step progress through the
+typed events and honours ``stop()`` at each step boundary.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from lora_studio.core.events import Finished, Progress, Started
+from lora_studio.errors import LoraStudioError
+
+WEIGHT_RANGE = (-2.0, 2.0)
+SCHEDULERS = {
+    "euler": "Euler", "euler_a": "Euler a", "dpmpp_2m": "DPM++ 2M", "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "ddim": "DDIM", "unipc": "UniPC",
+}
+_ALIASES = {label.lower(): key for key, label in SCHEDULERS.items()}
+
+
+def scheduler_key(name: str) -> str:
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key.replace(" ", "_").replace("+", "p"))
+    if key not in SCHEDULERS:
+        raise LoraStudioError(f"unknown scheduler {name!r}.", f"use one of: {', '.join(SCHEDULERS.values())}.")
+    return key
+
+
+def make_scheduler(name: str, base_config):
+    from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                           EulerDiscreteScheduler, UniPCMultistepScheduler)
+
+    key = scheduler_key(name)
+    cfg = dict(base_config)
+    if key == "euler":
+        return EulerDiscreteScheduler.from_config(cfg)
+    if key == "euler_a":
+        return EulerAncestralDiscreteScheduler.from_config(cfg)
+    if key in ("dpmpp_2m", "dpmpp_2m_karras"):
+        return DPMSolverMultistepScheduler.from_config(cfg, algorithm_type="dpmsolver++", solver_order=2,
+                                                       use_karras_sigmas=key.endswith("karras"))
+    if key == "ddim":
+        return DDIMScheduler.from_config(cfg)
+    return UniPCMultistepScheduler.from_config(cfg)
+
+
+@dataclass(frozen=True)
+class PreviewRequest:
+    prompt: str
+    negative: str = ""
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 7.5
+    width: int | None = None  # None: the model's native size
+    height: int | None = None
+    scheduler: str = "euler"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _default_device_dtype(device, dtype):
+    import torch
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+    return device, dtype
+
+
+class PreviewEngine:
+    """``PreviewEngine(model)`` loads the base once; LoRAs and weights change without reloading it."""
+
+    def __init__(self, model=None, device=None, dtype=None, mode: str = "fused", pipe=None):
+        from lora_studio.core.models.loader import load_pipeline
+
+        if mode not in ("fused", "live"):
+            raise ValueError("mode is 'fused' or 'live'")
+        self.device, self.dtype = _default_device_dtype(device, dtype)
+        self.mode = mode
+        self.model = model
+        self.base_loads = 0
+        self.adapter_loads = 0
+        if pipe is None:
+            pipe = load_pipeline(model, torch_dtype=self.dtype, device=self.device)
+            self.base_loads += 1
+        self.pipe = pipe
+        self.pipe.set_progress_bar_config(disable=True)
+        self._base_scheduler_config = dict(pipe.scheduler.config)
+        self._schedulers: dict[str, object] = {}
+        self._loras: dict[str, Path] = {}  # adapter name -> file
+        self._weights: dict[str, float] = {}
+        self._applied: dict[str, float] | None = {}  # what the model weights currently hold
+        self._snapshots: dict[int, object] = {}  # id(lora layer) -> original base weight
+        self.last_apply_s = 0.0
+
+    # ------------------------------------------------------------------ adapters and weights
+
+    @property
+    def loras(self) -> dict[str, Path]:
+        return dict(self._loras)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return dict(self._weights)
+
+    def set_loras(self, loras) -> None:
+        """Make exactly these ``[(path, name)]`` the loaded adapters (new ones loaded, missing ones removed)."""
+        wanted = {}
+        for item in loras:
+            path, name = (item, None) if isinstance(item, (str, Path)) else item
+            path = Path(path)
+            wanted[name or path.stem] = path
+        for name in [n for n in self._loras if n not in wanted or wanted[n] != self._loras[n]]:
+            self.remove_lora(name)
+        for name, path in wanted.items():
+            if name not in self._loras:
+                self.add_lora(path, name)
+
+    def add_lora(self, path, name: str | None = None, weight: float = 1.0) -> str:
+        from lora_studio.core.lora_files import check_fits, peft_state_dict, read_lora
+
+        path = Path(path)
+        name = _adapter_name(name or path.stem)
+        if name in self._loras:
+            self.remove_lora(name)
+        check_fits(path, self.pipe)  # refuses another family / width before any tensor is read
+        lora = read_lora(path, unet_config=self.pipe.unet.config)
+        self._restore_base()  # peft wraps layers around the current weights: give it the originals
+        sd = {k: v.to(self.dtype) for k, v in peft_state_dict(lora).items()}
+        _quiet_transformers()
+        self.pipe.load_lora_weights(sd, adapter_name=name)
+        self.adapter_loads += 1
+        self._loras[name] = path
+        self._weights[name] = _check_weight(weight, name)
+        self._applied = None
+        return name
+
+    def remove_lora(self, name: str) -> None:
+        if name not in self._loras:
+            return
+        self._restore_base()
+        self.pipe.delete_adapters(name)
+        del self._loras[name]
+        self._weights.pop(name, None)
+        self._applied = None
+
+    def set_weights(self, weights: dict[str, float]) -> None:
+        for name, w in weights.items():
+            if name not in self._loras:
+                raise LoraStudioError(f"no LoRA named {name!r} is loaded.", f"loaded: {', '.join(self._loras) or 'none'}.")
+            self._weights[name] = _check_weight(w, name)
+
+    def _lora_layers(self):
+        from peft.tuners.lora import LoraLayer
+
+        for comp in ("unet", "text_encoder", "text_encoder_2"):
+            model = getattr(self.pipe, comp, None)
+            if model is None:
+                continue
+            for module in model.modules():
+                if isinstance(module, LoraLayer):
+                    yield module
+
+    def _restore_base(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            for layer in self._lora_layers():
+                snap = self._snapshots.get(id(layer))
+                if snap is not None:
+                    layer.get_base_layer().weight.copy_(snap)
+        self._applied = {}
+
+    def _apply(self) -> None:
+        import torch
+
+        active = {n: w for n, w in self._weights.items() if w != 0.0}
+        if self.mode == "live":
+            if self._applied != active:
+                self._restore_base()
+                names = list(self._loras)
+                if names:
+                    self.pipe.enable_lora()
+                    self.pipe.set_adapters(names, [self._weights[n] for n in names])
+                self._applied = dict(active)
+            return
+        if self._applied == active:
+            return
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for layer in self._lora_layers():
+                layer.enable_adapters(False)  # the fused weights carry the LoRAs; no per-step adapter cost
+                base = layer.get_base_layer()
+                key = id(layer)
+                if key not in self._snapshots:
+                    self._snapshots[key] = base.weight.detach().clone()
+                weight = self._snapshots[key].float()
+                touched = False
+                for name, w in active.items():
+                    if name in layer.lora_A:
+                        weight = weight + w * layer.get_delta_weight(name).float()
+                        touched = True
+                base.weight.copy_(weight if touched else self._snapshots[key])
+        self._applied = dict(active)
+        self.last_apply_s = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ generation
+
+    def scheduler(self, name: str):
+        key = scheduler_key(name)
+        if key not in self._schedulers:
+            self._schedulers[key] = make_scheduler(key, self._base_scheduler_config)
+        return self._schedulers[key]
+
+    def generate(self, request: PreviewRequest, emit=None, stop=None):
+        """A PIL image, or None when ``stop()`` turned true (checked before and after every step)."""
+        import torch
+
+        emit = emit or (lambda event: None)
+        stop = stop or (lambda: False)
+        if stop():
+            return None
+        self._apply()
+        self.pipe.scheduler = self.scheduler(request.scheduler)
+        total = int(request.steps)
+        emit(Started(total_steps=total, phase="generate", description=request.prompt))
+        t0 = time.perf_counter()
+
+        def on_step(pipe, step, timestep, kwargs):
+            done = step + 1
+            elapsed = time.perf_counter() - t0
+            rate = done / elapsed if elapsed > 0 else None
+            emit(Progress(step=done, total=total, it_per_s=rate,
+                          eta_s=(total - done) / rate if rate else None, phase="generate"))
+            if stop():
+                raise _Cancelled()
+            return kwargs
+
+        kwargs = dict(prompt=request.prompt, negative_prompt=request.negative or None,
+                      num_inference_steps=total, guidance_scale=float(request.guidance),
+                      generator=torch.Generator("cpu").manual_seed(int(request.seed)),
+                      callback_on_step_end=on_step)
+        if request.width:
+            kwargs["width"] = int(request.width)
+        if request.height:
+            kwargs["height"] = int(request.height)
+        try:
+            with torch.inference_mode():
+                image = self.pipe(**kwargs).images[0]
+        except _Cancelled:
+            return None
+        emit(Finished({"seconds": time.perf_counter() - t0, "seed": int(request.seed), "weights": self.weights}))
+        return image
+
+    # ------------------------------------------------------------------ comparison grids
+
+    def grid(self, request: PreviewRequest, rows, seeds, emit=None, stop=None):
+        """A labelled grid: one row per ``(label, {adapter: weight})``, one column per seed. None if stopped."""
+        saved = dict(self._weights)
+        cells = []
+        try:
+            for label, weights in rows:
+                self.set_weights(weights)
+                row = []
+                for seed in seeds:
+                    image = self.generate(replace(request, seed=int(seed)), emit, stop)
+                    if image is None:
+                        return None
+                    row.append(image)
+                cells.append((label, row))
+        finally:
+            self._weights.update(saved)
+        return labelled_grid(cells, [f"seed {s}" for s in seeds])
+
+    def weight_grid(self, request: PreviewRequest, adapter: str, weights, seeds, emit=None, stop=None):
+        others = {n: w for n, w in self._weights.items() if n != adapter}
+        rows = [(f"{adapter} {w:+.2f}", {**others, adapter: float(w)}) for w in weights]
+        return self.grid(request, rows, seeds, emit, stop)
+
+    def checkpoint_grid(self, request: PreviewRequest, checkpoints, seeds, weight: float = 1.0, emit=None,
+                        stop=None):
+        """Rows = training checkpoints ``[(label, path)]`` (each loaded in turn as a temporary adapter)."""
+        name = "__checkpoint__"
+        saved = {n: w for n, w in self._weights.items()}
+        cells = []
+        try:
+            for label, path in checkpoints:
+                self.add_lora(path, name, weight)
+                row = []
+                for seed in seeds:
+                    image = self.generate(replace(request, seed=int(seed)), emit, stop)
+                    if image is None:
+                        return None
+                    row.append(image)
+                cells.append((label, row))
+        finally:
+            self.remove_lora(name)
+            self._weights.update({n: w for n, w in saved.items() if n in self._loras})
+        return labelled_grid(cells, [f"seed {s}" for s in seeds])
+
+
+def labelled_grid(rows, column_labels, pad: int = 4):
+    """Paste ``[(row_label, [PIL images])]`` into one image with a header row and a label column."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    cell_w = max(img.width for _, row in rows for img in row)
+    cell_h = max(img.height for _, row in rows for img in row)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = lambda s: int(measure.textlength(s, font=font))  # noqa: E731
+    label_w = max(text_w(label) for label, _ in rows) + 2 * pad
+    header_h = 14 + 2 * pad
+    n_cols = max(len(row) for _, row in rows)
+    out = Image.new("RGB", (label_w + n_cols * (cell_w + pad) + pad, header_h + len(rows) * (cell_h + pad) + pad),
+                    "white")
+    draw = ImageDraw.Draw(out)
+    for c, text in enumerate(column_labels):
+        x = label_w + pad + c * (cell_w + pad)
+        draw.text((x + (cell_w - text_w(text)) // 2, pad), text, fill="black", font=font)
+    for r, (label, row) in enumerate(rows):
+        y = header_h + r * (cell_h + pad)
+        draw.text((pad, y + cell_h // 2 - 6), label, fill="black", font=font)
+        for c, img in enumerate(row):
+            out.paste(img.convert("RGB"), (label_w + pad + c * (cell_w + pad), y))
+    return out
+
+
+def _check_weight(w, name) -> float:
+    w = float(w)
+    lo, hi = WEIGHT_RANGE
+    if not lo <= w <= hi:
+        raise LoraStudioError(f"weight {w} for {name!r} is outside {lo}..{hi}.", "pick a weight between -2 and 2.")
+    return w
+
+
+def _adapter_name(name: str) -> str:
+    # peft keys adapters by name inside module paths: no dots.
+    return name.replace(".", "_") or "lora"
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
