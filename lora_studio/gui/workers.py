@@ -81,6 +81,17 @@ def gpu_info() -> dict[str, Any]:
     return {"name": info.name, "total": int(info.total_memory), "cuda": True, "backend": info.backend}
 
 
+def leave_a_core_for_the_gui() -> None:
+    """On a CPU run torch would take every core; keep one free so the window stays responsive."""
+    import os
+
+    import torch
+
+    cores = os.cpu_count() or 1
+    if not torch.cuda.is_available() and cores > 1 and torch.get_num_threads() >= cores:
+        torch.set_num_threads(cores - 1)
+
+
 def settle_heap() -> None:
     """Move every object alive now (torch, diffusers, a loaded pipeline) out of the cyclic collector's reach.
 
@@ -126,6 +137,7 @@ def training_job(config, resume: bool = False) -> JobThread:
 
         from lora_studio.core.training import train
 
+        leave_a_core_for_the_gui()
         os.makedirs(config.output_dir, exist_ok=True)
         path = os.path.join(config.output_dir, EVENTS_FILE)
         if not resume and os.path.exists(path):
@@ -247,6 +259,7 @@ class PreviewWorker(QThread):
 
         if self.engine is None or self.model != model:
             self.engine = None  # let the old pipeline go before the new one loads
+            leave_a_core_for_the_gui()
             self.engine = PreviewEngine(model)
             settle_heap()
             self.model = model

@@ -87,6 +87,19 @@ def test_stop_leaves_a_run_that_resume_completes(qtbot, make_window, tmp_path, t
     assert steps[0] == first["steps"] + 1  # continued, not restarted
     assert tab.plot.points == first["steps"] + 3  # one curve across the stop
 
+    # closing the window during a run asks, then stops cleanly at a resumable checkpoint and closes
+    asked = []
+    window.confirm_close_during_run = lambda: asked.append(1) or True
+    tab.form.set_values({"max_train_steps": second["steps"] + 400})
+    steps.clear()
+    tab.resume_btn.click()
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=120000)
+    window.close()
+    assert asked == [1] and window.isVisible()  # still open while the run saves
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=60000)
+    assert tab.last_result["stopped"] and tab.last_result["steps"] >= steps[1]
+    assert (tmp_path / "out" / "checkpoints" / f"checkpoint-{tab.last_result['steps']}").is_dir()
+
 
 def test_form_is_built_from_config_metadata_and_rejects_bad_values(qtbot, make_window):
     from lora_studio import config as cfgmod
