@@ -87,6 +87,9 @@ def screenshot(window, args, app) -> int:
             # show a blend: second image at the chosen weights lands in the history strip too
             tab.rows[0].set_weight(tab.rows[0].weight())
     wait_until(lambda: False, 0.5, app)  # let layouts and plots settle
+    samples = window.training_tab.samples
+    if samples.count():
+        samples.scrollToItem(samples.item(samples.count() - 1))
     window.training_tab.plot.redraw()
     app.processEvents()
     pix = window.grab()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import QSettings, Signal
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTabWidget
 
@@ -71,7 +71,7 @@ class MainWindow(QMainWindow):
         if first_run is None:
             first_run = not self.settings.value("first_run_done", False, type=bool)
         if first_run:
-            QTimer.singleShot(0, self.open_demo)
+            self.open_demo()
             self.settings.setValue("first_run_done", True)
 
     # -------------------------------------------------------------------------------------------- menu

@@ -117,6 +117,7 @@ class LoraRow(QWidget):
 class PreviewTab(QWidget):
     image_ready = Signal(dict)
     model_loaded = Signal(str, int)
+    merged = Signal(str)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -429,6 +430,7 @@ class PreviewTab(QWidget):
 
     def _on_merged(self, path: str) -> None:
         self.status.setText(f"Merged into {path}")
+        self.merged.emit(path)
 
     def shutdown(self) -> None:
         self.worker.shutdown()
@@ -513,7 +515,16 @@ class MergeDialog(QDialog):
         self.as_lora = QRadioButton("Merge into one LoRA file")
         self.as_model = QRadioButton(f"Fuse into a full model (base: {model})")
         self.as_lora.setChecked(True)
-        lay.addWidget(self.as_lora)
+        rank_row = QHBoxLayout()
+        self.rank = QSpinBox()
+        self.rank.setRange(0, 1024)
+        self.rank.setSpecialValueText("exact (ranks added up)")
+        self.rank.setToolTip("0 keeps the blend exact by concatenating ranks; a number compresses to that rank by SVD.")
+        rank_row.addWidget(self.as_lora)
+        rank_row.addStretch(1)
+        rank_row.addWidget(QLabel("Rank:"))
+        rank_row.addWidget(self.rank)
+        lay.addLayout(rank_row)
         lay.addWidget(self.as_model)
         row = QHBoxLayout()
         self.out = QLineEdit(os.path.join(os.getcwd(), "merged_lora.safetensors"))
@@ -554,5 +565,5 @@ class MergeDialog(QDialog):
         if self.as_model.isChecked():
             self.tab.worker.submit("merge", loras=loras, out="", model=self.model, fuse_out=self.out.text())
         else:
-            self.tab.worker.submit("merge", loras=loras, out=self.out.text())
+            self.tab.worker.submit("merge", loras=loras, out=self.out.text(), rank=self.rank.value())
         self.tab.status.setText("Merging…")

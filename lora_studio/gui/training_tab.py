@@ -83,6 +83,7 @@ class TrainingTab(QWidget):
         self.last_dialog: QMessageBox | None = None
         self.events_seen = 0
         self._t0 = 0.0
+        self._replaying = False
         self._build()
 
     # ------------------------------------------------------------------------------------------ layout
@@ -316,8 +317,9 @@ class TrainingTab(QWidget):
                 self.plot.add(e.step, e.loss, e.lr)
             speed = f"{e.it_per_s:.2f} it/s" if e.it_per_s else "– it/s"
             loss = "" if e.loss is None else f" · loss {e.loss:.4f}"
-            self.speed_label.setText(f"{speed} · elapsed {fmt_duration(time.monotonic() - self._t0)} · "
-                                     f"ETA {fmt_duration(e.eta_s)}{loss}")
+            if not self._replaying:
+                self.speed_label.setText(f"{speed} · elapsed {fmt_duration(time.monotonic() - self._t0)} · "
+                                         f"ETA {fmt_duration(e.eta_s)}{loss}")
             self.memory.update_memory(e.vram_used, e.vram_peak, e.vram_total)
             if e.loss is not None and not math.isfinite(e.loss):
                 self.append_log(f"step {e.step}: loss is {e.loss} — the run is diverging.")
@@ -331,6 +333,10 @@ class TrainingTab(QWidget):
             self.last_result = dict(e.result)
             stopped = bool(e.result.get("stopped"))
             self.status_label.setText("Stopped (resumable)." if stopped else "Finished.")
+            final = e.result.get("final_loss")
+            self.speed_label.setText(f"{e.result.get('steps', '–')} steps in "
+                                     f"{fmt_duration(e.result.get('elapsed_s'))}" +
+                                     (f" · final loss {final:.4f}" if isinstance(final, (int, float)) else ""))
             self.append_log(("Stopped; " if stopped else "Finished; ") +
                             ", ".join(f"{k}: {v}" for k, v in e.result.items() if not isinstance(v, (dict, list))))
             self.plot.redraw()
@@ -380,6 +386,7 @@ class TrainingTab(QWidget):
         self.samples.clear()
         self._t0 = time.monotonic()
         base = events_path.parent
+        self._replaying = True
         for e in events:
             if isinstance(e, ev.Sample) and not Path(e.path).is_absolute():
                 e = ev.Sample(str(base / e.path), e.step, e.prompt)
@@ -387,6 +394,9 @@ class TrainingTab(QWidget):
                 self.append_log(f"error: {e.message}")
                 continue
             self.on_event(e)
+        self._replaying = False
+        if not any(isinstance(e, ev.Finished) for e in events):
+            self.status_label.setText("Loaded (unfinished run).")
         self.plot.redraw()
         self.append_log(f"Loaded run {events_path} ({len(events)} events).")
         return len(events)

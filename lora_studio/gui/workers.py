@@ -307,15 +307,16 @@ class PreviewWorker(QThread):
         if img is not None:
             self.grid.emit(img, dict(weights=weights, seeds=seeds, adapter=adapter, checkpoints=checkpoints))
 
-    def _do_merge(self, loras: list, out: str, model: str | None = None, fuse_out: str | None = None) -> None:
-        from lora_studio.core import inference
+    def _do_merge(self, loras: list, out: str, model: str | None = None, fuse_out: str | None = None,
+                  rank: int = 0) -> None:
+        """``loras``: [(path, weight)] -> one LoRA file (exact, or SVD to ``rank``), or a fused full model."""
+        from lora_studio.core.inference import merge as merging
 
         if fuse_out:
-            inference.fuse(model, loras, fuse_out, emit=self.event.emit)
-            self.merged.emit(fuse_out)
+            path = merging.fuse_and_save(model, loras, fuse_out)
         else:
-            inference.merge(loras, out, emit=self.event.emit)
-            self.merged.emit(out)
+            path = merging.save_merged(merging.merge(loras, rank=rank), out)
+        self.merged.emit(str(path))
 
 
 # ------------------------------------------------------------------------------------------ thumbnails

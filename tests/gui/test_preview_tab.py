@@ -62,3 +62,24 @@ def test_to_qimage_keeps_pixels():
     q = to_qimage(img)
     assert (q.width(), q.height()) == (3, 2)
     assert q.pixelColor(2, 1).getRgb()[:3] == (10, 20, 30)
+
+
+def test_merge_dialog_writes_one_lora_file(qtbot, make_window, tiny_loras, tmp_path):
+    from safetensors import safe_open
+
+    from lora_studio.gui.preview_tab import MergeDialog
+
+    window = make_window()
+    tab = window.preview_tab
+    tab.add_lora(str(tiny_loras[0]), 1.0)
+    tab.add_lora(str(tiny_loras[1]), -0.5)
+    dlg = MergeDialog(tab, tab.active_loras(), "demo")
+    qtbot.addWidget(dlg)
+    assert dlg.loras() == [(str(tiny_loras[0]), 1.0), (str(tiny_loras[1]), -0.5)]
+    out = tmp_path / "merged.safetensors"
+    dlg.out.setText(str(out))
+    with qtbot.waitSignal(tab.merged, timeout=60000) as done:
+        dlg._ok()
+    assert done.args[0] == str(out) and out.exists()
+    with safe_open(str(out), "pt") as f:
+        assert any("lora" in k for k in f.keys())

@@ -135,4 +135,8 @@ class LossPlot(QWidget):
             self.nan_item.setData(self.nan_steps, [y] * len(self.nan_steps))
         else:
             self.nan_item.setData([], [])
-        self.lr_item.setData(self.lr_steps.view(), self.lr.view())
+        lr = self.lr.view()
+        self.lr_item.setData(self.lr_steps.view(), lr)
+        if lr.size:  # a constant schedule is a flat line: show it against zero, not centred in nothing
+            top = float(np.nanmax(lr)) if np.isfinite(lr).any() else 1.0
+            self.lr_plot.setYRange(0.0, top * 1.15 if top > 0 else 1.0, padding=0)
