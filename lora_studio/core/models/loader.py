@@ -350,8 +350,9 @@ def _load_single_file(ref: ModelRef, torch_dtype, config=None):
         if config is not None:
             config_dir, kwargs = Path(config), {}
         elif embedded:
-            config_dir = write_config_folder(json.loads(embedded)["configs"], Path(tmp))
-            kwargs = {}
+            configs = json.loads(embedded)["configs"]
+            config_dir = write_config_folder(configs, Path(tmp))
+            kwargs = tokenizers_from_configs(configs)
         else:
             config_dir = shipped_config_dir(ref.family, ref.variant)
             pad = "!" if ref.family == "sd2" else "<|endoftext|>"
@@ -374,9 +375,24 @@ def _load_single_file(ref: ModelRef, torch_dtype, config=None):
     return pipe
 
 
+BUNDLED_CLIP_MARKER = "bundled-openai-clip-pad"
+
+
+def _is_openai_clip_tokenizer(tok) -> bool:
+    return len(tok) == 49408 and tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def tokenizers_from_configs(configs: dict) -> dict:
+    """Tokenizer objects for components the embedded configs mark as the bundled OpenAI CLIP tokenizer."""
+    return {rel.split("/")[0]: clip_tokenizer(pad) for rel, pad in configs.items()
+            if rel.endswith("/" + BUNDLED_CLIP_MARKER)}
+
+
 def write_config_folder(configs: dict[str, dict], folder: Path) -> Path:
     """Write {'model_index.json': {...}, 'unet/config.json': {...}, 'tokenizer/vocab.json': ...}."""
     for rel, content in configs.items():
+        if rel.endswith("/" + BUNDLED_CLIP_MARKER):
+            continue
         target = folder / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         text = content if isinstance(content, str) else json.dumps(content, indent=2)
@@ -397,6 +413,9 @@ def pipeline_configs(pipe) -> dict[str, object]:
                 continue
             sub = Path(tmp, name)
             if hasattr(comp, "save_pretrained") and not hasattr(comp, "parameters"):  # tokenizers
+                if _is_openai_clip_tokenizer(comp):  # rebuilt from the bundled files: no 3.6 MB copy in the header
+                    configs[f"{name}/{BUNDLED_CLIP_MARKER}"] = str(comp.pad_token)
+                    continue
                 comp.save_pretrained(str(sub))
             elif hasattr(comp, "save_config"):  # schedulers, diffusers models
                 comp.save_config(str(sub))
@@ -405,6 +424,6 @@ def pipeline_configs(pipe) -> dict[str, object]:
                 comp.config.to_json_file(str(sub / "config.json"))
             if sub.is_dir():
                 for f in sub.iterdir():
-                    if f.is_file() and f.name != "tokenizer.json":  # the slow files rebuild it
+                    if f.is_file():
                         configs[f"{name}/{f.name}"] = f.read_text(encoding="utf-8")
     return configs
