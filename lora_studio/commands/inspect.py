@@ -11,6 +11,27 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from lora_studio.errors import LoraStudioError
+    import json
+    from pathlib import Path
 
-    raise LoraStudioError("`lora-studio inspect` is not built yet (issue 5).")
+    from lora_studio.core.lora_files import inspect_file
+    from lora_studio.core.models.loader import resolve_model
+
+    if Path(args.file).is_dir() or args.file in ("demo", "demo-xl"):
+        ref = resolve_model(args.file)
+        info = {"file": str(ref.path), "kind": ref.kind, "family": ref.family, "family_name": ref.family_name,
+                "variant": ref.variant}
+    else:
+        info = inspect_file(args.file)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True, default=str))
+        return 0
+    meta = info.pop("metadata", {})
+    for key, value in info.items():
+        print(f"{key:>22}: {value}")
+    if meta:
+        print("              metadata:")
+        for key in sorted(meta):
+            value = meta[key] if len(meta[key]) <= 200 else meta[key][:200] + "..."
+            print(f"    {key}: {value}")
+    return 0

@@ -1,0 +1,57 @@
+"""The preview side from the command line: generate, convert, inspect, merge, fuse; errors without tracebacks."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lora_studio.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
+from lora_testkit import make_lora  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def loras(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    return {"a": make_lora("demo", d / "a.safetensors", seed=21), "b": make_lora("demo", d / "b.safetensors", seed=22),
+            "xl": make_lora("demo-xl", d / "xl.safetensors", seed=23)}
+
+
+def test_generate_convert_inspect_merge_fuse(loras, tmp_path, capsys):
+    png = tmp_path / "one.png"
+    assert main(["generate", "--model", "demo", "--prompt", "a red circle", "--lora", f"{loras['a']}:0.8",
+                 "--steps", "2", "--scheduler", "DPM++ 2M Karras", "--out", str(png)]) == 0
+    assert Image.open(png).size == (64, 64)
+
+    kohya = tmp_path / "a-kohya.safetensors"
+    assert main(["convert", str(loras["a"]), "--to", "kohya", "--out", str(kohya)]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(kohya), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["format"], info["family"], info["ranks"], info["alphas"]) == ("kohya", "sd1", [4], [8.0])
+    assert info["metadata"]["ss_base_model_version"] == "sd_v1"
+
+    merged = tmp_path / "merged.safetensors"
+    assert main(["merge", "--lora", f"{loras['a']}:1", "--lora", f"{kohya}:-0.5", "--rank", "3",
+                 "--out", str(merged)]) == 0
+    assert "SVD relative error" in capsys.readouterr().out
+
+    fused = tmp_path / "fused.safetensors"
+    assert main(["merge", "--lora", f"{loras['a']}:0.7", "--model", "demo", "--fuse-out", str(fused)]) == 0
+    grid = tmp_path / "grid.png"
+    assert main(["generate", "--model", str(fused), "--prompt", "a red circle", "--lora", str(merged),
+                 "--grid-weights", "0,1", "--grid-seeds", "1,2", "--steps", "1", "--out", str(grid)]) == 0
+    assert Image.open(grid).width > 2 * 64
+
+
+@pytest.mark.parametrize("model,lora", [("demo-xl", "a"), ("demo", "xl")])
+def test_wrong_family_fails_cleanly(loras, tmp_path, capsys, model, lora):
+    rc = main(["generate", "--model", model, "--prompt", "x", "--lora", str(loras[lora]), "--steps", "1",
+               "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "SDXL" in err and "SD 1.x" in err and "Traceback" not in err and "size mismatch" not in err
+    assert not (tmp_path / "x.png").exists()
