@@ -112,3 +112,41 @@ def test_corrupted_lora_is_named(loras, tmp_path):
     with pytest.raises(LoraStudioError, match="incomplete or corrupted") as err:
         read_lora(bad)
     assert "cut.safetensors" in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["demo", "demo-xl"])
+def test_engine_trained_lora_kohya_export_matches(name, tmp_path):
+    """A LoRA from the training engine (alpha != rank, text encoders too) and its kohya export: same image."""
+    from PIL import Image, ImageDraw
+
+    from lora_studio.config import TrainingConfig
+    from lora_studio.core.training import train
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        im = Image.new("RGB", (64, 64), (250, 250, 250))
+        ImageDraw.Draw(im).ellipse((8 + 4 * i, 8, 56, 56), fill=(220, 40, 40))
+        im.save(data / f"img{i}.png")
+        (data / f"img{i}.txt").write_text("a red circle in zebra style", encoding="utf-8")
+    cfg = TrainingConfig(pretrained_model_name_or_path=name, train_data_dir=str(data), output_dir=str(tmp_path / "out"),
+                         resolution=64, max_train_steps=3, checkpointing_steps=100, rank=4, lora_alpha=12.0,
+                         learning_rate=5e-2, train_text_encoder=True, text_encoder_lr=5e-2, report_to="none",
+                         sample_steps=1, seed=7)
+    result = train(cfg)
+    kohya = result["kohya_path"]
+    family, version = FAMILY[name]
+    with safe_open(kohya, framework="pt") as fh:
+        assert fh.metadata()["ss_base_model_version"] == version
+        assert {float(fh.get_tensor(k)) for k in fh.keys() if k.endswith(".alpha")} == {12.0}
+
+    live = pipeline(name)
+    base = render(live, prompt="a red circle in zebra style")
+    live.load_lora_weights(peft_state_dict(read_lora(result["adapter_path"])), adapter_name="a")
+    expected = render(live, prompt="a red circle in zebra style")
+    assert diff(base, expected) > 1 / 255
+    other = pipeline(name)
+    check_fits(kohya, other)
+    other.load_lora_weights(kohya, adapter_name="k")
+    assert diff(render(other, prompt="a red circle in zebra style"), expected) < 1 / 255
