@@ -167,7 +167,9 @@ class MainWindow(QMainWindow):
         self.preview_tab.model_picker.set_model("demo")
         # the demo world's subject and class prompts (core/demo/renderer.py); 64 px is the demo model's size
         prompt, class_prompt = "a photo of sks shape", "a shape"
-        values = {"output_dir": os.path.join(os.path.expanduser("~"), "lora-studio-runs", "demo-subject"),
+        runs = os.path.join(os.path.expanduser("~"), "lora-studio-runs")
+        values = {"output_dir": os.path.join(runs, "demo-subject"),
+                  "class_data_dir": os.path.join(runs, "demo-class-images"), "num_class_images": 20,
                   "max_train_steps": 300, "resolution": 64, "learning_rate": 5e-4, "rank": 8,
                   "mode": "dreambooth", "instance_prompt": prompt, "class_prompt": class_prompt,
                   "validation_prompt": prompt, "validation_steps": 75, "checkpointing_steps": 100}

@@ -314,6 +314,8 @@ class TrainingTab(QWidget):
             self.progress.setRange(0, max(1, e.total))
             self.progress.setValue(e.step)
             if e.phase == "train":
+                if self.plot.points and e.step <= self.plot.steps.view()[-1]:
+                    self._drop_samples_from(e.step)  # resumed from an earlier checkpoint
                 self.plot.add(e.step, e.loss, e.lr)
             speed = f"{e.it_per_s:.2f} it/s" if e.it_per_s else "– it/s"
             loss = "" if e.loss is None else f" · loss {e.loss:.4f}"
@@ -337,8 +339,16 @@ class TrainingTab(QWidget):
             self.speed_label.setText(f"{e.result.get('steps', '–')} steps in "
                                      f"{fmt_duration(e.result.get('elapsed_s'))}" +
                                      (f" · final loss {final:.4f}" if isinstance(final, (int, float)) else ""))
-            self.append_log(("Stopped; " if stopped else "Finished; ") +
-                            ", ".join(f"{k}: {v}" for k, v in e.result.items() if not isinstance(v, (dict, list))))
+            r = e.result
+            words = [f"{r.get('steps', '?')} of {r.get('total_steps', '?')} steps"]
+            if isinstance(final, (int, float)):
+                words.append(f"final loss {final:.4f}")
+            for key, label in (("adapter_path", "adapter"), ("kohya_path", "kohya export"),
+                               ("checkpoint", "checkpoint")):
+                if r.get(key):
+                    words.append(f"{label}: {r[key]}")
+            self.append_log(("Stopped (resume continues from the checkpoint): " if stopped else "Finished: ") +
+                            "; ".join(words))
             self.plot.redraw()
             self.run_finished.emit(dict(e.result))
         elif isinstance(e, ev.Failed):
@@ -347,6 +357,11 @@ class TrainingTab(QWidget):
             self.show_failure(e.message, e.advice)
             self.run_failed.emit(e.message, e.advice)
 
+    def _drop_samples_from(self, step: int) -> None:
+        for i in reversed(range(self.samples.count())):
+            if self.samples.item(i).data(Qt.UserRole + 1) >= step:
+                self.samples.takeItem(i)
+
     def add_sample(self, path: str, step: int, prompt: str = "") -> None:
         pix = QPixmap(path)
         if pix.isNull():
@@ -354,6 +369,7 @@ class TrainingTab(QWidget):
         item = QListWidgetItem(QIcon(pix), f"step {step}")
         item.setToolTip(f"{prompt}\n{path}" if prompt else path)
         item.setData(Qt.UserRole, path)
+        item.setData(Qt.UserRole + 1, step)
         self.samples.addItem(item)
         self.samples.scrollToItem(item)
 
