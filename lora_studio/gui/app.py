@@ -81,11 +81,17 @@ def screenshot(window, args, app) -> int:
         ds.table.selectRow(0)
     if args.tab == "preview":
         tab = window.preview_tab
-        tab.generate()
-        wait_until(lambda: tab.images_made >= 1, args.timeout, app)
-        if tab.rows and tab.images_made:
-            # show a blend: second image at the chosen weights lands in the history strip too
-            tab.rows[0].set_weight(tab.rows[0].weight())
+        wanted = [r.weight() for r in tab.rows]
+        # the history strip shows the way there: the base model alone, each LoRA alone, then the blend
+        steps = [[0.0] * len(wanted)] if wanted else []
+        if len(wanted) > 1:
+            steps += [[w if j == i else 0.0 for j, w in enumerate(wanted)] for i in range(len(wanted))]
+        steps.append(wanted)
+        for k, weights in enumerate(steps):
+            for row, w in zip(tab.rows, weights):
+                row.set_weight(w)
+            tab.generate()
+            wait_until(lambda k=k: tab.images_made >= k + 1, args.timeout, app)
     wait_until(lambda: False, 0.5, app)  # let layouts and plots settle
     samples = window.training_tab.samples
     if samples.count():

@@ -14,7 +14,7 @@ def _setup(window, model, data, out, steps, **extra):
     tab.model_picker.set_model(str(model))
     values = dict(train_data_dir=str(data), output_dir=str(out), resolution=64, max_train_steps=steps,
                   checkpointing_steps=1000, rank=4, learning_rate=1e-3, report_to="none", validation_prompt="",
-                  seed=7)
+                  sample_steps=3, seed=7)
     values.update(extra)
     tab.form.set_values(values)
     return tab
