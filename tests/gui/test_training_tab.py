@@ -135,3 +135,46 @@ def test_loss_plot_keeps_nan_visible_and_rewinds_on_resume(qtbot):
         plot.add(step, 0.4, 1e-4)
     assert list(plot.steps.view()) == [1, 2, 3, 4, 5, 6]
     assert plot.loss.view()[-1] == 0.4
+
+
+def test_engine_failure_shows_its_advice_in_a_dialog(qtbot, make_window, tmp_path, tiny_sd1):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    window = make_window()
+    tab = _setup(window, tiny_sd1, empty, tmp_path / "out", steps=4)
+    with qtbot.waitSignal(tab.run_failed, timeout=60000) as failed:
+        tab.start_btn.click()
+    message, advice = failed.args
+    assert message and advice
+    qtbot.waitUntil(lambda: tab.start_btn.isEnabled(), timeout=10000)
+    box = tab.last_dialog
+    assert box.isVisible() and box.text() == message and advice in box.informativeText()
+    assert tab.status_label.text() == "Failed."
+    box.close()
+
+
+def test_run_config_saves_and_reopens_and_recent_items_persist(qtbot, make_window, tmp_path):
+    window = make_window()
+    window.training_tab.form.set_values({"rank": 24, "learning_rate": 3e-4, "mixed_precision": "bf16"})
+    window.training_tab.model_picker.set_model("demo-xl")
+    path = tmp_path / "run.toml"
+    assert window.save_config(str(path))
+    other = make_window()
+    assert other.open_config(str(path))
+    cfg = other.training_tab.config()
+    assert (cfg.rank, cfg.learning_rate, cfg.mixed_precision, cfg.pretrained_model_name_or_path) == \
+        (24, 3e-4, "bf16", "demo-xl")
+    assert other.recent()[0] == f"config:{path}"
+    labels = [a.text() for a in other.recent_menu.actions()]
+    assert labels and str(path) in labels[0]
+
+
+def test_memory_meter_shows_in_use_peak_and_total(qtbot):
+    from lora_studio.gui.training_tab import GIB, MemoryMeter
+
+    meter = MemoryMeter()
+    qtbot.addWidget(meter)
+    meter.update_memory(3 * GIB, 5 * GIB, 24 * GIB)
+    meter.update_memory(2 * GIB, 4 * GIB, 24 * GIB)  # the peak never goes down
+    assert meter.label.text() == "In use 2.0 GiB · peak 5.0 GiB · total 24.0 GiB"
+    assert meter.bar.value() == round(1000 * 2 / 24)
