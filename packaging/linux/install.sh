@@ -163,18 +163,28 @@ pkg_install() {  # pkg_install ARGS... : install into the app environment with u
   else "$ENV_PY" -m pip install -q "$@"; fi
 }
 
+old() {  # a value from the previous install record ("" if none)
+  [ -f "$RECORD" ] && "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))' "$RECORD" "$1" || true
+}
+if [ -n "$(old build)" ] && [ "$(old build)" != "$TORCH_BUILD" ]; then
+  # a new driver or GPU: start clean rather than leave the old build's CUDA libraries (GBs) behind
+  step "The torch build changes from $(old build) to $TORCH_BUILD: rebuilding the environment"
+  rm -rf "$ENV_DIR"
+  rm -f "$RECORD"
+fi
 if [ ! -x "$ENV_PY" ]; then
   step "Creating the app environment in $ENV_DIR"
   if [ -n "$UV" ]; then "$UV" venv -q --python "$PLAN_PYTHON" "$ENV_DIR"
   else
-    case "$PLAN_PYTHON" in /*) ;; *) die "torch for this GPU needs Python $PLAN_PYTHON, and uv (which can fetch it) is unavailable." "install python$PLAN_PYTHON, then run with LORA_STUDIO_PYTHON=python$PLAN_PYTHON." ;; esac
+    case "$PLAN_PYTHON" in
+      /*) ;;
+      *) die "torch for this GPU needs Python $PLAN_PYTHON, and uv (which can fetch it) is unavailable." \
+             "install python$PLAN_PYTHON, then run with LORA_STUDIO_PYTHON=python$PLAN_PYTHON." ;;
+    esac
     "$PLAN_PYTHON" -m venv "$ENV_DIR" || die "python -m venv failed." "install your distribution's python3-venv package and run again."
   fi
 fi
 
-old() {  # a value from the previous install record ("" if none)
-  [ -f "$RECORD" ] && "$PY" -c 'import json,sys; print(json.load(open(sys.argv[1])).get(sys.argv[2], ""))' "$RECORD" "$1" || true
-}
 torch_version() { "$ENV_PY" -I -c 'from importlib.metadata import version; print(version("torch"))' 2>/dev/null || true; }
 
 TORCH_VERSION="$(torch_version)"

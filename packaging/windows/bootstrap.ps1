@@ -20,6 +20,8 @@ param(
 )
 $ErrorActionPreference = "Stop"
 $ProgressPreference = "SilentlyContinue"   # Invoke-WebRequest is very slow with the progress bar on
+# Windows PowerShell 5.1 may still default to TLS 1.0, which PyPI refuses
+[Net.ServicePointManager]::SecurityProtocol = [Net.ServicePointManager]::SecurityProtocol -bor [Net.SecurityProtocolType]::Tls12
 
 function Step($msg) { Write-Host "==> $msg" }
 function Fail($msg, $advice) {

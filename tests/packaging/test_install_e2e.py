@@ -36,7 +36,8 @@ def installer_env(home: Path, **extra) -> dict:
 
 def run_installer(src: Path, home: Path, *args, timeout=400, **extra):
     t0 = time.monotonic()
-    out = subprocess.run(["bash", str(src / "packaging" / "linux" / "install.sh"), *args], env=installer_env(home, **extra),
+    out = subprocess.run(["bash", str(src / "packaging" / "linux" / "install.sh"), *args],
+                         env=installer_env(home, **extra),
                          capture_output=True, text=True, timeout=timeout, cwd=home)
     print(f"install.sh {' '.join(args)}: {time.monotonic() - t0:.1f} s\n{out.stdout}\n{out.stderr}")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -159,6 +160,18 @@ def test_interrupted_install_is_repaired_by_rerunning(installed, uv_binary, tmp_
     check = subprocess.run([str(home / ".local/bin/lora-studio"), "inspect", "--help"], capture_output=True,
                            text=True, timeout=120, cwd=tmp_path)
     assert check.returncode == 0 and "usage: lora-studio inspect" in check.stdout
+
+    # a changed torch build (new driver or GPU) rebuilds the environment; here "cu126" is forced onto the
+    # local CPU wheel, which the installer's closing start-up check must then report
+    from lora_studio.install_plan import find_links_dirs, local_cpu_torch_wheel
+
+    cpu_wheel = local_cpu_torch_wheel(find_links_dirs())
+    if cpu_wheel:
+        out = run_installer(installed["src"], home, "--wheel", str(installed["wheel"]), LORA_STUDIO_UV=str(uv_binary),
+                            LORA_STUDIO_TORCH_BUILD="cu126", LORA_STUDIO_TORCH_INDEX="default",
+                            LORA_STUDIO_TORCH_SPEC=cpu_wheel)
+        assert "The torch build changes from cpu to cu126: rebuilding the environment" in out
+        assert "is a CPU build, but the installer chose cu126" in out and "what to do:" in out
 
     # --uninstall leaves nothing behind in this HOME (the app itself never ran here)
     run_installer(installed["src"], home, "--uninstall")

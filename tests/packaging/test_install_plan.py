@@ -99,7 +99,8 @@ def test_local_cpu_wheel_is_used_for_the_cpu_build_only(tmp_path):
         (tmp_path / name).write_bytes(b"")
     newest = str(tmp_path / "torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl")
     assert ip.local_cpu_torch_wheel([str(tmp_path), "/no/such/dir"], (3, 11), "Linux", "x86_64") == newest
-    assert ip.local_cpu_torch_wheel([f"file://{tmp_path}"], (3, 12), "Linux", "x86_64").endswith("cp312-manylinux_2_28_x86_64.whl")
+    found = ip.local_cpu_torch_wheel([f"file://{tmp_path}"], (3, 12), "Linux", "x86_64")
+    assert found.endswith("cp312-manylinux_2_28_x86_64.whl")
     assert ip.local_cpu_torch_wheel([str(tmp_path)], (3, 11), "Windows", "AMD64") == ""
     if ip.sys.version_info[:2] == (3, 11) and ip.platform.machine() == "x86_64" and ip.platform.system() == "Linux":
         assert plan("", wheels=[str(tmp_path)]).torch_wheel == newest

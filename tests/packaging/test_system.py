@@ -37,7 +37,8 @@ def test_cuda_install_without_a_visible_gpu_says_what_to_do(tmp_path):
     check = system.torch_check(record(tmp_path, build="cu126", device="cuda",
                                       gpus=[{"name": "NVIDIA GeForce RTX 3060", "driver": "560.35.03"}]))
     if torch.version.cuda is None:
-        assert not check.ok and "is a CPU build, but the installer chose cu126 for NVIDIA GeForce RTX 3060" in check.message
+        assert not check.ok
+        assert "is a CPU build, but the installer chose cu126 for NVIDIA GeForce RTX 3060" in check.message
         assert "installer again" in check.advice
     elif not torch.cuda.is_available():
         assert not check.ok and "sees no GPU" in check.message and "nvidia-smi" in check.advice
