@@ -32,23 +32,27 @@ def _live(files, weights):
     return arr(engine.generate(REQ))
 
 
-@pytest.mark.parametrize("weights", [{"a": 1.0, "b": 1.0}, {"a": 0.8, "b": -0.6}])
-def test_concatenation_merge_equals_live_blend(files, tmp_path, weights):
-    result = merge([(files[n], w) for n, w in weights.items()])
-    assert result.relative_error == 0.0 and result.rank == 0
-    out = save_merged(result, tmp_path / "merged.safetensors")
-    merged = read_lora(out)
-    assert merged.ranks == [6] and merged.family == "sd1"
-    engine = PreviewEngine(pipe=pipeline("demo"), mode="live")
-    engine.set_loras([(out, "m")])
-    got = arr(engine.generate(REQ))
-    expected = _live(files, weights)
-    assert diff(got, expected) < 1 / 255
-    assert diff(expected, arr(PreviewEngine(pipe=pipeline("demo")).generate(REQ))) > 0.01
+def test_concatenation_merge_equals_live_blend(files, tmp_path):
+    live = PreviewEngine(pipe=pipeline("demo"), mode="live")
+    live.set_loras([(files["a"], "a"), (files["b"], "b")])
+    merged_engine = PreviewEngine(pipe=pipeline("demo"), mode="live")
+    base = arr(merged_engine.generate(REQ))
+    for i, weights in enumerate(({"a": 1.0, "b": 1.0}, {"a": 0.8, "b": -0.6})):
+        result = merge([(files[n], w) for n, w in weights.items()])
+        assert result.relative_error == 0.0 and result.rank == 0
+        out = save_merged(result, tmp_path / f"merged{i}.safetensors")
+        merged = read_lora(out)
+        assert merged.ranks == [6] and merged.family == "sd1"
+        merged_engine.set_loras([(out, "m")])
+        got = arr(merged_engine.generate(REQ))
+        live.set_weights(weights)
+        expected = arr(live.generate(REQ))
+        assert diff(got, expected) < 1 / 255, weights
+        assert diff(expected, base) > 0.01
 
 
 def test_svd_merge_reports_error_shrinking_with_rank(files, tmp_path):
-    items = [(files["a"], 0.8), (files["b"], -0.6)]
+    items = [(read_lora(files["a"]), 0.8), (read_lora(files["b"]), -0.6)]
     errors = [merge(items, rank=r).relative_error for r in (1, 2, 4, 6)]
     assert errors[0] > errors[1] > errors[2] > 0.0
     assert errors[3] < 1e-6  # rank 6 holds the whole (rank <= 6) sum
