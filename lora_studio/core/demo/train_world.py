@@ -430,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--scale", type=float, default=1.0, help="multiplies step and image counts (smoke runs)")
     p.add_argument("--parallel", action="store_true", help="train demo, demo-xl and the judge at once")
+    p.add_argument("--vae", help="reuse this trained VAE folder instead of training one (e.g. resources/models/demo/vae)")
+    p.add_argument("--stages", default="sd1,sdxl,judge", help="which of sd1, sdxl, judge to train (default: all)")
     p.add_argument("--stage", choices=["sd1", "sdxl", "judge"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.device.startswith("cuda"):
@@ -454,11 +456,21 @@ def main(argv: list[str] | None = None) -> int:
     extra = [render_many(DATA_SEEDS["base"] + 1, n_extra, kind)[0] for kind in ("subject", "style")]
     vae_images = np.concatenate([images, *extra, _negatives(max(3, n_extra // 4), 5)])
     (work / "captions.json").write_text(json.dumps(captions))
-    info = {"vae": train_vae(vae_images, cfg["vae"], args.device, seed, work)}
-    encode_latents(images, args.device, work)
+    if args.vae:
+        import shutil
+
+        from diffusers import AutoencoderKL
+
+        shutil.rmtree(work / "vae", ignore_errors=True)
+        AutoencoderKL.from_pretrained(args.vae, torch_dtype=torch.float32).save_pretrained(work / "vae")
+        info = {"vae": {"reused": str(args.vae)}}
+    else:
+        info = {"vae": train_vae(vae_images, cfg["vae"], args.device, seed, work)}
+    stages = [s for s in args.stages.split(",") if s]
+    if {"sd1", "sdxl"} & set(stages):
+        encode_latents(images, args.device, work)
     del images, vae_images
 
-    stages = ["sd1", "sdxl", "judge"]
     if args.parallel:
         procs = {s: subprocess.Popen([sys.executable, "-m", "lora_studio.core.demo.train_world", "--out", str(out),
                                       "--device", args.device, "--scale", str(args.scale), "--stage", s])
