@@ -34,6 +34,9 @@ LABELS = {
     "adam_weight_decay": "Weight decay", "max_grad_norm": "Gradient clipping", "report_to": "Log to",
     "fast_path": "CUDA-graph fast path", "enable_bucket": "Aspect-ratio buckets", "instance_prompt": "Instance prompt",
 }
+SUFFIXES = {"resolution": " px", "validation_steps": " steps", "checkpointing_steps": " steps",
+            "lr_warmup_steps": " steps", "max_train_steps": " steps", "num_validation_images": " images",
+            "sample_steps": " steps", "num_class_images": " images", "repeats": "×"}
 PATH_FIELDS = {"output_dir": "dir", "train_data_dir": "dir", "class_data_dir": "dir"}
 INT_LIMIT = 2**31 - 1
 
@@ -178,6 +181,7 @@ class ConfigForm(QWidget):
             w = QSpinBox()
             w.setRange(int(meta.get("min") or 0), int(min(meta.get("max") or INT_LIMIT, INT_LIMIT)))
             w.setAccelerated(True)
+            w.setSuffix(SUFFIXES.get(f.name, ""))
             w.valueChanged.connect(lambda _=0, n=f.name: self._emit(n))
         elif t == "float":
             w = SciSpinBox()
