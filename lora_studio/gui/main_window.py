@@ -249,6 +249,10 @@ class MainWindow(QMainWindow):
         else:
             self.gpu_label.setText("CPU (no CUDA GPU)")
         self.training_tab.set_gpu(info)
+        if info.get("check_ok") is False:
+            self.gpu_label.setText(self.gpu_label.text() + " · setup problem")
+            self.gpu_label.setToolTip(f"{info.get('check_message', '')}\n{info.get('check_advice', '')}")
+            self.statusBar().showMessage(f"{info.get('check_message', '')} {info.get('check_advice', '')}")
         self.gpu_detected.emit(info)
 
     def _run_finished(self, result: dict) -> None:

@@ -120,6 +120,14 @@ class SystemProbe(QThread):
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - the job that needs it reports the real error
                 pass
+        # Does torch see the device the installer chose? (A driver update or a new card can break it.)
+        try:
+            from lora_studio.core.system import torch_check
+
+            check = torch_check()
+            info["check_ok"], info["check_message"], info["check_advice"] = check.ok, check.message, check.advice
+        except Exception as exc:  # noqa: BLE001 - a failed check must not keep the app from starting
+            info["check_ok"], info["check_message"], info["check_advice"] = False, str(exc), ""
         settle_heap()
         self.found.emit(info)
 
