@@ -254,3 +254,47 @@ def test_config_with_hostile_values(tmp_path):
     path.write_text('output_dir = 3\n', encoding="utf-8")
     with pytest.raises(config.ConfigError, match="output_dir"):
         config.load(path)
+
+
+# ----------------------------------------------------------------------------- LoRA files
+
+def _kohya_lora(path: Path, te_width: int, unet_cross: int, sdxl: bool):
+    import torch
+
+    te = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj" if sdxl else \
+        "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    unet = "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k" if sdxl else \
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    tensors = {
+        f"{te}.lora_down.weight": torch.randn(4, te_width), f"{te}.lora_up.weight": torch.randn(te_width, 4),
+        f"{te}.alpha": torch.tensor(4.0),
+        f"{unet}.lora_down.weight": torch.randn(4, unet_cross), f"{unet}.lora_up.weight": torch.randn(320, 4),
+        f"{unet}.alpha": torch.tensor(4.0),
+    }
+    meta = {"ss_base_model_version": "sdxl_base_v1-0" if sdxl else "sd_v1", "ss_network_dim": "4"}
+    _safetensors(path, tensors, meta)
+
+
+def test_wrong_family_lora_is_refused_naming_both_families(tmp_path):
+    from lora_studio.core.demo.build import build_pipeline
+    from lora_studio.core.lora_files import check_fits
+
+    pipe = build_pipeline("sd1", seed=0)  # the demo's SD 1.x architecture
+    path = tmp_path / "downloaded_sdxl_lora.safetensors"
+    _kohya_lora(path, te_width=768, unet_cross=2048, sdxl=True)
+    with pytest.raises(LoraStudioError) as info:
+        check_fits(path, pipe)
+    text = str(info.value)
+    assert "downloaded_sdxl_lora.safetensors" in text and "SDXL" in text and "SD 1" in text
+
+
+def test_a_model_checkpoint_passed_as_a_lora_is_refused(tmp_path):
+    import torch
+
+    from lora_studio.core.demo.build import build_pipeline
+    from lora_studio.core.lora_files import check_fits
+
+    path = tmp_path / "not_a_lora.safetensors"
+    _safetensors(path, {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)})
+    with pytest.raises(LoraStudioError, match="not_a_lora.safetensors"):
+        check_fits(path, build_pipeline("sd1", seed=0))
