@@ -39,5 +39,6 @@ def test_injected_oom_shows_advice_and_resume_completes(qtbot, make_window, tmp_
     monkeypatch.setattr(TrainingStep, "__call__", real)
     with qtbot.waitSignal(tab.run_finished, timeout=120000) as finished:
         tab.resume_btn.click()
+    qtbot.waitUntil(lambda: not tab.is_running() and tab.start_btn.isEnabled(), timeout=30000)
     assert finished.args[0]["steps"] == 6
     assert (out / "pytorch_lora_weights.safetensors").is_file()
