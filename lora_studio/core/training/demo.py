@@ -25,8 +25,10 @@ GUIDANCE = 7.5
 # LoRA, and the class prompt keeps drawing ordinary shapes (prior preservation holds).
 BARS = {"subject_at_1": (">=", 0.8), "subject_at_0": ("<=", 0.1), "class_prompt_subject_at_1": ("<=", 0.2)}
 
-# Tuned on this repository's demo model so the bars hold with margin in well under 5 minutes on 2 CPU cores.
-HYPER = dict(rank=8, lora_alpha=8.0, learning_rate=1e-3, max_train_steps=150, train_batch_size=4,
+# The best of a small sweep on the demo model that fits the 5-minute CPU budget (see the report of issue 4).
+# LoRA on the resnet convolutions too: the subject is a spatial pattern (a split disk in a ring).
+HYPER = dict(rank=8, lora_alpha=8.0, learning_rate=1e-2, max_train_steps=300, train_batch_size=4, snr_gamma=5.0,
+             target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"],
              num_class_images=32, prior_loss_weight=1.0, lr_scheduler="constant", sample_steps=20)
 
 
@@ -46,6 +48,20 @@ def demo_config(out: Path, **overrides):
 def run_demo(out: str | Path, emit: Callable | None = None, stop=None, judge_seeds: int = JUDGE_SEEDS,
              **overrides) -> dict[str, Any]:
     """Train, preview, plot, judge; write everything to ``out``; return (and emit) the summary."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        # The demo's tensors are tiny (16x16 latents): one thread does nearly the same work per second and
+        # does not burn a second core spin-waiting when other programs share the CPU.
+        torch.set_num_threads(1)
+    try:
+        return _run_demo(out, emit, stop, judge_seeds, **overrides)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(out, emit, stop, judge_seeds, **overrides) -> dict[str, Any]:
     from lora_studio.core.training import train
 
     emit = emit if emit is not None else (lambda event: None)
