@@ -277,16 +277,23 @@ class PreviewEngine:
         try:
             for label, weights in rows:
                 self.set_weights(weights)
-                row = []
-                for seed in seeds:
-                    image = self.generate(replace(request, seed=int(seed)), emit, stop)
-                    if image is None:
-                        return None
-                    row.append(image)
+                row = self._seed_row(request, seeds, emit, stop)
+                if row is None:
+                    return None
                 cells.append((label, row))
         finally:
             self._weights.update(saved)
         return labelled_grid(cells, [f"seed {s}" for s in seeds])
+
+    def _seed_row(self, request: PreviewRequest, seeds, emit, stop):
+        """One grid row: the request at each seed; None when cancelled."""
+        row = []
+        for seed in seeds:
+            image = self.generate(replace(request, seed=int(seed)), emit, stop)
+            if image is None:
+                return None
+            row.append(image)
+        return row
 
     def weight_grid(self, request: PreviewRequest, adapter: str, weights, seeds, emit=None, stop=None):
         others = {n: w for n, w in self._weights.items() if n != adapter}
@@ -297,17 +304,14 @@ class PreviewEngine:
                         stop=None):
         """Rows = training checkpoints ``[(label, path)]`` (each loaded in turn as a temporary adapter)."""
         name = "__checkpoint__"
-        saved = {n: w for n, w in self._weights.items()}
+        saved = dict(self._weights)
         cells = []
         try:
             for label, path in checkpoints:
                 self.add_lora(path, name, weight)
-                row = []
-                for seed in seeds:
-                    image = self.generate(replace(request, seed=int(seed)), emit, stop)
-                    if image is None:
-                        return None
-                    row.append(image)
+                row = self._seed_row(request, seeds, emit, stop)
+                if row is None:
+                    return None
                 cells.append((label, row))
         finally:
             self.remove_lora(name)
