@@ -67,7 +67,7 @@ def _assert_whole(root: Path) -> int:
         elif path.suffix == ".toml":
             tomllib.loads(path.read_text(encoding="utf-8"))
         elif path.suffix == ".pt":
-            torch.load(path, map_location="cpu", weights_only=False)
+            torch.load(path, map_location="cpu", weights_only=True)
     return count
 
 

@@ -43,7 +43,11 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def rng_states() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # numpy's state as plain lists, so the checkpoint loads with torch.load(weights_only=True): a shared
+    # checkpoint folder is as untrusted as any download.
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -51,7 +55,8 @@ def rng_states() -> dict:
 
 def set_rng_states(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -87,7 +92,7 @@ def load_checkpoint(path: Path, models, config, optimizer, lr_scheduler, acceler
 
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     load_adapter_weights(models, config, path / ADAPTER_FILE)
-    blob = torch.load(path / "training_state.pt", map_location="cpu", weights_only=False)
+    blob = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
     lr_scheduler.load_state_dict(blob["lr_scheduler"])
     scaler = getattr(accelerator, "scaler", None)
