@@ -157,13 +157,12 @@ def _merged_by_hand(model_dir: Path, adapter_path: str, scale: float):
 
     pipe = load_pipeline(str(model_dir), torch_dtype=torch.float32)
     state = load_file(adapter_path)
-    downs = {k: v for k, v in state.items() if k.endswith("down.weight")}
+    downs = {k: v for k, v in state.items() if k.endswith(".lora_A.weight")}  # peft key names
     assert downs
     for key, down in downs.items():
-        up = state[key.replace("down.weight", "up.weight")]
+        up = state[key.replace(".lora_A.weight", ".lora_B.weight")]
         component, rest = key.split(".", 1)
-        module_path = rest.rsplit(".", 3)[0] if ".lora_linear_layer." in rest else rest.rsplit(".", 3)[0]
-        module = getattr(pipe, component).get_submodule(module_path)
+        module = getattr(pipe, component).get_submodule(rest.rsplit(".", 2)[0])
         with torch.no_grad():
             module.weight += scale * (up.float() @ down.float())
     return pipe

@@ -57,15 +57,17 @@ def _unwrap(module):
 
 
 def lora_state_dicts(models, config) -> dict[str, dict[str, torch.Tensor]]:
-    """Diffusers-format LoRA weights per component ('unet', 'text_encoder', 'text_encoder_2')."""
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """LoRA weights per component ('unet', 'text_encoder', 'text_encoder_2') with peft's key names."""
     from peft.utils import get_peft_model_state_dict
 
-    out = {"unet": convert_state_dict_to_diffusers(get_peft_model_state_dict(_unwrap(models.unet)))}
+    # peft's own key names (``lora_A`` / ``lora_B``), unconverted: diffusers reads them directly. Converting
+    # to the older ``lora.down`` style mixes two key styles once targets reach beyond attention (resnet
+    # convolutions, feed-forwards), and diffusers then drops every attention layer without a word.
+    out = {"unet": get_peft_model_state_dict(_unwrap(models.unet))}
     if config.train_text_encoder:
         names = ["text_encoder", "text_encoder_2"][: len(models.text_encoders)]
         for name, enc in zip(names, models.text_encoders):
-            out[name] = convert_state_dict_to_diffusers(get_peft_model_state_dict(_unwrap(enc)))
+            out[name] = get_peft_model_state_dict(_unwrap(enc))
     return {k: {n: t.detach().float().cpu().contiguous() for n, t in v.items()} for k, v in out.items()}
 
 
@@ -121,8 +123,7 @@ def save_adapter(folder: str | Path, models, config, extra: dict | None = None) 
 
 
 def load_adapter_weights(models, config, path: str | Path) -> None:
-    """Put saved LoRA weights back into the live adapters (resume)."""
-    from diffusers.utils import convert_unet_state_dict_to_peft
+    """Put saved LoRA weights back into the live adapters (resume); files of either key style load."""
     from peft.utils import set_peft_model_state_dict
     from safetensors.torch import load_file
 
@@ -131,13 +132,20 @@ def load_adapter_weights(models, config, path: str | Path) -> None:
     for key, value in state.items():
         prefix, rest = key.split(".", 1)
         groups.setdefault(prefix, {})[rest] = value
-    set_peft_model_state_dict(_unwrap(models.unet), convert_unet_state_dict_to_peft(groups["unet"]))
+    set_peft_model_state_dict(_unwrap(models.unet), _as_peft(groups["unet"], unet=True))
     if config.train_text_encoder:
-        from diffusers.utils import convert_state_dict_to_peft
-
         for name, enc in zip(["text_encoder", "text_encoder_2"], models.text_encoders):
-            set_peft_model_state_dict(_unwrap(enc), convert_state_dict_to_peft(groups[name]))
+            set_peft_model_state_dict(_unwrap(enc), _as_peft(groups[name], unet=False))
     for module in trainable_modules(models, config):
         for p in module.parameters():
             if p.requires_grad and p.dtype != torch.float32:
                 p.data = p.data.float()
+
+
+def _as_peft(state: dict, unet: bool) -> dict:
+    """peft key names; checkpoints written before LoRA Studio saved peft names use diffusers' older style."""
+    if any(".lora_A." in key or ".lora_B." in key for key in state):
+        return state
+    from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
+
+    return convert_unet_state_dict_to_peft(state) if unet else convert_state_dict_to_peft(state)
