@@ -1,12 +1,21 @@
 """Preview latency through the app's own PreviewEngine, on full-size pipelines with random weights.
 
-    python bench/preview_engine.py [--models sd15,sdxl] [--tiny]
+    python bench/preview_engine.py [--models sd15,sdxl] [--variants old,fp16,bf16-eager,bf16] [--tiny]
 
 Builds full-size SD 1.5 / SDXL pipelines (UNet, VAE and CLIP text encoders at their real sizes, random
-weights, the bundled CLIP tokenizer), writes two rank-16 LoRA files in diffusers format, loads both into
-``lora_studio.core.inference.engine.PreviewEngine`` (fused mode, its default dtype) and times
-slider release -> finished PIL image: ``set_weights`` then ``generate`` (20 Euler steps, CFG 7.5),
-both weights changed each time. Target on an H100: SDXL 1024 <= 2.0 s, SD 1.5 512 <= 0.6 s.
+weights, the bundled CLIP tokenizer), writes two rank-16 LoRA files in diffusers format -- "a" with UNet
+and text-encoder layers, "b" UNet only -- loads both into ``lora_studio.core.inference.engine.PreviewEngine``
+(fused mode) and times slider release -> finished PIL image: ``set_weights`` then ``generate`` (20 Euler
+steps, CFG 7.5). Two kinds of slider move: both sliders (a's text-encoder layers change, so the prompt is
+encoded again) and b alone (the prompt embeddings come from the cache).
+Target on an H100: SDXL 1024 <= 2.0 s, SD 1.5 512 <= 0.6 s.
+
+Variants (one pipeline per dtype, the engine's switches flipped between rows):
+  head        the engine file given by --old-engine (an earlier commit), fp16, on its own pipeline
+  old         fp16, no CUDA graph, no prompt cache (this engine with its switches off; apply stays new)
+  fp16        fp16 with graph and prompt cache (what a card without bf16 gets)
+  bf16-eager  bf16 with prompt cache, no graph
+  bf16        bf16 with graph and prompt cache (the engine's default on an H100)
 """
 
 from __future__ import annotations
@@ -74,7 +83,7 @@ def build_pipeline(name, device, dtype, tiny):
     return pipe
 
 
-def write_lora(pipe, folder: Path, seed: int, rank: int = 16) -> Path:
+def write_lora(pipe, folder: Path, seed: int, rank: int = 16, text_encoders: bool = False) -> Path:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -84,11 +93,32 @@ def write_lora(pipe, folder: Path, seed: int, rank: int = 16) -> Path:
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]), adapter_name="tmp")
     sd = get_peft_model_state_dict(unet, adapter_name="tmp")
-    sd = {k: (v.float() * 0.02).cpu().contiguous() for k, v in sd.items()}
     unet.delete_adapters("tmp")
+    layers = {"unet_lora_layers": convert_state_dict_to_diffusers(
+        {k: (v.float() * 0.02).cpu().contiguous() for k, v in sd.items()})}
+    for comp in ("text_encoder", "text_encoder_2") if text_encoders else ():
+        model = getattr(pipe, comp, None)
+        if model is None:
+            continue
+        sd = {}  # peft's layout (A: rank x in, B: out x rank) for every attention projection
+        for mod_name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear) and mod_name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj",
+                                                                                  "out_proj"):
+                sd[f"{mod_name}.lora_A.weight"] = torch.randn(rank, mod.in_features) * 0.02
+                sd[f"{mod_name}.lora_B.weight"] = torch.randn(mod.out_features, rank) * 0.02
+        layers[f"{comp}_lora_layers"] = convert_state_dict_to_diffusers(sd)
     folder.mkdir(parents=True, exist_ok=True)
-    type(pipe).save_lora_weights(str(folder), unet_lora_layers=convert_state_dict_to_diffusers(sd))
+    type(pipe).save_lora_weights(str(folder), **layers)
     return folder / "pytorch_lora_weights.safetensors"
+
+
+VARIANTS = {  # name -> (dtype, CUDA graph, prompt cache); "head": the engine file given by --old-engine
+    "head": (torch.float16, None, None),
+    "old": (torch.float16, False, False),
+    "fp16": (torch.float16, True, True),
+    "bf16-eager": (torch.bfloat16, False, True),
+    "bf16": (torch.bfloat16, True, True),
+}
 
 
 def main(argv=None) -> int:
@@ -97,11 +127,22 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--variants", default="engine,engine+graphed,engine-bf16+graphed")
+    ap.add_argument("--variants", default="old,fp16,bf16-eager,bf16")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--old-engine", default=None,
+                    help="an earlier engine.py (e.g. from `git show REV:lora_studio/core/inference/engine.py`): "
+                         "variant 'head' runs its PreviewEngine in the same run, on its own fp16 pipeline")
     args = ap.parse_args(argv)
     from lora_studio.core.inference.engine import PreviewEngine, PreviewRequest
+
+    old_engine = None
+    if args.old_engine:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("old_engine", args.old_engine)
+        old_engine = sys.modules["old_engine"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(old_engine)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     cuda = device == "cuda"
@@ -109,53 +150,74 @@ def main(argv=None) -> int:
     if cuda:
         torch.backends.cudnn.benchmark = True
     result = {"card": torch.cuda.get_device_name(0) if cuda else "cpu", "tiny": tiny, "engine": "PreviewEngine",
+              "torch": torch.__version__,
               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "rows": []}
-    sliders = [(0.3, 1.0), (1.0, 0.0), (0.6, 0.6), (0.2, 0.9), (0.9, 0.4)]
-    from lora_studio.core.inference import engine as E
-    from lora_studio.core.training.fast_step import GraphedForward
-
-    variants = args.variants.split(",")
+    both = [(0.3, 1.0), (1.0, 0.0), (0.6, 0.6), (0.2, 0.9), (0.9, 0.4)]
+    b_only = [0.2, 0.9, 0.5, 1.2, 0.7]
+    variants = [v for v in args.variants.split(",") if v and (v != "head" or old_engine is not None)]
     for name in args.models.split(","):
         size = 64 if tiny else M.MODELS[name][1]
         req = PreviewRequest(prompt="a photo of a red circle", negative="blurry", steps=args.steps, guidance=7.5,
                              width=size, height=size, scheduler="euler")
-        for dtype_name in ("default", "bf16"):
-            todo = [v for v in variants if ("bf16" in v) == (dtype_name == "bf16")]
-            if not todo:
-                continue
-            dtype = E._default_device_dtype(device, None)[1] if dtype_name == "default" else torch.bfloat16
+        groups = []  # (dtype, the old engine?) -> one pipeline each
+        for v in variants:
+            group = (VARIANTS[v][0] if cuda else torch.float32, v == "head")
+            if group not in groups:
+                groups.append(group)
+        for dtype, head in groups:
+            todo = [v for v in variants if ((VARIANTS[v][0] if cuda else torch.float32), v == "head") == (dtype, head)]
             t0 = time.perf_counter()
             pipe = build_pipeline(name, device, dtype, tiny)
             build_s = time.perf_counter() - t0
             with tempfile.TemporaryDirectory() as tmp:
-                paths = [write_lora(pipe, Path(tmp, n), seed) for n, seed in (("a", 1), ("b", 2))]
-                engine = PreviewEngine(pipe=pipe, device=device, dtype=dtype)
+                paths = [write_lora(pipe, Path(tmp, n), seed, text_encoders=te)
+                         for n, seed, te in (("a", 1, True), ("b", 2, False))]
+                engine = (old_engine.PreviewEngine if head else PreviewEngine)(pipe=pipe, device=device, dtype=dtype)
                 engine.add_lora(paths[0], "a", 0.8)
                 engine.add_lora(paths[1], "b", 0.5)
             for variant in todo:
-                graphed = GraphedForward(pipe.unet).install() if "graphed" in variant and cuda else None
+                _, graph, cache = VARIANTS[variant]
+                if not head:
+                    engine.use_graph(graph)
+                    engine.prompt_cache = cache
+                    engine._prompts.clear()  # each variant starts cold, as a fresh engine would
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
                 t0 = time.perf_counter()
+                engine.set_weights({"a": 0.8, "b": 0.5})
                 engine.generate(req)  # first image: snapshots, cuDNN autotune, graph capture
                 first_s = time.perf_counter() - t0
-                totals, applies = [], []
-                for w1, w2 in sliders[: args.repeats]:
+                timed = {"both": [], "b_only": []}
+                applies, layers, encodes = [], [], []
+                moves = [("both", {"a": w1, "b": w2}) for w1, w2 in both[: args.repeats]]
+                moves += [("b_only", {"b": w}) for w in b_only[: args.repeats]]
+                for kind, weights in moves:
                     if cuda:
                         torch.cuda.synchronize()
+                    n_enc = getattr(engine, "prompt_encodes", 0)
                     t0 = time.perf_counter()  # slider released
-                    engine.set_weights({"a": w1, "b": w2})
+                    engine.set_weights(weights)
                     image = engine.generate(req)
-                    totals.append(time.perf_counter() - t0)
+                    timed[kind].append(time.perf_counter() - t0)
                     applies.append(engine.last_apply_s)
+                    layers.append(getattr(engine, "last_apply_layers", None))
+                    encodes.append(getattr(engine, "prompt_encodes", 0) - n_enc)
+                graphed = getattr(engine, "graphed", None)
                 row = {"model": name, "variant": variant, "image": size, "dtype": str(dtype), "steps": args.steps,
-                       "release_to_image_s": statistics.median(totals), "all_s": totals,
-                       "apply_weights_s": statistics.median(applies), "first_image_s": first_s, "build_s": build_s,
+                       "graph": graph, "prompt_cache": cache, "engine_file": args.old_engine if head else None,
+                       "release_to_image_s": statistics.median(timed["both"]), "all_s": timed["both"],
+                       "b_only_s": statistics.median(timed["b_only"]), "b_only_all_s": timed["b_only"],
+                       "apply_weights_s": statistics.median(applies), "apply_layers": layers,
+                       "prompt_encodes_per_move": encodes, "first_image_s": first_s, "build_s": build_s,
                        "image_size": list(image.size),
-                       "graph_replays": graphed.replays if graphed else None}
-                if graphed is not None:
-                    graphed.uninstall()
+                       "graph_replays": graphed.replays if graphed else None,
+                       "graph_capture_s": graphed.capture_seconds if graphed else None,
+                       "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
                 print(json.dumps(row), flush=True)
                 result["rows"].append(row)
                 save(result, Path(args.out), tiny, cuda)
+            if not head:
+                engine.use_graph(False)
             del engine, pipe
             if cuda:
                 torch.cuda.empty_cache()
@@ -173,12 +235,18 @@ def save(result, out: Path, tiny: bool, cuda: bool) -> None:
 def render(result) -> str:
     lines = [f"# Preview latency, PreviewEngine — {result['card']}, {result['date']}", "",
              "Slider release -> PIL image: set_weights + generate, 20 Euler steps, CFG 7.5, two rank-16 LoRAs "
-             "(fused). 'graphed': fast_step.GraphedForward installed on pipe.unet. Median of the slider moves.", "",
-             "| model | size | variant | dtype | release->image s | apply (fuse) s | first image s |",
-             "|---|---|---|---|---|---|---|"]
+             "fused (a: UNet + text encoders, b: UNet only). 'both': both sliders moved (prompt encoded again); "
+             "'b only': the UNet-only slider (cached prompt). Median of the moves. Variants: see "
+             "bench/preview_engine.py.", "",
+             "| model | size | variant | dtype | graph | prompt cache | both s | b only s | apply s | "
+             "first image s | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
         lines.append(f"| {r['model']} | {r['image']} | {r.get('variant', 'engine')} | {r['dtype']} | "
-                     f"{r['release_to_image_s']:.3f} | {r['apply_weights_s']:.3f} | {r['first_image_s']:.2f} |")
+                     f"{'yes' if r.get('graph') else 'no'} | {'yes' if r.get('prompt_cache') else 'no'} | "
+                     f"{r['release_to_image_s']:.3f} | {r.get('b_only_s', float('nan')):.3f} | "
+                     f"{r['apply_weights_s']:.3f} | {r['first_image_s']:.2f} | {peak} |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,19 @@ LoRAs, and a slider change costs one pass over the LoRA layers (no reload, no dr
 snapshot is exact where subtracting a fused delta again would accumulate rounding).
 ``mode="live"`` keeps diffusers' live adapters instead (for comparison and benchmarks).
 
+What a slider move costs beyond the denoising itself is kept small:
+- only the layers whose fused weight actually changes are recomputed (one fp32 ``addmm`` per adapter from
+  factors kept at load time), and written in place with ``copy_``;
+- prompt embeddings are cached per (prompt, negative prompt, text-encoder LoRA weights): a slider that
+  only moves UNet layers never re-runs the text encoders; adding or removing a LoRA empties the cache;
+- on CUDA the UNet forward is replayed from a CUDA graph (``GraphedForward``, captured once per image
+  size). Weight changes are in-place copies, so the graph stays valid across slider moves; anything that
+  changes modules (adding/removing adapters, live adapter scales) resets it. Where capture fails the
+  forward runs eagerly;
+- on cards with bf16 the whole pipeline runs in bf16 (bf16 has fp32's range, so the SDXL VAE cannot
+  overflow to NaN and diffusers' per-image fp32 upcast of the VAE is skipped); fp16 cards keep fp16
+  with that upcast.
+
 Driven from a GUI thread-worker: ``generate(request, emit, stop)`` reports per-step progress through the
 typed events and honours ``stop()`` at each step boundary.
 """
@@ -79,18 +92,48 @@ def _default_device_dtype(device, dtype):
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
-        dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        if str(device).startswith("cuda"):
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            dtype = torch.float32
     return device, dtype
+
+
+class _FusedLayer:
+    """One LoRA layer in fused mode: its base weight, the snapshot, per-adapter factors, what it holds now."""
+
+    __slots__ = ("layer", "weight", "snapshot", "factors", "state")
+
+    def __init__(self, layer, weight, snapshot, factors):
+        self.layer, self.weight, self.snapshot, self.factors = layer, weight, snapshot, factors
+        self.state: tuple = ()  # ((adapter, weight), ...) fused into ``weight`` right now; () = the snapshot
+
+
+def _factors(layer, name):
+    """``(B * scaling, A)`` in fp32 for a plain linear LoRA (delta = B @ A); None: use peft's get_delta_weight."""
+    import torch
+    from peft.tuners.lora.layer import Linear
+
+    a, b = layer.lora_A[name], layer.lora_B[name]
+    if (type(layer) is not Linear or getattr(layer, "fan_in_fan_out", False)
+            or getattr(layer, "use_dora", {}).get(name) or not isinstance(a, torch.nn.Linear)
+            or not isinstance(b, torch.nn.Linear)):
+        return None
+    return b.weight.detach().float() * float(layer.scaling[name]), a.weight.detach().float()
 
 
 class PreviewEngine:
     """``PreviewEngine(model)`` loads the base once; LoRAs and weights change without reloading it."""
 
-    def __init__(self, model=None, device=None, dtype=None, mode: str = "fused", pipe=None):
+    def __init__(self, model=None, device=None, dtype=None, mode: str = "fused", pipe=None, *, graph: bool = True,
+                 prompt_cache: bool = True):
         from lora_studio.core.models.loader import load_pipeline
 
         if mode not in ("fused", "live"):
             raise ValueError("mode is 'fused' or 'live'")
+        if pipe is not None:  # a given pipeline decides where the engine runs, unless told otherwise
+            device = device if device is not None else pipe.unet.device
+            dtype = dtype if dtype is not None else pipe.unet.dtype
         self.device, self.dtype = _default_device_dtype(device, dtype)
         self.mode = mode
         self.model = model
@@ -106,8 +149,16 @@ class PreviewEngine:
         self._loras: dict[str, Path] = {}  # adapter name -> file
         self._weights: dict[str, float] = {}
         self._applied: dict[str, float] | None = {}  # what the model weights currently hold
-        self._snapshots: dict[int, object] = {}  # id(lora layer) -> original base weight
+        self._snapshots: dict[int, tuple] = {}  # id(lora layer) -> (layer, original base weight)
+        self._fused: list[_FusedLayer] | None = None  # fused mode's layer plan; None: rebuild (modules changed)
+        self._te_adapters: set[str] = set()  # adapters with text-encoder layers
+        self._prompts: dict[tuple, dict] = {}  # (prompt, negative, text-encoder weights) -> embeddings
+        self.prompt_cache = bool(prompt_cache)
+        self.prompt_encodes = 0
         self.last_apply_s = 0.0
+        self.last_apply_layers = 0  # layers whose fused weight the last apply recomputed
+        self.graphed = None  # GraphedForward on the UNet (CUDA only)
+        self.use_graph(graph)
 
     # ------------------------------------------------------------------ adapters and weights
 
@@ -118,6 +169,25 @@ class PreviewEngine:
     @property
     def weights(self) -> dict[str, float]:
         return dict(self._weights)
+
+    def use_graph(self, on: bool = True) -> None:
+        """Replay the UNet forward from a CUDA graph (on CUDA; elsewhere this does nothing)."""
+        import torch
+
+        if self.graphed is not None:
+            self.graphed.uninstall()
+            self.graphed = None
+        if on and str(self.device).startswith("cuda") and torch.cuda.is_available():
+            from lora_studio.core.training.fast_step import GraphedForward
+
+            self.graphed = GraphedForward(self.pipe.unet).install()
+
+    def _modules_changed(self) -> None:
+        """Adapters were added or removed: captured graphs, the fused plan and cached prompts are stale."""
+        if self.graphed is not None:
+            self.graphed.reset()
+        self._fused = None
+        self._prompts.clear()
 
     def set_loras(self, loras) -> None:
         """Make exactly these ``[(path, name)]`` the loaded adapters (new ones loaded, missing ones removed)."""
@@ -144,10 +214,13 @@ class PreviewEngine:
         self._restore_base()  # peft wraps layers around the current weights: give it the originals
         sd = {k: v.to(self.dtype) for k, v in peft_state_dict(lora).items()}
         _quiet_transformers()
+        self._modules_changed()
         self.pipe.load_lora_weights(sd, adapter_name=name)
         self.adapter_loads += 1
         self._loras[name] = path
         self._weights[name] = _check_weight(weight, name)
+        if any(name in layer.lora_A for layer in self._lora_layers(("text_encoder", "text_encoder_2"))):
+            self._te_adapters.add(name)
         self._applied = None
         return name
 
@@ -155,7 +228,9 @@ class PreviewEngine:
         if name not in self._loras:
             return
         self._restore_base()
+        self._modules_changed()
         self.pipe.delete_adapters(name)
+        self._te_adapters.discard(name)
         del self._loras[name]
         self._weights.pop(name, None)
         self._applied = None
@@ -166,10 +241,10 @@ class PreviewEngine:
                 raise LoraStudioError(f"no LoRA named {name!r} is loaded.", f"loaded: {', '.join(self._loras) or 'none'}.")
             self._weights[name] = _check_weight(w, name)
 
-    def _lora_layers(self):
+    def _lora_layers(self, components=("unet", "text_encoder", "text_encoder_2")):
         from peft.tuners.lora import LoraLayer
 
-        for comp in ("unet", "text_encoder", "text_encoder_2"):
+        for comp in components:
             model = getattr(self.pipe, comp, None)
             if model is None:
                 continue
@@ -181,11 +256,29 @@ class PreviewEngine:
         import torch
 
         with torch.no_grad():
-            for layer in self._lora_layers():
-                snap = self._snapshots.get(id(layer))
-                if snap is not None:
-                    layer.get_base_layer().weight.copy_(snap)
+            for layer, snap in self._snapshots.values():
+                layer.get_base_layer().weight.copy_(snap)
+        for fused in self._fused or ():
+            fused.state = ()
         self._applied = {}
+
+    def _snapshot(self, layer):
+        """The layer's original base weight (taken once, before any LoRA was fused into it)."""
+        entry = self._snapshots.get(id(layer))
+        if entry is None or entry[0] is not layer:
+            entry = self._snapshots[id(layer)] = (layer, layer.get_base_layer().weight.detach().clone())
+        return entry[1]
+
+    def _fused_plan(self) -> list[_FusedLayer]:
+        if self._fused is None:
+            plan = []
+            for layer in self._lora_layers():
+                layer.enable_adapters(False)  # the fused weights carry the LoRAs; no per-step adapter cost
+                plan.append(_FusedLayer(layer, layer.get_base_layer().weight, self._snapshot(layer),
+                                        {name: _factors(layer, name) for name in layer.lora_A}))
+            # Weights hold the snapshots here: every add/remove restores the base before changing modules.
+            self._fused = plan
+        return self._fused
 
     def _apply(self) -> None:
         import torch
@@ -194,6 +287,8 @@ class PreviewEngine:
         if self.mode == "live":
             if self._applied != active:
                 self._restore_base()
+                if self.graphed is not None:
+                    self.graphed.reset()  # adapter scales are Python floats baked into a captured graph
                 names = list(self._loras)
                 if names:
                     self.pipe.enable_lora()
@@ -203,21 +298,27 @@ class PreviewEngine:
         if self._applied == active:
             return
         t0 = time.perf_counter()
+        changed = 0
         with torch.no_grad():
-            for layer in self._lora_layers():
-                layer.enable_adapters(False)  # the fused weights carry the LoRAs; no per-step adapter cost
-                base = layer.get_base_layer()
-                key = id(layer)
-                if key not in self._snapshots:
-                    self._snapshots[key] = base.weight.detach().clone()
-                weight = self._snapshots[key].float()
-                touched = False
-                for name, w in active.items():
-                    if name in layer.lora_A:
-                        weight = weight + w * layer.get_delta_weight(name).float()
-                        touched = True
-                base.weight.copy_(weight if touched else self._snapshots[key])
+            for fused in self._fused_plan():
+                want = tuple((name, active[name]) for name in fused.factors if name in active)
+                if want == fused.state:
+                    continue  # this layer already holds exactly these weights
+                if want:
+                    acc = fused.snapshot.to(torch.float32, copy=True)
+                    for name, w in want:
+                        factors = fused.factors[name]
+                        if factors is None:
+                            acc.add_(fused.layer.get_delta_weight(name).float(), alpha=w)
+                        else:
+                            acc.addmm_(factors[0], factors[1], alpha=w)
+                    fused.weight.copy_(acc)  # in place: captured graphs read this very tensor
+                else:
+                    fused.weight.copy_(fused.snapshot)
+                fused.state = want
+                changed += 1
         self._applied = dict(active)
+        self.last_apply_layers = changed
         self.last_apply_s = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ generation
@@ -252,7 +353,7 @@ class PreviewEngine:
                 raise _Cancelled()
             return kwargs
 
-        kwargs = dict(prompt=request.prompt, negative_prompt=request.negative or None,
+        kwargs = dict(self._prompt_kwargs(request.prompt, request.negative or None),
                       num_inference_steps=total, guidance_scale=float(request.guidance),
                       generator=torch.Generator("cpu").manual_seed(int(request.seed)),
                       callback_on_step_end=on_step)
@@ -267,6 +368,38 @@ class PreviewEngine:
             return None
         emit(Finished({"seconds": time.perf_counter() - t0, "seed": int(request.seed), "weights": self.weights}))
         return image
+
+    def _prompt_kwargs(self, prompt: str, negative: str | None) -> dict:
+        """The pipeline's prompt arguments: cached embeddings where the pipeline takes them, else the text.
+
+        The key holds the weights of the adapters that reach the text encoders (as applied right now), so a
+        slider move on such an adapter encodes again and one on a UNet-only adapter does not.
+        """
+        import torch
+
+        style = _prompt_style(self.pipe) if self.prompt_cache else None
+        if style is None:
+            return {"prompt": prompt, "negative_prompt": negative}
+        te = tuple(sorted((n, w) for n, w in (self._applied or {}).items() if n in self._te_adapters))
+        key = (prompt, negative, te)
+        hit = self._prompts.pop(key, None)
+        if hit is None:
+            device = self.pipe._execution_device
+            with torch.inference_mode():
+                if style == "xl":
+                    pe, npe, pooled, npooled = self.pipe.encode_prompt(
+                        prompt=prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
+                        negative_prompt=negative)
+                    hit = dict(prompt_embeds=pe, negative_prompt_embeds=npe, pooled_prompt_embeds=pooled,
+                               negative_pooled_prompt_embeds=npooled)
+                else:
+                    pe, npe = self.pipe.encode_prompt(prompt, device, 1, True, negative_prompt=negative)
+                    hit = dict(prompt_embeds=pe, negative_prompt_embeds=npe)
+            self.prompt_encodes += 1
+            while len(self._prompts) >= _PROMPT_CACHE_SIZE:
+                self._prompts.pop(next(iter(self._prompts)))  # least recently used first
+        self._prompts[key] = hit
+        return dict(hit)
 
     # ------------------------------------------------------------------ comparison grids
 
@@ -343,6 +476,20 @@ def labelled_grid(rows, column_labels, pad: int = 4):
         for c, img in enumerate(row):
             out.paste(img.convert("RGB"), (label_w + pad + c * (cell_w + pad), y))
     return out
+
+
+_PROMPT_CACHE_SIZE = 16
+
+
+def _prompt_style(pipe) -> str | None:
+    """"xl" / "sd" for the pipelines whose prompt embeddings the engine caches; None: pass the text."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if isinstance(pipe, StableDiffusionXLPipeline):
+        return "xl"
+    if isinstance(pipe, StableDiffusionPipeline):
+        return "sd"
+    return None
 
 
 def _check_weight(w, name) -> float:

@@ -1,0 +1,147 @@
+"""Preview fast path: cached prompts, layer-by-layer fusing and (on CUDA) a replayed UNet graph must give
+exactly the images a fresh engine gives, and every change of the loaded LoRAs must invalidate what it must."""
+
+import numpy as np
+import pytest
+import torch
+from lora_testkit import diff, make_lora, pipeline
+
+from lora_studio.core.inference.engine import PreviewEngine, PreviewRequest, _default_device_dtype, replace
+
+REQ = PreviewRequest("a red circle on a blue background", negative="blurry", steps=2, guidance=5.0, seed=3)
+CUDA = torch.cuda.is_available()
+
+
+def arr(image):
+    return np.asarray(image, np.float64) / 255
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fast")
+    return {"t": make_lora("demo", d / "t.safetensors", seed=1),  # UNet + text encoder layers
+            "u": make_lora("demo", d / "u.safetensors", seed=2, text_encoders=False),  # UNet only
+            "c": make_lora("demo", d / "c.safetensors", seed=4, rank=2, alpha=1.0),
+            "xl": make_lora("demo-xl", d / "xl.safetensors", seed=3)}
+
+
+def engine_with(files, weights, name="demo", **kw):
+    engine = PreviewEngine(pipe=pipeline(name), **kw)
+    engine.set_loras([(files[n], n) for n in weights])
+    engine.set_weights(weights)
+    return engine
+
+
+def count_text_encoder_calls(engine):
+    calls = []
+    for te in (engine.pipe.text_encoder, getattr(engine.pipe, "text_encoder_2", None)):
+        if te is not None:
+            te.register_forward_hook(lambda *a: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-xl"])
+def test_prompt_cache_gives_identical_images(files, model):
+    weights = {"t": 0.8, "u": -0.5} if model == "demo" else {"xl": 0.7}
+    cached = engine_with(files, weights, model)
+    plain = engine_with(files, weights, model, prompt_cache=False)
+    calls = count_text_encoder_calls(cached)
+    first = arr(cached.generate(REQ))
+    n_first = len(calls)
+    assert n_first >= 2 and cached.prompt_encodes == 1  # prompt and negative, once
+    again = arr(cached.generate(replace(REQ, seed=4)))
+    assert len(calls) == n_first and cached.prompt_encodes == 1  # a cache hit runs no text encoder
+    assert diff(first, arr(plain.generate(REQ))) == 0.0
+    assert diff(again, arr(plain.generate(replace(REQ, seed=4)))) == 0.0
+    # A new negative prompt (or none: SDXL then uses zeros) is a new entry.
+    for negative in ("", "ugly"):
+        other = replace(REQ, negative=negative)
+        assert diff(arr(cached.generate(other)), arr(plain.generate(other))) == 0.0
+    assert cached.prompt_encodes == 3
+
+
+def test_slider_moves_after_cache_hits_equal_a_fresh_engine(files):
+    engine = engine_with(files, {"t": 1.0, "u": 0.5})
+    engine.generate(REQ)
+    engine.generate(REQ)  # cache hit
+    layers_t = sum(1 for f in engine._fused if "t" in f.factors)
+    layers_u = sum(1 for f in engine._fused if "u" in f.factors)
+    assert layers_u < len(engine._fused)  # "u" reaches no text-encoder layer
+
+    # Moving the adapter with text-encoder layers must re-encode the prompt (the cached one is stale).
+    engine.set_weights({"t": -0.7})
+    moved = arr(engine.generate(REQ))
+    assert engine.prompt_encodes == 2 and engine.last_apply_layers == layers_t
+    assert diff(moved, arr(engine_with(files, {"t": -0.7, "u": 0.5}).generate(REQ))) == 0.0
+
+    # Moving a UNet-only adapter recomputes only its layers and reuses the cached prompt.
+    engine.set_weights({"u": 1.5})
+    moved = arr(engine.generate(REQ))
+    assert engine.prompt_encodes == 2 and engine.last_apply_layers == layers_u
+    assert diff(moved, arr(engine_with(files, {"t": -0.7, "u": 1.5}).generate(REQ))) == 0.0
+
+    # Back to weight 0 and back again: the layers return to the snapshot exactly, no drift.
+    engine.set_weights({"t": 0.0, "u": 0.0})
+    assert diff(arr(engine.generate(REQ)), arr(PreviewEngine(pipe=pipeline("demo")).generate(REQ))) == 0.0
+    engine.set_weights({"t": -0.7, "u": 1.5})
+    assert diff(arr(engine.generate(REQ)), moved) == 0.0
+    assert engine.prompt_encodes == 3  # t at 0 was a new key; t at -0.7 came back from the cache
+
+
+def test_changing_the_set_of_loras_invalidates(files):
+    engine = engine_with(files, {"t": 1.0})
+    before = arr(engine.generate(REQ))
+    encodes = engine.prompt_encodes
+    # The same adapter name, another file: fused weights, factors and cached prompts must all be new.
+    engine.set_loras([(files["c"], "t")])
+    engine.set_weights({"t": 1.0})
+    swapped = arr(engine.generate(REQ))
+    assert engine.prompt_encodes == encodes + 1
+    fresh = PreviewEngine(pipe=pipeline("demo"))
+    fresh.set_loras([(files["c"], "t")])
+    assert diff(swapped, arr(fresh.generate(REQ))) == 0.0 and diff(swapped, before) > 0.001
+
+    engine.set_loras([(files["c"], "t"), (files["u"], "u")])
+    engine.set_weights({"t": 1.0, "u": 0.5})
+    fresh.set_loras([(files["c"], "t"), (files["u"], "u")])
+    fresh.set_weights({"t": 1.0, "u": 0.5})
+    assert diff(arr(engine.generate(REQ)), arr(fresh.generate(REQ))) == 0.0
+
+    engine.set_loras([])
+    base = arr(PreviewEngine(pipe=pipeline("demo")).generate(REQ))
+    assert diff(arr(engine.generate(REQ)), base) == 0.0
+
+
+def test_defaults_off_cuda():
+    assert _default_device_dtype("cpu", None) == ("cpu", torch.float32)
+    engine = PreviewEngine(pipe=pipeline("demo"))
+    engine.use_graph(True)
+    assert engine.graphed is None  # no graph off CUDA: the forward runs as is
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_graph_replay_matches_eager_across_slider_moves_and_adapter_changes(files):
+    dtype = _default_device_dtype("cuda", None)[1]
+    assert dtype == (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+    def make(graph):
+        engine = PreviewEngine(pipe=pipeline("demo").to("cuda", dtype), device="cuda", dtype=dtype, graph=graph)
+        engine.set_loras([(files["t"], "t"), (files["u"], "u")])
+        return engine
+
+    graphed, eager = make(True), make(False)
+    assert graphed.graphed is not None and eager.graphed is None
+    for weights in ({"t": 1.0, "u": 0.5}, {"t": -0.7, "u": 0.5}, {"t": 0.0, "u": 1.5}):
+        graphed.set_weights(weights)
+        eager.set_weights(weights)
+        assert diff(arr(graphed.generate(REQ)), arr(eager.generate(REQ))) < 1 / 255, weights
+    assert graphed.graphed.replays > 0 and len(graphed.graphed.graphs) == 1
+    assert all(entry is not None for entry in graphed.graphed.graphs.values())  # captured, not eager
+
+    for engine in (graphed, eager):
+        engine.set_loras([(files["c"], "t")])  # modules change: the graph must be captured again
+        engine.set_weights({"t": 1.0})
+    assert not graphed.graphed.graphs
+    assert diff(arr(graphed.generate(REQ)), arr(eager.generate(REQ))) < 1 / 255
+    assert len(graphed.graphed.graphs) == 1
