@@ -1,0 +1,181 @@
+"""Sweep judged LoRA recipes on the demo models: many configs as parallel one-thread CPU processes.
+
+    python -m bench.demo_sweep --grid subject1 --parallel 14 --out bench/results/demo_sweep_subject1.json
+
+Each config is ``{"name", "kind", "model", <TrainingConfig overrides>}``, trained and judged by
+``lora_studio.core.training.demo_quality.train_and_judge`` (one torch thread, CUDA hidden, so a
+16-core box reproduces this 2-core CPU's numerics config by config). ``--guidance 7.5 5`` judges the
+same adapter at several guidance scales (the first is the recipe's). Results are written after every
+finished config (JSON + a Markdown table next to it), so a run cut short keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+ATT = ["to_q", "to_k", "to_v", "to_out.0"]
+CONV = ATT + ["conv1", "conv2"]
+WIDE = CONV + ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+ALL = WIDE + ["time_emb_proj", "conv_shortcut"]
+
+
+def _grid(name: str) -> list[dict]:
+    s = dict(kind="subject", model="demo")
+    if name == "subject1":
+        return [
+            dict(s, name="base"),
+            dict(s, name="wide_300", target_modules=WIDE),
+            dict(s, name="wide_600", target_modules=WIDE, max_train_steps=600),
+            dict(s, name="all_600", target_modules=ALL, max_train_steps=600),
+            dict(s, name="wide_600_te", target_modules=WIDE, max_train_steps=600, train_text_encoder=True,
+                 text_encoder_lr=1e-3),
+            dict(s, name="wide_600_r16", target_modules=WIDE, max_train_steps=600, rank=16),
+            dict(s, name="wide_600_lr5e-3", target_modules=WIDE, max_train_steps=600, learning_rate=5e-3),
+            dict(s, name="wide_600_lr2e-2", target_modules=WIDE, max_train_steps=600, learning_rate=2e-2),
+            dict(s, name="wide_600_plw0.5", target_modules=WIDE, max_train_steps=600, prior_loss_weight=0.5),
+            dict(s, name="wide_600_nosnr", target_modules=WIDE, max_train_steps=600, snr_gamma=0.0),
+            dict(s, name="wide_600_clip0", target_modules=WIDE, max_train_steps=600, max_grad_norm=0.0),
+            dict(s, name="wide_600_cosine", target_modules=WIDE, max_train_steps=600, lr_scheduler="cosine",
+                 learning_rate=2e-2),
+            dict(kind="style", model="demo", name="style_base"),
+            dict(kind="style", model="demo", name="style_wide_600", target_modules=WIDE, max_train_steps=600),
+            dict(kind="subject", model="demo-xl", name="xl_subject_wide_600", target_modules=WIDE,
+                 max_train_steps=600),
+            dict(kind="style", model="demo-xl", name="xl_style_wide_600", target_modules=WIDE, max_train_steps=600),
+        ]
+    if name == "round2":  # after round 1: lr 1e-2 is too high (5e-3: 0.75), text-encoder LoRA helps
+        te = dict(train_text_encoder=True, text_encoder_lr=1e-3)
+        w6 = dict(s, target_modules=WIDE, max_train_steps=600)
+        z = dict(kind="style", model="demo", target_modules=WIDE, max_train_steps=600)
+        xs = dict(kind="subject", model="demo-xl", target_modules=WIDE, max_train_steps=600)
+        xz = dict(kind="style", model="demo-xl", target_modules=WIDE, max_train_steps=600)
+        return [
+            dict(w6, name="wide_600_lr3e-3", learning_rate=3e-3),
+            dict(w6, name="wide_600_lr2e-3", learning_rate=2e-3),
+            dict(w6, name="wide_600_lr5e-3_te", learning_rate=5e-3, **te),
+            dict(w6, name="wide_600_lr3e-3_te", learning_rate=3e-3, **te),
+            dict(w6, name="wide_450_lr5e-3_te", learning_rate=5e-3, max_train_steps=450, **te),
+            dict(w6, name="wide_800_lr3e-3", learning_rate=3e-3, max_train_steps=800),
+            dict(w6, name="conv_600_lr5e-3", learning_rate=5e-3, target_modules=CONV),
+            dict(w6, name="wide_600_lr5e-3_seed1", learning_rate=5e-3, seed=1),
+            dict(w6, name="wide_600_lr5e-3_seed2", learning_rate=5e-3, seed=2),
+            dict(z, name="style_wide_600_lr3e-3", learning_rate=3e-3),
+            dict(z, name="style_wide_600_lr3e-3_te", learning_rate=3e-3, **te),
+            dict(z, name="style_wide_600_lr1e-3", learning_rate=1e-3),
+            dict(xs, name="xl_subject_wide_600_lr3e-3_te", learning_rate=3e-3, **te),
+            dict(xs, name="xl_subject_wide_600_lr5e-3", learning_rate=5e-3),
+            dict(xz, name="xl_style_wide_600_lr3e-3_te", learning_rate=3e-3, **te),
+            dict(xz, name="xl_style_wide_600_lr1e-3", learning_rate=1e-3),
+        ]
+    if name == "round3":  # after round 2: ~0.6 subject, rings drawn but often green or bleeding: fidelity
+        te = dict(train_text_encoder=True, text_encoder_lr=1e-3)
+        cos = dict(lr_scheduler="cosine")
+        w6 = dict(s, target_modules=WIDE, max_train_steps=600, **cos)
+        z = dict(kind="style", model="demo", target_modules=WIDE, max_train_steps=600, **cos)
+        return [
+            dict(w6, name="cos_600_lr5e-3_te", learning_rate=5e-3, **te),
+            dict(w6, name="cos_600_lr1e-2_te", learning_rate=1e-2, **te),
+            dict(w6, name="cos_600_lr5e-3", learning_rate=5e-3),
+            dict(w6, name="cos_600_lr1e-2", learning_rate=1e-2),
+            dict(w6, name="cos_400_lr1e-2_te", learning_rate=1e-2, max_train_steps=400, **te),
+            dict(w6, name="cos_600_lr5e-3_te_seed1", learning_rate=5e-3, seed=1, **te),
+            dict(w6, name="cos_600_lr5e-3_te_bs2", learning_rate=5e-3, train_batch_size=2, **te),
+            dict(w6, name="cos_1200_lr5e-3_te_bs2", learning_rate=5e-3, train_batch_size=2, max_train_steps=1200,
+                 **te),
+            dict(w6, name="cos_600_lr5e-3_te5e-3", learning_rate=5e-3, train_text_encoder=True,
+                 text_encoder_lr=5e-3),
+            dict(w6, name="cos_600_lr5e-3_te_plw0.5", learning_rate=5e-3, prior_loss_weight=0.5, **te),
+            dict(z, name="style_cos_600_lr5e-3", learning_rate=5e-3),
+            dict(z, name="style_cos_600_lr1e-2", learning_rate=1e-2),
+            dict(z, name="style_cos_600_lr5e-3_te", learning_rate=5e-3, **te),
+            dict(w6, name="xl_subject_cos_600_lr5e-3_te", model="demo-xl", learning_rate=5e-3, **te),
+            dict(z, name="xl_style_cos_600_lr5e-3", model="demo-xl", learning_rate=5e-3),
+            dict(z, name="xl_style_cos_600_lr1e-2", model="demo-xl", learning_rate=1e-2),
+        ]
+    raise SystemExit(f"unknown grid {name!r}")
+
+
+def _one(config: dict, guidances: list[float], seeds: int, work: str) -> dict:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    from lora_studio.core.training.demo_quality import judge_adapter, train_and_judge
+
+    cfg = dict(config)
+    name, kind, model = cfg.pop("name"), cfg.pop("kind"), cfg.pop("model")
+    out = Path(work) / name
+    t0 = time.perf_counter()
+    report = train_and_judge(kind, model, out, judge_seeds=seeds, guidance=guidances[0], **cfg)
+    report.pop("loss_history", None)
+    report["name"] = name
+    report["by_guidance"] = {f"{guidances[0]:g}": report.get("scores")}
+    for g in guidances[1:]:
+        extra = judge_adapter(kind, model, report["adapter"], seeds, g)
+        report["by_guidance"][f"{g:g}"] = extra["scores"]
+    report["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    return report
+
+
+def _markdown(results: list[dict]) -> str:
+    lines = ["| name | kind | model | steps | train s | total s | scores (guidance: name=share) | bars |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['name']} | | | | | | error: {r['error'][:80]} | |")
+            continue
+        by = "; ".join(f"g{g}: " + ", ".join(f"{k.replace('_subject', '').replace('subject_', 's').replace('style_', 'z')}"
+                                              f"={v:.2f}" for k, v in s.items())
+                       for g, s in (r.get("by_guidance") or {}).items() if s)
+        lines.append(f"| {r['name']} | {r['kind']} | {r['model']} | {r['steps']} | {r['train_seconds']} | "
+                     f"{r['total_seconds']} | {by} | {'pass' if r.get('all_passed') else 'fail'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--grid", help="a built-in grid name")
+    ap.add_argument("--configs", help="a JSON file with a list of configs")
+    ap.add_argument("--only", nargs="*", help="run only these config names")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--seeds", type=int, default=16)
+    ap.add_argument("--guidance", type=float, nargs="+", default=[7.5])
+    ap.add_argument("--work", default="/tmp/demo_sweep")
+    ap.add_argument("--out", required=True, help="results .json (a .md table is written beside it)")
+    args = ap.parse_args(argv)
+    configs = _grid(args.grid) if args.grid else json.loads(Path(args.configs).read_text())
+    if args.only:
+        configs = [c for c in configs if c["name"] in args.only]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+    meta = {"grid": args.grid, "seeds": args.seeds, "guidance": args.guidance, "parallel": args.parallel,
+            "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(max_workers=args.parallel, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(_one, c, args.guidance, args.seeds, args.work): c for c in configs}
+        for fut in as_completed(futures):
+            c = futures[fut]
+            try:
+                r = fut.result()
+            except Exception as exc:  # keep the sweep going; the row says what broke
+                r = {"name": c["name"], "error": f"{type(exc).__name__}: {exc}", "config": c}
+            results.append(r)
+            print(json.dumps({k: r.get(k) for k in ("name", "scores", "train_seconds", "total_seconds", "error")}),
+                  flush=True)
+            out.write_text(json.dumps({"meta": meta, "configs": configs, "results": results}, indent=1) + "\n")
+            out.with_suffix(".md").write_text(_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Train a LoRA of kind ``subject`` or ``style`` on ``demo`` / ``demo-xl`` and let the judge score it.
+
+``train_and_judge(kind, model, out) -> report`` is what ``lora-studio demo``, the quality tests and
+``bench/demo_sweep.py`` share: one recipe per (kind, model) in ``RECIPES``, the judged prompt sets in
+``judge_adapter``, the issue's bars in ``BARS``. Images come from the app's own ``PreviewEngine`` (the
+LoRA fused at the slider weight), seeds 0..n-1, 20 Euler steps.
+
+- subject: DreamBooth-LoRA with prior preservation on the demo subject set; judged is the share of
+  pictures showing the subject for "a photo of sks shape" at LoRA weight 1 / 0.5 / 0 and for the class
+  prompt "a shape" at weight 1.
+- style: a caption LoRA on the zebra set (``metadata.jsonl``); judged is the share of pictures in zebra
+  style for "a <colour> <shape> in zebra style" (one colour/shape pair per seed) at weight 0 / 0.5 / 1.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from lora_studio.core.events import Finished, Progress, Started
+
+KINDS = ("subject", "style")
+MODELS = ("demo", "demo-xl")
+SUBJECT_PROMPT = "a photo of sks shape"
+CLASS_PROMPT = "a shape"
+STYLE_SUFFIX = "in zebra style"
+WEIGHTS = (0.0, 0.5, 1.0)
+GEN_STEPS = 20
+GUIDANCE = 7.5
+JUDGE_SEEDS = 16
+
+_TARGETS_ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
+_TARGETS_CONV = _TARGETS_ATTN + ["conv1", "conv2"]
+
+_COMMON = dict(resolution=64, checkpointing_steps=100_000, report_to="none", seed=0, enable_bucket=False,
+               lr_scheduler="constant", sample_steps=20)
+# The recipes (see docs/demo_quality.md for how they were chosen). Each must train on a 2-core CPU in a
+# couple of minutes, because the demo has a 5-minute budget and CI runs every one of them.
+RECIPES: dict[tuple[str, str], dict] = {
+    ("subject", "demo"): dict(rank=8, lora_alpha=8.0, learning_rate=1e-2, max_train_steps=300, train_batch_size=4,
+                              snr_gamma=5.0, target_modules=_TARGETS_CONV, num_class_images=32,
+                              prior_loss_weight=1.0),
+    ("subject", "demo-xl"): dict(rank=8, lora_alpha=8.0, learning_rate=1e-2, max_train_steps=300, train_batch_size=4,
+                                 snr_gamma=5.0, target_modules=_TARGETS_CONV, num_class_images=32,
+                                 prior_loss_weight=1.0),
+    ("style", "demo"): dict(rank=8, lora_alpha=8.0, learning_rate=1e-2, max_train_steps=300, train_batch_size=4,
+                            snr_gamma=5.0, target_modules=_TARGETS_CONV),
+    ("style", "demo-xl"): dict(rank=8, lora_alpha=8.0, learning_rate=1e-2, max_train_steps=300, train_batch_size=4,
+                               snr_gamma=5.0, target_modules=_TARGETS_CONV),
+}
+
+# The issue's bars. Subject: the token draws the subject, no LoRA and the class prompt do not. Style: the
+# share rises with the weight (checked separately: non-decreasing 0 -> 0.5 -> 1 and higher at 1 than at 0).
+BARS: dict[tuple[str, str], dict[str, tuple[str, float]]] = {
+    ("subject", "demo"): {"subject_at_1": (">=", 0.8), "subject_at_0": ("<=", 0.1),
+                          "class_prompt_subject_at_1": ("<=", 0.2)},
+    ("subject", "demo-xl"): {"subject_at_1": (">=", 0.6), "subject_at_0": ("<=", 0.1),
+                             "class_prompt_subject_at_1": ("<=", 0.2)},
+    ("style", "demo"): {"style_at_1": (">=", 0.8), "style_at_0": ("<=", 0.1)},
+    ("style", "demo-xl"): {"style_at_1": (">=", 0.6), "style_at_0": ("<=", 0.1)},
+}
+
+
+def _check(kind: str, model: str) -> None:
+    from lora_studio.errors import LoraStudioError
+
+    if kind not in KINDS:
+        raise LoraStudioError(f"unknown LoRA kind {kind!r}.", f"use one of: {', '.join(KINDS)}.")
+    if model not in MODELS:
+        raise LoraStudioError(f"no judged recipe for model {model!r}.", f"use one of: {', '.join(MODELS)}.")
+
+
+def style_prompts(n: int) -> list[str]:
+    """One "a <colour> <shape> in zebra style" per seed, walking all 36 colour/shape pairs."""
+    from lora_studio.core.demo.renderer import COLOURS, SHAPES
+
+    colours = list(COLOURS)
+    # Step through shapes faster than colours so 16 seeds already cover every shape and every colour.
+    return [f"a {colours[i % len(colours)]} {SHAPES[(i + i // len(colours)) % len(SHAPES)]} {STYLE_SUFFIX}"
+            for i in range(n)]
+
+
+def recipe_config(kind: str, model: str, out: str | Path, **overrides):
+    """The ``TrainingConfig`` of a judged run: the recipe for (kind, model), outputs under ``out``."""
+    from lora_studio.config import TrainingConfig
+    from lora_studio.core.demo import demo_dataset_path
+
+    _check(kind, model)
+    out = Path(out)
+    kw: dict[str, Any] = dict(_COMMON, pretrained_model_name_or_path=model, output_dir=str(out / "lora"),
+                              train_data_dir=str(demo_dataset_path(kind)))
+    if kind == "subject":
+        kw.update(mode="dreambooth", instance_prompt=SUBJECT_PROMPT, with_prior_preservation=True,
+                  class_prompt=CLASS_PROMPT, class_data_dir=str(out / "class_images"))
+    else:
+        kw.update(mode="style")
+    kw.update(RECIPES[(kind, model)])
+    kw.update(overrides)
+    if "rank" in overrides and "lora_alpha" not in overrides:
+        kw["lora_alpha"] = float(kw["rank"])  # keep the recipe's scale (alpha = rank) when only the rank changes
+    return TrainingConfig(**kw)
+
+
+def judge_plan(kind: str, seeds: int, weights=WEIGHTS) -> list[tuple[str, str, float, list[str]]]:
+    """``[(score name, label, weight, prompts by seed)]``: what is generated and judged."""
+    plan = []
+    if kind == "subject":
+        for w in weights:
+            plan.append((f"subject_at_{w:g}", SUBJECT_PROMPT, w, [SUBJECT_PROMPT] * seeds))
+        plan.append(("class_prompt_subject_at_1", CLASS_PROMPT, 1.0, [CLASS_PROMPT] * seeds))
+    else:
+        prompts = style_prompts(seeds)
+        for w in weights:
+            plan.append((f"style_at_{w:g}", f"a <colour> <shape> {STYLE_SUFFIX}", w, prompts))
+    return plan
+
+
+def judge_adapter(kind: str, model: str, adapter: str | Path, seeds: int = JUDGE_SEEDS, guidance: float = GUIDANCE,
+                  weights=WEIGHTS, emit: Callable | None = None, stop=None, engine=None,
+                  keep_images: bool = False) -> dict[str, Any] | None:
+    """Generate the judged sets with the PreviewEngine and score them; None if ``stop`` fired."""
+    import torch
+
+    from lora_studio.core.demo.judge import Judge
+    from lora_studio.core.inference.engine import PreviewEngine, PreviewRequest
+
+    _check(kind, model)
+    emit = emit if emit is not None else (lambda event: None)
+    should_stop = stop.is_set if hasattr(stop, "is_set") else (stop or (lambda: False))
+    if engine is None:
+        engine = PreviewEngine(model, device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.float32)
+    name = engine.add_lora(adapter, "judged", 1.0)
+    plan = judge_plan(kind, seeds, weights)
+    total = sum(len(p) for *_, p in plan)
+    emit(Started(total_steps=total, phase="generate", description=f"{kind} LoRA on {model}: pictures for the judge"))
+    judge = Judge.load()
+    scores: dict[str, float] = {}
+    images: dict[str, list] = {}
+    done, t0 = 0, time.perf_counter()
+    for key, _label, w, prompts in plan:
+        engine.set_weights({name: w})
+        row = []
+        for seed, prompt in enumerate(prompts):
+            if should_stop():
+                return None
+            row.append(engine.generate(PreviewRequest(prompt, seed=seed, steps=GEN_STEPS, guidance=guidance)))
+            done += 1
+            rate = done / (time.perf_counter() - t0)
+            emit(Progress(step=done, total=total, it_per_s=rate, eta_s=(total - done) / rate, phase="generate"))
+        result = judge.score(row, prompts)
+        scores[key] = result["subject_share" if kind == "subject" else "style_share"]
+        images[key] = row
+    engine.remove_lora(name)
+    report: dict[str, Any] = {"kind": kind, "model": model, "judge_seeds": seeds, "guidance": guidance,
+                              "scores": scores, **check_bars(kind, model, scores),
+                              "judge_seconds": round(time.perf_counter() - t0, 1)}
+    if keep_images:
+        report["images"] = images
+        report["plan"] = [(key, label, w) for key, label, w, _ in plan]
+    return report
+
+
+def check_bars(kind: str, model: str, scores: dict[str, float]) -> dict[str, Any]:
+    bars = BARS[(kind, model)]
+    passed = {k: (scores[k] >= bar if op == ">=" else scores[k] <= bar) for k, (op, bar) in bars.items() if k in scores}
+    shown = {k: f"{op} {bar}" for k, (op, bar) in bars.items()}
+    if kind == "style" and all(f"style_at_{w:g}" in scores for w in WEIGHTS):
+        s0, s5, s1 = (scores[f"style_at_{w:g}"] for w in WEIGHTS)
+        passed["rises_with_weight"] = s0 <= s5 <= s1 and s1 > s0
+        shown["rises_with_weight"] = "0 <= 0.5 <= 1, 1 > 0"
+    return {"bars": shown, "passed": passed, "all_passed": bool(passed) and all(passed.values())}
+
+
+def train_and_judge(kind: str = "subject", model: str = "demo", out: str | Path = "lora-studio-judged",
+                    judge_seeds: int = JUDGE_SEEDS, guidance: float = GUIDANCE, emit: Callable | None = None,
+                    stop=None, **overrides) -> dict[str, Any]:
+    """Train the (kind, model) recipe (``overrides`` change any config key), judge it, return the report.
+
+    On CPU the run uses one torch thread (the tensors are tiny; a second thread only spin-waits when
+    other programs share the CPU) and restores the caller's thread count afterwards.
+    """
+    import torch
+
+    from lora_studio.core.training import train
+
+    threads = torch.get_num_threads()
+    if not torch.cuda.is_available():
+        torch.set_num_threads(1)
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        cfg = recipe_config(kind, model, out, **overrides)
+        emit_ = emit if emit is not None else (lambda event: None)
+        result = train(cfg, lambda e: None if isinstance(e, Finished) else emit_(e), stop)
+        train_s = time.perf_counter() - t0
+        report: dict[str, Any] = {
+            "kind": kind, "model": model, "adapter": result["adapter_path"], "steps": result["steps"],
+            "stopped": result["stopped"], "final_loss": result["final_loss"], "class_images": result["class_images"],
+            "train_seconds": round(train_s, 1), "train_cpu_seconds": round(time.process_time() - c0, 1),
+            "config": _recipe_summary(cfg),
+        }
+        if not result["stopped"] and result.get("adapter_path"):
+            judged = judge_adapter(kind, model, result["adapter_path"], judge_seeds, guidance, emit=emit_, stop=stop)
+            if judged is not None:
+                report.update(judged)
+        report["total_seconds"] = round(time.perf_counter() - t0, 1)
+        # CPU time of this process: with one thread, what the wall time is on an otherwise idle machine.
+        report["total_cpu_seconds"] = round(time.process_time() - c0, 1)
+        report["loss_history"] = result["loss_history"]
+        return report
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _recipe_summary(cfg) -> dict[str, Any]:
+    keys = ["rank", "lora_alpha", "learning_rate", "max_train_steps", "train_batch_size", "snr_gamma",
+            "target_modules", "train_text_encoder", "text_encoder_lr", "num_class_images", "prior_loss_weight",
+            "lr_scheduler", "lr_warmup_steps", "noise_offset", "max_grad_norm", "adam_weight_decay", "seed"]
+    return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
