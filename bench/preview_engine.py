@@ -130,6 +130,10 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="old,fp16,bf16-eager,bf16")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--cudnn-benchmark", choices=("off", "on"), default="off",
+                    help="off (default): as the app previews (nothing sets it); on: cuDNN autotunes each "
+                         "convolution on first use (slow first image, as after training in the same process)")
+    ap.add_argument("--tag", default="", help="suffix of the result file names")
     ap.add_argument("--old-engine", default=None,
                     help="an earlier engine.py (e.g. from `git show REV:lora_studio/core/inference/engine.py`): "
                          "variant 'head' runs its PreviewEngine in the same run, on its own fp16 pipeline")
@@ -148,9 +152,9 @@ def main(argv=None) -> int:
     cuda = device == "cuda"
     tiny = args.tiny or not cuda
     if cuda:
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark == "on"
     result = {"card": torch.cuda.get_device_name(0) if cuda else "cpu", "tiny": tiny, "engine": "PreviewEngine",
-              "torch": torch.__version__,
+              "torch": torch.__version__, "cudnn_benchmark": args.cudnn_benchmark, "tag": args.tag,
               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "rows": []}
     both = [(0.3, 1.0), (1.0, 0.0), (0.6, 0.6), (0.2, 0.9), (0.9, 0.4)]
     b_only = [0.2, 0.9, 0.5, 1.2, 0.7]
@@ -228,6 +232,7 @@ def main(argv=None) -> int:
 def save(result, out: Path, tiny: bool, cuda: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = ("tiny_" if tiny else "") + ("h100" if "H100" in result["card"] else "gpu" if cuda else "cpu")
+    tag += result.get("tag") or ""
     (out / f"preview_engine_{tag}.json").write_text(json.dumps(result, indent=1))
     (out / f"preview_engine_{tag}.md").write_text(render(result))
 
@@ -237,7 +242,7 @@ def render(result) -> str:
              "Slider release -> PIL image: set_weights + generate, 20 Euler steps, CFG 7.5, two rank-16 LoRAs "
              "fused (a: UNet + text encoders, b: UNet only). 'both': both sliders moved (prompt encoded again); "
              "'b only': the UNet-only slider (cached prompt). Median of the moves. Variants: see "
-             "bench/preview_engine.py.", "",
+             "bench/preview_engine.py. cuDNN benchmark: " + str(result.get("cudnn_benchmark", "on")) + ".", "",
              "| model | size | variant | dtype | graph | prompt cache | both s | b only s | apply s | "
              "first image s | peak GiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
