@@ -4,8 +4,9 @@
 
 Both runs start from the same weights and see the same batches, noise and timesteps (drawn on the host
 from one seed), so any difference is the step's arithmetic. Three runs per model:
-  eager      the engine's step (fused capturable AdamW) run eagerly,
-  fast       the same step through FastStep (CUDA graphs, two bucket shapes interleaved),
+  eager      the engine's step (fused capturable AdamW, autocast, peft's LoRA forward) run eagerly,
+  fast       the engine's fast path: FastStep (CUDA graphs, two bucket shapes interleaved) over the step
+             with prepare_fast_kernels' changes (LoRA forward without peft's extra passes, pure bf16),
   reference  the reference recipe's foreach AdamW, eagerly.
 Pass: the fast loss curve stays within 1% of eager (10-step moving average, every window), and the
 per-step and final-weight differences are reported too.
@@ -27,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.steps import alphas_cumprod, make_step  # noqa: E402
-from lora_studio.core.training.fast_step import FastStep, capturable_adamw  # noqa: E402
+from lora_studio.core.training.fast_step import FastStep, capturable_adamw, install_fast_lora  # noqa: E402
 
 PROMPTS = ["a photo of a red circle", "a blue square on a white background", "a green triangle",
            "a yellow star, flat colour", "sks toy in zebra style", "a purple heart, centered"]
@@ -88,7 +89,10 @@ def run(unet, params, batches, kind, device, lr=1e-4):
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     else:
         opt = capturable_adamw(params, lr=lr, weight_decay=1e-2, device=device)
-    step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference")
+    pure = kind == "fast" and device != "cpu"
+    if pure:  # the engine's fast path: prepare_fast_kernels (fast LoRA forward, pure bf16 step) + graphs
+        install_fast_lora(unet)
+    step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure)
     warnings = []
     if kind == "fast":
         step = FastStep(step, device=device, params=params, on_warning=warnings.append)
@@ -156,7 +160,8 @@ def save(result, out: Path) -> None:
 def render(result) -> str:
     lines = [f"# Fast path faithfulness — {result['card']}, {result['date']}, {result['steps']} steps", "",
              "Same weights, batches, noise and timesteps. 'eager' is the engine's step run eagerly (fused capturable "
-             "AdamW); 'reference' uses foreach AdamW.", "",
+             "AdamW, bf16 autocast, peft's LoRA forward); 'fast' is the engine's fast path (CUDA graphs, pure bf16 "
+             "step, fast LoRA forward); 'reference' uses foreach AdamW.", "",
              "| model | fast vs eager: max step rel | max 10-step MA rel | fast vs reference AdamW: max step rel "
              "| max MA rel | graphs / replays | pass (<=1%) |", "|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():

@@ -2,7 +2,8 @@
 # Everything the performance issue measures, in one GPU call (see bench/README.md).
 # Results go to $RES (default bench/results); with $OUT set (the device tool) they are also packed into
 # $OUT/results.tar.gz next to $OUT/log.txt, since only a few files come back from a call.
-# Stages and their time limits (seconds) can be chosen: STAGES="train preview faithful oom tests".
+# Stages and their time limits (seconds) can be chosen: STAGES="train preview faithful oom tests"
+# (also: profile = bench/profile_step.py with $PROFILE_ARGS, any other bench/<name>.py by name).
 RES=${RES:-bench/results}
 mkdir -p "$RES"
 LOG=${OUT:+$OUT/log.txt}
@@ -19,6 +20,7 @@ STAGES=${STAGES:-"train preview faithful oom tests"}
       preview)  timeout ${T_PREVIEW:-110} python3 bench/preview.py --out "$RES" $PREVIEW_ARGS ;;
       faithful) timeout ${T_FAITHFUL:-100} python3 bench/faithful.py --out "$RES" $FAITHFUL_ARGS ;;
       oom)      timeout ${T_OOM:-50} python3 bench/oom.py --out "$RES" ;;
+      profile)  timeout ${T_PROFILE:-300} python3 bench/profile_step.py --out "$RES" $PROFILE_ARGS ;;
       tests)    timeout ${T_TESTS:-60} python3 -m pytest -q -p no:cacheprovider -m gpu tests/core/test_fast_step.py ;;
       *)        timeout ${T_EXTRA:-120} python3 bench/$stage.py --out "$RES" ;;
     esac

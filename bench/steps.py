@@ -16,13 +16,17 @@ def alphas_cumprod(device) -> torch.Tensor:
 
 
 def make_step(unet, params, optimizer, *, acp, max_grad_norm: float = 1.0, autocast_cache: bool = True,
-              channels_last: bool = False, amp_dtype=torch.bfloat16):
+              channels_last: bool = False, amp_dtype=torch.bfloat16, autocast: bool = True):
     """``step(batch) -> loss``: noise the cached latents, predict the noise, MSE, backward, clip, AdamW.
 
     Noise and timesteps come from the batch when it has them (exact comparisons), else from torch's
-    default generator on the device (graph-safe).
+    default generator on the device (graph-safe). ``autocast=False``: the pure low-precision step (inputs
+    cast to the frozen UNet's dtype, no autocast; fast_step.install_fast_lora casts the fp32 adapters).
     """
+    import contextlib
+
     device_type = next(unet.parameters()).device.type
+    unet_dtype = next(p.dtype for p in unet.parameters() if not p.requires_grad)
 
     def step(batch):
         latents = batch["latents"]
@@ -39,8 +43,16 @@ def make_step(unet, params, optimizer, *, acp, max_grad_norm: float = 1.0, autoc
         added = None
         if "text_embeds" in batch:
             added = {"text_embeds": batch["text_embeds"], "time_ids": batch["time_ids"]}
-        with torch.autocast(device_type=device_type, dtype=amp_dtype, cache_enabled=autocast_cache):
-            pred = unet(noisy, t, batch["encoder_hidden_states"], added_cond_kwargs=added).sample
+        ehs = batch["encoder_hidden_states"]
+        if autocast:
+            ctx = torch.autocast(device_type=device_type, dtype=amp_dtype, cache_enabled=autocast_cache)
+        else:
+            ctx = contextlib.nullcontext()
+            noisy, ehs = noisy.to(unet_dtype), ehs.to(unet_dtype)
+            if added is not None:
+                added = {k: v.to(unet_dtype) for k, v in added.items()}
+        with ctx:
+            pred = unet(noisy, t, ehs, added_cond_kwargs=added).sample
         loss = F.mse_loss(pred.float(), noise.float())
         loss.backward()
         if max_grad_norm:

@@ -28,7 +28,8 @@ from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, count_flops, free, make_step, matmul_peak_tflops,  # noqa: E402
                          time_steps)
 from lora_studio.core.training.fast_step import (FastStep, capturable_adamw,  # noqa: E402
-                                                 capturable_checkpointing)
+                                                 capturable_checkpointing, compile_blocks, install_fast_lora,
+                                                 uncompile_blocks, uninstall_fast_lora)
 
 GIB = 2 ** 30
 NOMINAL_PEAK_TFLOPS = 790.0
@@ -75,7 +76,17 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         else:
             unet.disable_gradient_checkpointing()
         opt = capturable_adamw(params, lr=1e-4, weight_decay=1e-2, device=device)
-        step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last),
+        # graph: the captured step alone (attempt 1). fast / fast_cl / fast_compiled: the engine's fast path
+        # (prepare_fast_kernels: LoRA forward without peft's extra passes, pure bf16 step; + channels-last /
+        # + compiled transformer blocks).
+        pure = path != "graph"
+        if pure:
+            install_fast_lora(unet)
+        if path == "fast_compiled":
+            torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
+            compile_blocks(unet, dynamic=False)
+        step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
+                                  autocast=not pure or not cuda),
                         device=device, params=params, on_warning=warnings.append)
         run = lambda: step(data)  # noqa: E731
     try:
@@ -110,6 +121,8 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         del step, run, opt
         for p in params:
             p.grad = None
+        uninstall_fast_lora(unet)
+        uncompile_blocks(unet)
         if channels_last:
             unet.to(memory_format=torch.contiguous_format)
         free(device)
@@ -140,11 +153,12 @@ def markdown(result) -> str:
             f"{fmt(r.get('ms'), '.1f')} | {fmt(speed, '.2f')}x | {fmt(r.get('images_per_s'), '.1f')} | "
             f"{fmt(r.get('tflops'), '.0f')} | {fmt(r.get('frac_nominal_peak') and 100 * r['frac_nominal_peak'], '.1f')} | "
             f"{fmt(r.get('peak_clean_gib', r.get('peak_gib')), '.2f')} | {fmt(r.get('first_step_s'), '.2f')} | {r.get('n', '-')} | {note} |")
-    lines += ["", foot, "", "| model | build s | LoRA s | setup before first step (reference / fast) s | GFLOP per image "
-              "(fwd+bwd) |", "|---|---|---|---|---|"]
+    lines += ["", foot, "", "| model | build s | LoRA s | setup before first step (reference / graph / fast / "
+              "fast_compiled) s | GFLOP per image (fwd+bwd) |", "|---|---|---|---|---|"]
     for name, s in result["setup"].items():
-        lines.append(f"| {name} | {s['build_s']:.2f} | {s['lora_s']:.2f} | {fmt(s.get('reference_setup_s'), '.2f')} / "
-                     f"{fmt(s.get('fast_setup_s'), '.2f')} | {fmt(s.get('flops_per_image') and s['flops_per_image'] / 1e9, '.3g')} |")
+        setups = " / ".join(fmt(s.get(f"{p}_setup_s"), ".2f") for p in ("reference", "graph", "fast", "fast_compiled"))
+        lines.append(f"| {name} | {s['build_s']:.2f} | {s['lora_s']:.2f} | {setups} | "
+                     f"{fmt(s.get('flops_per_image') and s['flops_per_image'] / 1e9, '.3g')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -153,8 +167,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="demo-sized UNets (CPU smoke test of the harness)")
     ap.add_argument("--models", default="sd15,sdxl")
     ap.add_argument("--batches", default=None, help="comma list (default 1,4,8; --tiny 1,2)")
+    ap.add_argument("--batches-for", action="append", default=[], metavar="MODEL=B,B",
+                    help="batches for one model, overriding --batches (e.g. sdxl=1,4)")
     ap.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
-    ap.add_argument("--paths", default="reference,fast", help="reference, fast, fast_cl (channels-last)")
+    ap.add_argument("--paths", default="reference,fast", help="reference, fast (the engine's fast path), graph "
+                    "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks)")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per row")
@@ -226,7 +243,9 @@ def main(argv=None) -> int:
         for p in params:
             p.grad = None
         free(device)
-        for batch in batches:
+        per_model = dict(item.split("=", 1) for item in args.batches_for)
+        model_batches = [int(b) for b in per_model[name].split(",")] if name in per_model else batches
+        for batch in model_batches:
             for ckpt in ckpts:
                 extra = ["fast_cl"] if (not ckpt and str(batch) in args.cl_batches.split(",")
                                         and "fast_cl" not in paths) else []
@@ -235,7 +254,7 @@ def main(argv=None) -> int:
                                      args=args, acp=acp, flops_per_image=setup["flops_per_image"], log=log)
                     result["rows"].append(row)
                     save()
-                    key = f"{'reference' if path == 'reference' else 'fast'}_setup_s"
+                    key = f"{path}_setup_s"
                     if key not in setup and "first_step_s" in row:
                         setup[key] = build_s + lora_s + row["first_step_s"]
         del unet, params

@@ -182,8 +182,11 @@ class FastStep:
     def __init__(self, step_fn: Callable[[Batch], torch.Tensor], *, device=None, max_graphs: int = 16,
                  on_warning: Callable[[str], None] | None = None, params: list | None = None,
                  drop_keys: tuple[str, ...] = DROP_KEYS, host_attrs: tuple[str, ...] = HOST_ATTRS,
-                 optimizer=None):
+                 optimizer=None, fallback: Callable[[BaseException], None] | None = None):
         self.step_fn = step_fn
+        # Called once if the first warm-up step raises (not out of memory): it undoes an optional speed-up
+        # (compiled blocks) and the warm-up runs again without it.
+        self.fallback = fallback
         self.optimizer = optimizer if optimizer is not None else getattr(step_fn, "optimizer", None)
         self.drop_keys = tuple(drop_keys)
         self.host_attrs = tuple(host_attrs)
@@ -251,7 +254,17 @@ class FastStep:
         side = self._stream
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            loss = self.step_fn(static_batch).detach()  # the real step for this batch
+            try:
+                loss = self.step_fn(static_batch).detach()  # the real step for this batch
+            except Exception as exc:  # noqa: BLE001 - e.g. a compiled block that fails to build here
+                fallback, self.fallback = self.fallback, None
+                if fallback is None or isinstance(exc, torch.cuda.OutOfMemoryError):
+                    raise
+                torch.cuda.synchronize(self.device)
+                for p in self.params:
+                    p.grad = None  # the failed step stopped before the optimizer: nothing else changed
+                fallback(exc)
+                loss = self.step_fn(static_batch).detach()
         torch.cuda.current_stream(self.device).wait_stream(side)
         loss = loss.clone()
         graph = torch.cuda.CUDAGraph()
@@ -305,6 +318,7 @@ class GraphedForward:
         self.graphs: dict[tuple, tuple | None] = {}
         self.replays = 0
         self.capture_seconds = 0.0
+        self.last_error: str | None = None  # why the last shape could not be captured (it runs eagerly)
         self._pool = None
         self._stream = None
 
@@ -360,13 +374,22 @@ class GraphedForward:
         side.wait_stream(torch.cuda.current_stream(device))
         try:
             with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    self._forward(*args, **kwargs)
+                for i in range(self.warmup):
+                    # The last warm-up refuses host syncs: a forward that syncs fails here, eagerly, rather
+                    # than inside the capture (a failed capture can leave the CUDA RNG in capture state).
+                    mode = torch.cuda.get_sync_debug_mode()
+                    if i == self.warmup - 1:
+                        torch.cuda.set_sync_debug_mode("error")
+                    try:
+                        self._forward(*args, **kwargs)
+                    finally:
+                        torch.cuda.set_sync_debug_mode(mode)
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool, stream=side):
                 out = self._forward(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - an uncapturable forward just runs eagerly
+        except Exception as exc:  # noqa: BLE001 - an uncapturable forward just runs eagerly
+            self.last_error = f"{type(exc).__name__}: {exc}"
             torch.cuda.synchronize(device)
             return None
         self.capture_seconds += time.perf_counter() - t0
@@ -382,3 +405,154 @@ def _clone_out(out):
     if isinstance(out, (list, tuple)):
         return type(out)(_clone_out(v) for v in out)
     return out
+
+
+# ------------------------------------------------------------------------------- kernel-level speed-ups
+# The graph removes launches; these remove memory passes inside the step. Each one is optional, measured in
+# bench/NOTES.md, and leaves the arithmetic the same up to bf16 rounding.
+SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
+
+
+def sdpa_context(backend: str | None):
+    """A context that makes scaled_dot_product_attention use `backend` (None or 'auto': torch's choice).
+
+    The choice is read when the kernel is launched, so a captured graph keeps the backend of its capture.
+    """
+    import contextlib
+
+    if not backend or backend == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    if backend not in names:
+        raise ValueError(f"unknown attention backend {backend!r} (one of {', '.join(SDPA_BACKENDS)})")
+    # The chosen backend first, the others as fallbacks for shapes it does not support.
+    order = [names[backend]] + [v for k, v in names.items() if k != backend]
+    return sdpa_kernel(order, set_priority=True)
+
+
+def _fast_lora_linear(self, x, *args, **kwargs):
+    """peft's LoRA Linear forward, minus its memory passes: same result up to bf16 rounding.
+
+    peft casts the input to the fp32 adapter dtype (a full copy that autocast casts straight back), scales
+    the adapter output and adds it to the base output as separate kernels. Here the scale is folded into B
+    (a rank x out tensor) and the add into B's matrix product (addmm accumulates onto the base output).
+    The adapter's fp32 weights are cast to the compute dtype (autocast's, else the input's: the pure-bf16
+    step), so their gradients still land in fp32. Only with one plain adapter active and a low-precision
+    compute dtype; anything else runs peft's own forward.
+    """
+    name = self._fast_lora_name
+    if (args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1
+            or self.active_adapters[0] != name):
+        return type(self).forward(self, x, *args, **kwargs)
+    device_type = x.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
+    if not autocast and (dtype not in (torch.bfloat16, torch.float16) or self.base_layer.weight.dtype != dtype):
+        return type(self).forward(self, x, *args, **kwargs)  # fp32 compute: peft's arithmetic as it is
+    a = self.lora_A[name].weight
+    b = self.lora_B[name].weight
+    scaling = self.scaling[name]
+    y = self.base_layer(x)
+    h = torch.nn.functional.linear(x, a.to(dtype))
+    b = (b if scaling == 1 else b * scaling).to(dtype)
+    out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), b.t())
+    return out.view(y.shape)
+
+
+def install_fast_lora(module) -> int:
+    """Route every plain peft LoRA Linear in `module` through `_fast_lora_linear`; returns how many.
+
+    Skipped (peft's forward kept): dropout > 0, DoRA or other variants, several adapters, non-Linear bases.
+    """
+    import types
+
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return 0
+    n = 0
+    for sub in module.modules():
+        if not isinstance(sub, LoraLinear) or not isinstance(sub.base_layer, torch.nn.Linear):
+            continue
+        active = list(sub.active_adapters)
+        if len(active) != 1 or active[0] not in sub.lora_A or active[0] in getattr(sub, "lora_variant", {}):
+            continue
+        if getattr(sub, "use_dora", {}).get(active[0], False):
+            continue
+        if not isinstance(sub.lora_dropout[active[0]], torch.nn.Identity):
+            continue
+        sub._fast_lora_name = active[0]
+        sub.forward = types.MethodType(_fast_lora_linear, sub)
+        n += 1
+    return n
+
+
+def uninstall_fast_lora(module) -> int:
+    n = 0
+    for sub in module.modules():
+        if "_fast_lora_name" in sub.__dict__:
+            sub.__dict__.pop("forward", None)
+            del sub.__dict__["_fast_lora_name"]
+            n += 1
+    return n
+
+
+def compile_blocks(module, class_names=("BasicTransformerBlock",), **compile_kwargs) -> int:
+    """Compile every submodule whose class is named in `class_names` (regional compilation), in place.
+
+    Identical blocks share one compiled graph (torch compiles a class's forward once per input shape), so
+    a UNet's dozens of transformer blocks cost a few compilations, not one each. Returns how many.
+    """
+    n = 0
+    for sub in module.modules():
+        if type(sub).__name__ in class_names:
+            sub.compile(**compile_kwargs)
+            n += 1
+    return n
+
+
+def uncompile_blocks(module) -> int:
+    n = 0
+    for sub in module.modules():
+        if getattr(sub, "_compiled_call_impl", None) is not None:
+            sub._compiled_call_impl = None
+            n += 1
+    return n
+
+
+def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
+                         compile_blocks_: bool = False, sdpa: str | None = None,
+                         on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
+    """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
+
+    - the LoRA Linear forward without peft's extra passes (`install_fast_lora`);
+    - ``pure``: the step runs without autocast when the frozen UNet is bf16/fp16 (``step.autocast = False``):
+      autocast runs every LayerNorm/GroupNorm in fp32 and casts each activation back for the next matrix
+      product (measured: a third of the elementwise time). Needs a step object with an ``autocast`` flag;
+    - ``sdpa``: an attention backend for the step (``step.sdpa_backend``);
+    - ``compile_blocks_``: torch.compile of the repeated transformer blocks (setup cost: see bench/NOTES.md).
+    The returned fallback undoes the compilation if the first step fails to build it, and says so.
+    """
+    warn = on_warning or (lambda msg: None)
+    install_fast_lora(unet)
+    if step is not None:
+        if pure and weight_dtype in (torch.bfloat16, torch.float16) and hasattr(step, "autocast"):
+            step.autocast = False
+        if sdpa and hasattr(step, "sdpa_backend"):
+            step.sdpa_backend = sdpa
+    if compile_blocks_:
+        compile_blocks(unet)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # shapes are fixed per graph: pick each convolution's best kernel
+
+    def fallback(exc: BaseException) -> None:
+        if uncompile_blocks(unet):
+            warn(f"fast path: compiling the transformer blocks failed ({type(exc).__name__}: "
+                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); they run uncompiled.")
+        else:
+            raise exc
+
+    return fallback

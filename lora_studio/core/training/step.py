@@ -38,6 +38,10 @@ class TrainingStep:
         self.config = config
         self.weight_dtype = weight_dtype
         self.prediction_type = models.noise_scheduler.config.prediction_type
+        # The fast path may turn these on (fast_step.prepare_fast_kernels): the UNet forward without autocast
+        # (inputs are cast to weight_dtype below; a pure bf16 step) and a fixed attention backend.
+        self.autocast = True
+        self.sdpa_backend = None
 
     # ------------------------------------------------------------------ pieces
     def _conditioning(self, part):
@@ -55,7 +59,12 @@ class TrainingStep:
         if self.models.is_sdxl:
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.weight_dtype),
                                            "time_ids": part["time_ids"].to(self.weight_dtype)}
-        with self.accelerator.autocast():
+        import contextlib
+
+        from lora_studio.core.training.fast_step import sdpa_context
+
+        amp = self.accelerator.autocast() if self.autocast else contextlib.nullcontext()
+        with amp, sdpa_context(self.sdpa_backend):
             pred = self.unet(noisy.to(self.weight_dtype), timesteps, embeds.to(self.weight_dtype),
                              return_dict=False, **kwargs)[0]
         loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
