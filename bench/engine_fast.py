@@ -61,7 +61,8 @@ def run(model, data, out, steps, fast, batch):
     if INSTANCES:
         f = INSTANCES[-1]
         info.update(fast_active=f.active, fast_reason=f.reason, replays=f.replays, eager_calls=f.eager_calls,
-                    graphs=sum(v is not None for v in f.graphs.values()))
+                    graphs=sum(v is not None for v in f.graphs.values()),
+                    capture_s=round(sum(f.capture_seconds.values()), 2))
     else:
         info.update(fast_active=False, fast_reason="the engine did not build a FastStep")
     return info
@@ -99,14 +100,15 @@ def main(argv=None) -> int:
     result["pass"] = bool(n and result["max_ma10_rel"] <= 0.01 and (result["lr_max_abs_diff"] or 0) <= 1e-9)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = "h100" if "H100" in result["card"] else "gpu" if cuda else "cpu"
-    (out / f"engine_fast_{tag}.json").write_text(json.dumps(result, indent=1))
+    tag = "h100" if "H100" in result["card"] else "h200" if "H200" in result["card"] else "gpu" if cuda else "cpu"
+    stem = f"engine_fast_{tag}" + ("" if args.model == "demo" else f"_{args.model}")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     f, e = result["runs"]["fast"], result["runs"]["eager"]
     summary = (f"engine fast vs eager ({result['card']}, {args.model}, {n} steps): max step rel "
                f"{result['max_step_rel']:.2e}, max MA10 rel {result['max_ma10_rel']:.2e}, lr max diff "
                f"{result['lr_max_abs_diff']}, wall {f['wall_s']:.1f} s vs {e['wall_s']:.1f} s, fast active "
                f"{f.get('fast_active')} ({f.get('fast_reason')}), replays {f.get('replays')}, pass {result['pass']}")
-    (out / f"engine_fast_{tag}.md").write_text(summary + "\n")
+    (out / f"{stem}.md").write_text(summary + "\n")
     print(summary)
     return 0
 

@@ -22,7 +22,7 @@ STAGES=${STAGES:-"train preview faithful oom tests"}
       oom)      timeout ${T_OOM:-50} python3 bench/oom.py --out "$RES" ;;
       profile)  timeout ${T_PROFILE:-300} python3 bench/profile_step.py --out "$RES" $PROFILE_ARGS ;;
       tests)    timeout ${T_TESTS:-60} python3 -m pytest -q -p no:cacheprovider -m gpu tests/core/test_fast_step.py ;;
-      *)        timeout ${T_EXTRA:-120} python3 bench/$stage.py --out "$RES" ;;
+      *)        timeout ${T_EXTRA:-120} python3 bench/$stage.py --out "$RES" $EXTRA_ARGS ;;
     esac
     echo "=== $stage exit $? $(date -u +%T)"
   done

@@ -169,6 +169,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default=None, help="comma list (default 1,4,8; --tiny 1,2)")
     ap.add_argument("--batches-for", action="append", default=[], metavar="MODEL=B,B",
                     help="batches for one model, overriding --batches (e.g. sdxl=1,4)")
+    ap.add_argument("--paths-for", action="append", default=[], metavar="MODEL=P,P",
+                    help="paths for one model, overriding --paths (e.g. sdxl=reference,fast,fast_compiled)")
     ap.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
     ap.add_argument("--paths", default="reference,fast", help="reference, fast (the engine's fast path), graph "
                     "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks)")
@@ -243,13 +245,15 @@ def main(argv=None) -> int:
         for p in params:
             p.grad = None
         free(device)
+        model_paths = dict(item.split("=", 1) for item in args.paths_for).get(name)
+        model_paths = model_paths.split(",") if model_paths else paths
         per_model = dict(item.split("=", 1) for item in args.batches_for)
         model_batches = [int(b) for b in per_model[name].split(",")] if name in per_model else batches
         for batch in model_batches:
             for ckpt in ckpts:
                 extra = ["fast_cl"] if (not ckpt and str(batch) in args.cl_batches.split(",")
                                         and "fast_cl" not in paths) else []
-                for path in paths + extra:
+                for path in model_paths + extra:
                     row = run_config(name, spec, unet, params, path=path, batch=batch, ckpt=ckpt, device=device,
                                      args=args, acp=acp, flops_per_image=setup["flops_per_image"], log=log)
                     result["rows"].append(row)

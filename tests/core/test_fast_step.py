@@ -229,10 +229,10 @@ def test_graphed_forward_sees_in_place_weight_changes_on_gpu():
             t = torch.tensor(500.0, device="cuda")
             ehs = torch.randn(2, 5, 16, device="cuda")
             got = unet(x, t, ehs, return_dict=False)[0]
+            assert g.last_error is None, g.last_error
             want = g._forward(x, t, ehs, return_dict=False)[0]  # the original forward, eagerly
             outs.append((got, want))
     # 8x8 captured once (and replayed at once), replayed twice more; 16x16 captured and replayed.
-    assert g.last_error is None, g.last_error
     assert g.replays == 4 and len(g.graphs) == 2 and all(v is not None for v in g.graphs.values())
     for got, want in outs:
         assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
@@ -379,3 +379,25 @@ def test_failed_first_step_runs_the_fallback_then_captures_on_gpu():
     assert undone == ["compiled block failed to build"] and fs_step.replays == 2
     # three real updates of AdamW (lr 0.1, sign of a constant gradient): w went down by ~0.3 each
     assert torch.allclose(w.detach(), torch.full((4,), -0.3, device="cuda"), atol=0.02)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_failed_graphed_capture_leaves_random_draws_working_on_gpu():
+    from lora_studio.core.training.fast_step import GraphedForward
+
+    class Syncs(torch.nn.Module):
+        def forward(self, x):
+            y = x * 2
+            torch.cuda.synchronize()  # not allowed while a graph is being captured
+            return y
+
+    m = Syncs()
+    g = GraphedForward(m).install()
+    with torch.inference_mode():
+        x = torch.randn(4, device="cuda")
+        assert torch.equal(m(x), x * 2)  # capture failed: the forward ran eagerly
+        assert g.last_error is not None and g.graphs and all(v is None for v in g.graphs.values())
+        torch.randn(4, device="cuda")  # the default generator is not left in capture state
+        torch.cuda.manual_seed(1)
+    g.uninstall()

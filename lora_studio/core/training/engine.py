@@ -281,8 +281,11 @@ class _Run:
 
             # accelerate wraps the forward in autocast; the fast step decides that itself (pure bf16).
             step.unet = self.unet = acc.unwrap_model(self.unet, keep_fp32_wrapper=False)
+            # Compiled transformer blocks: SDXL only, without checkpointing (bench/NOTES.md attempt 8: SDXL
+            # compiles in ~20 s per bucket shape; SD 1.5's four block shapes take ~60 s for less gain).
             fallback = prepare_fast_kernels(self.unet, step, weight_dtype=self.weight_dtype,
                                             pure=not cfg.train_text_encoder,
+                                            compile_blocks_=m.is_sdxl and not cfg.gradient_checkpointing,
                                             on_warning=lambda msg: self.emit(Warning(msg)))
             self.step_fn = FastStep(step, device=self.device, params=self.params,
                                     on_warning=lambda msg: self.emit(Warning(msg)), fallback=fallback)

@@ -50,6 +50,8 @@ def fast_path_reason(config, device) -> str | None:
         return f"optimizer {config.optimizer!r} cannot be captured (only 'adamw')"
     if getattr(config, "mixed_precision", "bf16") == "fp16":
         return "fp16 needs a gradient scaler that checks for overflow on the host every step"
+    if getattr(config, "preserve_unconditional", 0.0) > 0:
+        return "preserve_unconditional switches the adapters off inside the step"
     if getattr(config, "lora_dropout", 0.0) > 0 and getattr(config, "gradient_checkpointing", False):
         return "LoRA dropout under gradient checkpointing needs the RNG state restored, which a graph cannot do"
     return None
@@ -271,6 +273,7 @@ class FastStep:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         host_calls: list = []
+        rng = _rng_snapshot(self.device)
         originals = {name: getattr(self.step_fn, name) for name in self.host_attrs
                      if getattr(self.step_fn, name, None) is not None}
         try:
@@ -280,6 +283,7 @@ class FastStep:
             with torch.cuda.graph(graph, pool=self._pool, stream=side):
                 static_loss = self.step_fn(static_batch).detach()
         except Exception as exc:  # noqa: BLE001 - any failure to capture means "run this shape eagerly"
+            _rng_restore(self.device, rng)
             torch.cuda.synchronize(self.device)
             for p in self.params:
                 p.grad = None  # the aborted capture may have left gradients that were never computed
@@ -293,6 +297,30 @@ class FastStep:
         self.graphs[key] = _Graph(graph, inputs, static_loss, host_calls)
         self.capture_seconds[key] = time.perf_counter() - t0
         return loss
+
+
+def _rng_snapshot(device):
+    """A copy of the device's default generator state, taken before a capture."""
+    try:
+        gen = torch.cuda.default_generators[torch.device(device).index or 0]
+        return gen, gen.clone_state()
+    except Exception:  # noqa: BLE001 - older torch: nothing to restore
+        return None
+
+
+def _rng_restore(device, snapshot) -> None:
+    """After a failed capture: give the generator a state that is not stuck in 'capturing'.
+
+    A capture that raises can end without its epilogue, and every later random draw on the device then
+    fails with "Offset increment outside graph capture encountered unexpectedly".
+    """
+    if snapshot is None:
+        return
+    gen, saved = snapshot
+    try:
+        gen.graphsafe_set_state(saved)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _shape_words(key) -> str:
@@ -372,6 +400,7 @@ class GraphedForward:
             self._pool = torch.cuda.graph_pool_handle()
         side = self._stream
         side.wait_stream(torch.cuda.current_stream(device))
+        rng = _rng_snapshot(device)
         try:
             with torch.cuda.stream(side):
                 for i in range(self.warmup):
@@ -390,6 +419,7 @@ class GraphedForward:
                 out = self._forward(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - an uncapturable forward just runs eagerly
             self.last_error = f"{type(exc).__name__}: {exc}"
+            _rng_restore(device, rng)
             torch.cuda.synchronize(device)
             return None
         self.capture_seconds += time.perf_counter() - t0
@@ -544,7 +574,7 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
         if sdpa and hasattr(step, "sdpa_backend"):
             step.sdpa_backend = sdpa
     if compile_blocks_:
-        compile_blocks(unet)
+        compile_blocks(unet, dynamic=False)  # one graph per bucket shape, like the captured step
     if torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True  # shapes are fixed per graph: pick each convolution's best kernel
 
