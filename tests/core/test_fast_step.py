@@ -401,3 +401,49 @@ def test_failed_graphed_capture_leaves_random_draws_working_on_gpu():
         torch.randn(4, device="cuda")  # the default generator is not left in capture state
         torch.cuda.manual_seed(1)
     g.uninstall()
+
+
+def test_prepare_fast_kernels_sets_the_step_up_and_its_fallback_undoes_compilation():
+    from lora_studio.core.training.fast_step import prepare_fast_kernels
+
+    class Step:
+        autocast = True
+        sdpa_backend = None
+
+    unet, _ = _tiny_unet_with_lora()
+    step, warnings = Step(), []
+    benchmark = torch.backends.cudnn.benchmark
+    fallback = prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, compile_blocks_=True, sdpa="cudnn",
+                                    on_warning=warnings.append)
+    assert step.autocast is False and step.sdpa_backend == "cudnn"
+    assert torch.backends.cudnn.benchmark == benchmark  # no process-wide change
+    assert any("_fast_lora_name" in m.__dict__ for m in unet.modules())
+    compiled = [m for m in unet.modules() if getattr(m, "_compiled_call_impl", None) is not None]
+    assert compiled and all(type(m).__name__ == "BasicTransformerBlock" for m in compiled)
+    fallback(RuntimeError("inductor could not build"))
+    assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in unet.modules())
+    assert len(warnings) == 1 and "inductor could not build" in warnings[0]
+    with pytest.raises(RuntimeError, match="again"):  # nothing left to undo: the error is the step's own
+        fallback(RuntimeError("again"))
+    # fp32 weights (no mixed precision) keep autocast's path: there is nothing to gain without it
+    step32 = Step()
+    prepare_fast_kernels(unet, step32, weight_dtype=torch.float32)
+    assert step32.autocast is True
+
+
+def test_conv_lora_targets_keep_autocast():
+    from peft import LoraConfig
+
+    from lora_studio.core.training.fast_step import prepare_fast_kernels
+
+    class Step:
+        autocast = True
+
+    unet, _ = _tiny_unet_with_lora()
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "conv1"]), adapter_name="conv")
+    unet.delete_adapters("default")  # only the conv+attention adapter is left
+    assert any(type(m).__name__ == "Conv2d" and hasattr(m, "lora_A") for m in unet.modules())
+    step = Step()
+    prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16)
+    # peft's conv LoRA would run in fp32 without autocast: the step keeps autocast
+    assert step.autocast is True

@@ -184,8 +184,10 @@ class FastStep:
     def __init__(self, step_fn: Callable[[Batch], torch.Tensor], *, device=None, max_graphs: int = 16,
                  on_warning: Callable[[str], None] | None = None, params: list | None = None,
                  drop_keys: tuple[str, ...] = DROP_KEYS, host_attrs: tuple[str, ...] = HOST_ATTRS,
-                 optimizer=None, fallback: Callable[[BaseException], None] | None = None):
+                 optimizer=None, fallback: Callable[[BaseException], None] | None = None,
+                 cudnn_benchmark: bool = True):
         self.step_fn = step_fn
+        self.cudnn_benchmark = cudnn_benchmark
         # Called once if the first warm-up step raises (not out of memory): it undoes an optional speed-up
         # (compiled blocks) and the warm-up runs again without it.
         self.fallback = fallback
@@ -242,6 +244,16 @@ class FastStep:
         return self.step_fn(batch)
 
     def _warm_up_and_capture(self, key, batch) -> torch.Tensor:
+        # cuDNN autotuning for this shape only: the warm-up picks each convolution's fastest kernel and the
+        # graph keeps it. The process-wide flag is restored (previews in the same process choose their own).
+        old = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark or old
+        try:
+            return self._warm_up_and_capture_inner(key, batch)
+        finally:
+            torch.backends.cudnn.benchmark = old
+
+    def _warm_up_and_capture_inner(self, key, batch) -> torch.Tensor:
         t0 = time.perf_counter()
         if self.optimizer is not None:
             lr_tensors_on_device(self.optimizer, self.device)
@@ -520,6 +532,14 @@ def install_fast_lora(module) -> int:
     return n
 
 
+def _count_lora_layers(module) -> int:
+    try:
+        from peft.tuners.lora.layer import LoraLayer
+    except ImportError:  # pragma: no cover
+        return 0
+    return sum(1 for sub in module.modules() if isinstance(sub, LoraLayer))
+
+
 def uninstall_fast_lora(module) -> int:
     n = 0
     for sub in module.modules():
@@ -561,13 +581,17 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
     - the LoRA Linear forward without peft's extra passes (`install_fast_lora`);
     - ``pure``: the step runs without autocast when the frozen UNet is bf16/fp16 (``step.autocast = False``):
       autocast runs every LayerNorm/GroupNorm in fp32 and casts each activation back for the next matrix
-      product (measured: a third of the elementwise time). Needs a step object with an ``autocast`` flag;
+      product (measured: a third of the elementwise time). Needs a step object with an ``autocast`` flag,
+      and every LoRA layer on the fast forward (Linear, no dropout); otherwise autocast stays;
     - ``sdpa``: an attention backend for the step (``step.sdpa_backend``);
     - ``compile_blocks_``: torch.compile of the repeated transformer blocks (setup cost: see bench/NOTES.md).
     The returned fallback undoes the compilation if the first step fails to build it, and says so.
     """
     warn = on_warning or (lambda msg: None)
-    install_fast_lora(unet)
+    fast = install_fast_lora(unet)
+    # A LoRA layer left on peft's forward (convolutions, dropout, DoRA) would compute in fp32 without
+    # autocast (peft casts its input to the fp32 adapter dtype): such runs keep autocast.
+    pure = pure and fast == _count_lora_layers(unet)
     if step is not None:
         if pure and weight_dtype in (torch.bfloat16, torch.float16) and hasattr(step, "autocast"):
             step.autocast = False
@@ -575,8 +599,7 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
             step.sdpa_backend = sdpa
     if compile_blocks_:
         compile_blocks(unet, dynamic=False)  # one graph per bucket shape, like the captured step
-    if torch.cuda.is_available():
-        torch.backends.cudnn.benchmark = True  # shapes are fixed per graph: pick each convolution's best kernel
+    # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)
 
     def fallback(exc: BaseException) -> None:
         if uncompile_blocks(unet):
