@@ -88,6 +88,7 @@ def test_slider_moves_after_cache_hits_equal_a_fresh_engine(files):
     assert engine.prompt_encodes == 3  # t at 0 was a new key; t at -0.7 came back from the cache
 
 
+@pytest.mark.slow
 def test_changing_the_set_of_loras_invalidates(files):
     engine = engine_with(files, {"t": 1.0})
     before = arr(engine.generate(REQ))
