@@ -103,6 +103,10 @@ class TrainingConfig:
                              min=0.0, max=1.0, advanced=True)
     snr_gamma: float = _f(0.0, "Min-SNR weighting gamma (5 is usual; 0 = off).", group="optim", min=0.0, max=100.0,
                           advanced=True)
+    preserve_unconditional: float = _f(
+        0.0, "Weight of a loss that keeps the empty-prompt prediction equal to the base model's on the training "
+        "images, so the LoRA's effect is tied to the prompt and classifier-free guidance amplifies it "
+        "(0 = off; 1 is a good start for style LoRAs).", group="optim", min=0.0, max=100.0, advanced=True)
     prediction_type: str = _f("", "Override the scheduler's prediction type ('' = the model's own).", group="optim",
                               choices=["", "epsilon", "v_prediction"], advanced=True)
 

@@ -50,8 +50,6 @@ def test_demo_finishes_within_five_minutes(demo_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="issue 4: demo hyper-parameters do not reach the judged subject bar yet "
-                          "(see the summary's scores)", strict=False)
 def test_demo_judged_bars(demo_run):
     out, proc = demo_run
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))

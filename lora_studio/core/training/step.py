@@ -8,10 +8,12 @@ drop-in replacement with the same call signature (or None when the run does not 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.models import encode_tokens
+from lora_studio.core.training.models import encode_tokens, tokenize_all
 
 
 def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
@@ -38,6 +40,7 @@ class TrainingStep:
         self.config = config
         self.weight_dtype = weight_dtype
         self.prediction_type = models.noise_scheduler.config.prediction_type
+        self._empty = None  # the base model's empty-prompt embeddings (preserve_unconditional)
         # The fast path may turn these on (fast_step.prepare_fast_kernels): the UNet forward without autocast
         # (inputs are cast to weight_dtype below; a pure bf16 step) and a fixed attention backend.
         self.autocast = True
@@ -73,6 +76,54 @@ class TrainingStep:
         return loss
 
     def loss(self, batch) -> torch.Tensor:
+        total = self._prompt_loss(batch)
+        if self.config.preserve_unconditional > 0:
+            total = total + self.config.preserve_unconditional * self._unconditional_loss(batch["parts"][0])
+        return total
+
+    def _empty_prompt(self, trainable: bool):
+        """(embeds, pooled) of the empty prompt; SDXL's are zeros (``force_zeros_for_empty_prompt``)."""
+        m = self.models
+        if self._empty is None:
+            with torch.no_grad(), _adapters_off(*m.text_encoders):
+                embeds, pooled = encode_tokens(m, tokenize_all(m, [""]))
+            if m.is_sdxl:
+                embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+            self._empty = (embeds.float(), None if pooled is None else pooled.float())
+        if trainable and self.config.train_text_encoder and not m.is_sdxl:
+            # The text-encoder LoRA also shapes the unconditional branch: keep it in the graph.
+            return encode_tokens(m, tokenize_all(m, [""]), self.text_encoders)
+        return self._empty
+
+    def _unconditional_loss(self, part) -> torch.Tensor:
+        """MSE between the LoRA model's and the base model's empty-prompt predictions on this batch's noisy latents.
+
+        The base prediction is the same UNet with its adapters switched off. Without this term a LoRA on the
+        convolutions also moves the unconditional prediction, and guidance ``u + g (c - u)`` then cancels
+        what the LoRA learned instead of amplifying it.
+        """
+        sched = self.models.noise_scheduler
+        latents, noise, timesteps = part["latents"], part["noise"], part["timesteps"]
+        noisy = sched.add_noise(latents, noise, timesteps).to(self.weight_dtype)
+        n = noisy.shape[0]
+
+        def predict(embeds, pooled):
+            kwargs = {}
+            if self.models.is_sdxl:
+                kwargs["added_cond_kwargs"] = {"text_embeds": pooled.expand(n, -1).to(self.weight_dtype),
+                                               "time_ids": part["time_ids"].to(self.weight_dtype)}
+            with self.accelerator.autocast():
+                return self.unet(noisy, timesteps, embeds.expand(n, -1, -1).to(self.weight_dtype),
+                                 return_dict=False, **kwargs)[0]
+
+        base_embeds, base_pooled = self._empty_prompt(trainable=False)
+        with torch.no_grad(), _adapters_off(self.unet):
+            target = predict(base_embeds.to(noisy.device), None if base_pooled is None else base_pooled.to(noisy.device))
+        embeds, pooled = self._empty_prompt(trainable=True)
+        pred = predict(embeds.to(noisy.device), None if pooled is None else pooled.to(noisy.device))
+        return F.mse_loss(pred.float(), target.float())
+
+    def _prompt_loss(self, batch) -> torch.Tensor:
         parts = batch["parts"]
         if len(parts) == 2 and _same_shapes(parts[0], parts[1]):
             # Instance and class examples in one forward pass, as diffusers' DreamBooth script does.
@@ -101,6 +152,22 @@ class TrainingStep:
 
     def trained_modules(self):
         return [self.unet, *(self.text_encoders if self.config.train_text_encoder else [])]
+
+
+@contextlib.contextmanager
+def _adapters_off(*modules):
+    """Run the base model: every peft LoRA layer inside ``modules`` switched off, switched back on after."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [m for module in modules for m in getattr(module, "module", module).modules()
+              if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
 
 
 def _same_shapes(a, b) -> bool:
