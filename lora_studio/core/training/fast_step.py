@@ -144,6 +144,12 @@ def _key(batch) -> tuple:
         return None
 
 
+# The app trains and previews on two threads of one process: in the default ("global") mode a capture on
+# one thread makes the other thread's unsafe CUDA calls (a cudaMalloc, a sync) fail. Thread-local mode
+# checks only the capturing thread, which is all a capture needs.
+CAPTURE_MODE = "thread_local"
+
+
 class _Graph:
     __slots__ = ("graph", "inputs", "loss", "host_calls")
 
@@ -292,7 +298,7 @@ class FastStep:
             for name, real in originals.items():
                 setattr(self.step_fn, name, _HostCalls(real, host_calls))
             # One pool for every shape: each graph's intermediates die inside it, graphs never overlap.
-            with torch.cuda.graph(graph, pool=self._pool, stream=side):
+            with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode=CAPTURE_MODE):
                 static_loss = self.step_fn(static_batch).detach()
         except Exception as exc:  # noqa: BLE001 - any failure to capture means "run this shape eagerly"
             _rng_restore(self.device, rng)
@@ -427,7 +433,7 @@ class GraphedForward:
                         torch.cuda.set_sync_debug_mode(mode)
             torch.cuda.current_stream(device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, stream=side):
+            with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode=CAPTURE_MODE):
                 out = self._forward(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - an uncapturable forward just runs eagerly
             self.last_error = f"{type(exc).__name__}: {exc}"
