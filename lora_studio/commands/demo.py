@@ -22,12 +22,14 @@ def format_summary(summary: dict) -> str:
     lines.append(f"  loss plot   {summary['loss_plot']}")
     lines.append(f"  summary     {summary['summary']}")
     if "scores" in summary:
-        names = {"subject_at_1": "'a photo of sks shape', LoRA 1", "subject_at_0": "'a photo of sks shape', LoRA 0",
+        names = {"subject_at_1": "'a photo of sks shape', LoRA 1", "subject_at_0.5": "'a photo of sks shape', LoRA 0.5",
+                 "subject_at_0": "'a photo of sks shape', LoRA 0",
                  "class_prompt_subject_at_1": "'a shape' (class), LoRA 1"}
         lines.append(f"  judge, share of {summary['judge_seeds']} seeds showing the subject:")
         for key, label in names.items():
-            ok = "ok" if summary["passed"][key] else "MISSED"
-            lines.append(f"    {label:<34} {summary['scores'][key]:6.1%}   (wanted {summary['bars'][key]})  {ok}")
+            wanted = f"(wanted {summary['bars'][key]})  {'ok' if summary['passed'][key] else 'MISSED'}" \
+                if key in summary["bars"] else ""
+            lines.append(f"    {label:<34} {summary['scores'][key]:6.1%}   {wanted}".rstrip())
     lines.append(f"  time        {summary['total_seconds']:.0f} s (training {summary['train_seconds']:.0f} s)")
     return "\n".join(lines)
 

@@ -34,7 +34,7 @@ def test_demo_writes_adapter_grid_plot_and_summary(demo_run):
     assert grid.width > 4 * 64 and grid.height > 6 * 64  # 6 labelled rows (2 prompts x 3 weights), 4 seeds
     plot = Image.open(out / "loss.png")
     assert plot.size == (720, 400) and len(set(plot.convert("RGB").getdata())) > 5
-    assert set(summary["scores"]) == {"subject_at_1", "subject_at_0", "class_prompt_subject_at_1"}
+    assert set(summary["scores"]) == {"subject_at_1", "subject_at_0.5", "subject_at_0", "class_prompt_subject_at_1"}
     assert summary["judge_seeds"] >= 16
     for line in ("adapter", "before/after", "loss plot", "judge"):
         assert line in proc.stdout

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from lora_studio.core.events import Finished, Progress, Started
+from lora_studio.core.events import Finished
 from lora_studio.core.training import demo_quality as _dq
 
 MODEL = "demo"
@@ -22,11 +22,6 @@ GRID_SEEDS = 4
 JUDGE_SEEDS = _dq.JUDGE_SEEDS
 GEN_STEPS = _dq.GEN_STEPS
 GUIDANCE = _dq.GUIDANCE
-# What the demo must show (issue 4): the subject appears with the token at weight 1, not without the
-# LoRA, and the class prompt keeps drawing ordinary shapes (prior preservation holds).
-BARS = _dq.BARS[("subject", MODEL)]
-# The subject recipe on the demo model (demo_quality.RECIPES; docs/demo_quality.md says how it was chosen).
-HYPER = _dq.RECIPES[("subject", MODEL)]
 
 
 def demo_config(out: Path, **overrides):
@@ -38,43 +33,31 @@ def run_demo(out: str | Path, emit: Callable | None = None, stop=None, judge_see
     """Train, preview, plot, judge; write everything to ``out``; return (and emit) the summary."""
     import torch
 
-    threads = torch.get_num_threads()
-    if not torch.cuda.is_available():
-        # The demo's tensors are tiny (16x16 latents): one thread does nearly the same work per second and
-        # does not burn a second core spin-waiting when other programs share the CPU.
-        torch.set_num_threads(1)
-    try:
-        return _run_demo(out, emit, stop, judge_seeds, **overrides)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _run_demo(out, emit, stop, judge_seeds, **overrides) -> dict[str, Any]:
-    from lora_studio.core.training import train
+    from lora_studio.core.inference.engine import PreviewEngine
 
     emit = emit if emit is not None else (lambda event: None)
-    should_stop = stop.is_set if hasattr(stop, "is_set") else (stop or (lambda: False))
     out = Path(out)
     t0 = time.perf_counter()
-    cfg = demo_config(out, **overrides)
-    result = train(cfg, lambda e: None if isinstance(e, Finished) else emit(e), stop)
-    train_s = time.perf_counter() - t0
+    # demo_quality trains the subject recipe and judges it; the same engine then draws the grid's last cells.
+    engine = PreviewEngine(MODEL, device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.float32)
+    report = _dq.train_and_judge("subject", MODEL, out, judge_seeds, emit=emit, stop=stop, engine=engine,
+                                 keep_images=True, **overrides)
+    config = report["config"]
     summary: dict[str, Any] = {
         "model": MODEL, "instance_prompt": SUBJECT_PROMPT, "class_prompt": CLASS_PROMPT,
-        "adapter": result["adapter_path"], "kohya": result.get("kohya_path"), "steps": result["steps"],
-        "rank": cfg.rank, "alpha": cfg.alpha, "class_images": result["class_images"],
-        "final_loss": result["final_loss"], "train_seconds": round(train_s, 1), "stopped": result["stopped"],
+        "adapter": report["adapter"], "kohya": report.get("kohya"), "steps": report["steps"],
+        "rank": config["rank"], "alpha": config["lora_alpha"], "class_images": report["class_images"],
+        "final_loss": report["final_loss"], "train_seconds": report["train_seconds"], "stopped": report["stopped"],
     }
-    if not result["stopped"] and result.get("adapter_path"):
-        images = _generate(result["adapter_path"], judge_seeds, emit, should_stop)
-        if images is not None:
-            summary.update(_judge(images))
-            grid = _grid(images)
+    if "scores" in report:
+        summary.update({k: report[k] for k in ("judge_seeds", "scores", "bars", "passed", "all_passed")})
+        grid = _grid(engine, report, stop)
+        if grid is not None:
             grid_path = out / "before_after.png"
             _save_png(grid_path, grid)
             summary["grid"] = str(grid_path)
     loss_path = out / "loss.png"
-    _save_png(loss_path, loss_plot(result["loss_history"], title=f"demo DreamBooth-LoRA, rank {cfg.rank}"))
+    _save_png(loss_path, loss_plot(report["loss_history"], title=f"demo DreamBooth-LoRA, rank {config['rank']}"))
     summary["loss_plot"] = str(loss_path)
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
     summary["summary"] = str(out / "summary.json")
@@ -85,69 +68,26 @@ def _run_demo(out, emit, stop, judge_seeds, **overrides) -> dict[str, Any]:
     return summary
 
 
-# ------------------------------------------------------------------------------------------ preview
-def _generate(adapter: str, n_seeds: int, emit, should_stop):
-    """{(prompt, weight): [images by seed]}: the judged sets on n_seeds seeds, the rest of the grid on a few."""
-    import torch
+def _grid(engine, report, stop):
+    """Both prompts at LoRA weight 0 / 0.5 / 1 on the first seeds: judged pictures where there are some."""
+    from lora_studio.core.inference.engine import PreviewRequest, labelled_grid
 
-    from lora_studio.core.inference.engine import PreviewEngine, PreviewRequest
-
-    engine = PreviewEngine(MODEL, device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.float32)
-    engine.add_lora(adapter, "demo", 1.0)
-    plan = []
-    for prompt in (SUBJECT_PROMPT, CLASS_PROMPT):
-        for w in GRID_WEIGHTS:
-            judged = (prompt, w) in {(SUBJECT_PROMPT, 0.0), (SUBJECT_PROMPT, 1.0), (CLASS_PROMPT, 1.0)}
-            plan.append((prompt, w, n_seeds if judged else min(GRID_SEEDS, n_seeds)))
-    total = sum(n for _, _, n in plan)
-    emit(Started(total_steps=total, phase="generate", description="before/after previews for the judge"))
-    images: dict[tuple[str, float], list] = {}
-    done = 0
-    t0 = time.perf_counter()
-    for prompt, w, n in plan:
-        engine.set_weights({"demo": w})
-        row = []
-        for seed in range(n):
-            if should_stop():
-                return None
-            row.append(engine.generate(PreviewRequest(prompt, seed=seed, steps=GEN_STEPS, guidance=GUIDANCE)))
-            done += 1
-            rate = done / (time.perf_counter() - t0)
-            emit(Progress(step=done, total=total, it_per_s=rate, eta_s=(total - done) / rate, phase="generate"))
-        images[(prompt, w)] = row
-    return images
-
-
-def _judge(images) -> dict[str, Any]:
-    from lora_studio.core.demo.judge import Judge
-
-    judge = Judge.load()
-
-    def share(prompt, w):
-        return judge.score(images[(prompt, w)], prompt)["subject_share"]
-
-    scores = {
-        "subject_at_1": share(SUBJECT_PROMPT, 1.0),
-        "subject_at_0": share(SUBJECT_PROMPT, 0.0),
-        "class_prompt_subject_at_1": share(CLASS_PROMPT, 1.0),
-    }
-    checks = {}
-    for key, (op, bar) in BARS.items():
-        checks[key] = scores[key] >= bar if op == ">=" else scores[key] <= bar
-    return {"judge_seeds": len(images[(SUBJECT_PROMPT, 1.0)]), "scores": scores,
-            "bars": {k: f"{op} {bar}" for k, (op, bar) in BARS.items()}, "passed": checks,
-            "all_passed": all(checks.values())}
-
-
-def _grid(images):
-    from lora_studio.core.inference.engine import labelled_grid
-
+    stop = stop.is_set if hasattr(stop, "is_set") else stop
+    judged = report["images"]  # by score name, e.g. "subject_at_0.5"
+    seeds = list(range(min(GRID_SEEDS, report["judge_seeds"])))
+    name = engine.add_lora(report["adapter"], "demo", 1.0)
     rows = []
-    for prompt in (SUBJECT_PROMPT, CLASS_PROMPT):
+    for prompt, prefix in ((SUBJECT_PROMPT, "subject_at_"), (CLASS_PROMPT, "class_prompt_subject_at_")):
         for w in GRID_WEIGHTS:
-            rows.append((f'"{prompt}"  LoRA {w:g}', images[(prompt, w)][:GRID_SEEDS]))
-    seeds = len(rows[0][1])
-    return labelled_grid(rows, [f"seed {s}" for s in range(seeds)])
+            cells = judged.get(f"{prefix}{w:g}")
+            if cells is None:
+                engine.set_weights({name: w})
+                cells = [engine.generate(PreviewRequest(prompt, seed=s, steps=GEN_STEPS, guidance=GUIDANCE), stop=stop)
+                         for s in seeds]
+                if any(c is None for c in cells):
+                    return None
+            rows.append((f'"{prompt}"  LoRA {w:g}', cells[: len(seeds)]))
+    return labelled_grid(rows, [f"seed {s}" for s in seeds])
 
 
 def _save_png(path: Path, image) -> None:

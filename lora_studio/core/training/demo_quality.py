@@ -177,7 +177,7 @@ def check_bars(kind: str, model: str, scores: dict[str, float]) -> dict[str, Any
 
 def train_and_judge(kind: str = "subject", model: str = "demo", out: str | Path = "lora-studio-judged",
                     judge_seeds: int = JUDGE_SEEDS, guidance: float = GUIDANCE, emit: Callable | None = None,
-                    stop=None, **overrides) -> dict[str, Any]:
+                    stop=None, engine=None, keep_images: bool = False, **overrides) -> dict[str, Any]:
     """Train the (kind, model) recipe (``overrides`` change any config key), judge it, return the report.
 
     On CPU the run uses one torch thread (the tensors are tiny; a second thread only spin-waits when
@@ -197,13 +197,15 @@ def train_and_judge(kind: str = "subject", model: str = "demo", out: str | Path 
         result = train(cfg, lambda e: None if isinstance(e, Finished) else emit_(e), stop)
         train_s = time.perf_counter() - t0
         report: dict[str, Any] = {
-            "kind": kind, "model": model, "adapter": result["adapter_path"], "steps": result["steps"],
+            "kind": kind, "model": model, "adapter": result["adapter_path"], "kohya": result.get("kohya_path"),
+            "steps": result["steps"],
             "stopped": result["stopped"], "final_loss": result["final_loss"], "class_images": result["class_images"],
             "train_seconds": round(train_s, 1), "train_cpu_seconds": round(time.process_time() - c0, 1),
             "config": _recipe_summary(cfg),
         }
         if not result["stopped"] and result.get("adapter_path"):
-            judged = judge_adapter(kind, model, result["adapter_path"], judge_seeds, guidance, emit=emit_, stop=stop)
+            judged = judge_adapter(kind, model, result["adapter_path"], judge_seeds, guidance, emit=emit_, stop=stop,
+                                   engine=engine, keep_images=keep_images)
             if judged is not None:
                 report.update(judged)
         report["total_seconds"] = round(time.perf_counter() - t0, 1)
