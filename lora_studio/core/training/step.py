@@ -62,8 +62,6 @@ class TrainingStep:
         if self.models.is_sdxl:
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.weight_dtype),
                                            "time_ids": part["time_ids"].to(self.weight_dtype)}
-        import contextlib
-
         from lora_studio.core.training.fast_step import sdpa_context
 
         amp = self.accelerator.autocast() if self.autocast else contextlib.nullcontext()
@@ -156,18 +154,17 @@ class TrainingStep:
 
 @contextlib.contextmanager
 def _adapters_off(*modules):
-    """Run the base model: every peft LoRA layer inside ``modules`` switched off, switched back on after."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    """Run the base model: the LoRA layers inside ``modules`` switched off (diffusers' helper), back on after."""
+    from diffusers.utils.peft_utils import set_adapter_layers
 
-    layers = [m for module in modules for m in getattr(module, "module", module).modules()
-              if isinstance(m, BaseTunerLayer) and not m.disable_adapters]
-    for layer in layers:
-        layer.enable_adapters(False)
+    models = [getattr(module, "module", module) for module in modules]  # accelerate's DDP wrapper
+    for model in models:
+        set_adapter_layers(model, enabled=False)
     try:
         yield
     finally:
-        for layer in layers:
-            layer.enable_adapters(True)
+        for model in models:
+            set_adapter_layers(model, enabled=True)
 
 
 def _same_shapes(a, b) -> bool:
