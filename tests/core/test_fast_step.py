@@ -68,6 +68,113 @@ def test_reason_names_each_blocker():
         assert "fp16" in fast_path_reason(cfg.replace(mixed_precision="fp16"), "cuda")
 
 
+def test_reason_config_rules_on_a_cuda_device(monkeypatch):
+    # The config rules behind the device check (a CPU box cannot reach them otherwise).
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cfg = TrainingConfig(mixed_precision="bf16")
+    assert fast_path_reason(cfg, "cuda") is None
+    # preserve_unconditional and trained text encoders are captured (their adapters flip in Python only).
+    assert fast_path_reason(cfg.replace(preserve_unconditional=1.0), "cuda") is None
+    assert fast_path_reason(cfg.replace(preserve_unconditional=1.0, train_text_encoder=True), "cuda") is None
+    assert "accumulation" in fast_path_reason(cfg.replace(gradient_accumulation_steps=2), "cuda")
+    assert "fp16" in fast_path_reason(cfg.replace(mixed_precision="fp16", preserve_unconditional=1.0), "cuda")
+
+
+def _groups():
+    unet = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2))]
+    te = [torch.nn.Parameter(torch.ones(4))]
+    return [{"params": unet, "lr": 5e-3}, {"params": te, "lr": 1e-3}, {"params": [], "lr": 1.0}]
+
+
+def test_grouped_capturable_adamw_is_plain_adamw_groups_off_cuda():
+    from diffusers.optimization import get_scheduler
+
+    groups = _groups()
+    opt = capturable_adamw(groups, lr=5e-3, device="cpu")
+    assert type(opt) is torch.optim.AdamW and not opt.defaults.get("fused")
+    assert [g["lr"] for g in opt.param_groups] == [5e-3, 1e-3]  # the empty group is left out
+    assert [len(g["params"]) for g in opt.param_groups] == [2, 1]
+    assert groups[1]["lr"] == 1e-3 and "initial_lr" not in groups[1]  # the caller's dicts are untouched
+    sched = get_scheduler("cosine", optimizer=opt, num_warmup_steps=2, num_training_steps=10)
+    for _ in range(3):
+        opt.step()
+        sched.step()
+    want = [5e-3 * sched.lr_lambdas[0](3), 1e-3 * sched.lr_lambdas[1](3)]
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(want)
+    assert 0 < want[1] < 1e-3  # the schedule moved the text encoders' rate too
+
+
+def test_schedulers_fill_each_groups_lr_tensor_in_place():
+    from diffusers.optimization import get_scheduler
+
+    from lora_studio.core.training.fast_step import _param_groups, tensor_lr_groups
+
+    # What capturable_adamw builds on a GPU, here on the CPU: a tensor LR per group, float initial_lr.
+    groups = tensor_lr_groups(_param_groups(_groups(), 5e-3), "cpu")
+    opt = torch.optim.AdamW(groups, lr=torch.tensor(5e-3), foreach=False)
+    tensors = [g["lr"] for g in opt.param_groups]
+    sched = get_scheduler("cosine", optimizer=opt, num_warmup_steps=2, num_training_steps=10)
+    assert sched.base_lrs == [5e-3, 1e-3]
+    for step in range(1, 6):
+        for p in (p for g in opt.param_groups for p in g["params"]):
+            p.grad = torch.ones_like(p)
+        opt.step()
+        sched.step()
+        for g, t, base, fn in zip(opt.param_groups, tensors, sched.base_lrs, sched.lr_lambdas):
+            assert g["lr"] is t  # the same tensor a captured graph reads, filled in place
+            assert float(t) == pytest.approx(base * fn(step), rel=1e-6)
+
+
+def test_unconditional_term_follows_the_steps_precision_and_caches_token_ids(tmp_path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    from lora_studio.core.training import demo_quality as dq
+    from lora_studio.core.training.lora import build_lora
+    from lora_studio.core.training.models import load_models
+    from lora_studio.core.training.step import TrainingStep
+
+    cfg = dq.recipe_config("style", "demo", tmp_path, train_text_encoder=True, text_encoder_lr=1e-3,
+                           mixed_precision="bf16")
+    models = load_models("demo")
+    build_lora(models, cfg)
+    for enc in models.text_encoders:  # a text-encoder LoRA that already does something
+        for n, p in enc.named_parameters():
+            if "lora_B" in n:
+                p.data.normal_(0, 0.1)
+    acc = Accelerator(cpu=True, mixed_precision="bf16")
+    try:
+        step = TrainingStep(acc, models.unet, models.text_encoders, models, None, None, [], cfg, torch.float32)
+        seen = []
+        forward = models.unet.forward
+
+        def record(*args, **kwargs):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return forward(*args, **kwargs)
+
+        models.unet.forward = record
+        g = torch.Generator().manual_seed(0)
+        part = {"latents": torch.randn(2, 4, 8, 8, generator=g), "noise": torch.randn(2, 4, 8, 8, generator=g),
+                "timesteps": torch.tensor([10, 900])}
+        for autocast in (True, False):
+            step.autocast = autocast
+            seen.clear()
+            loss = step._unconditional_loss(part)
+            assert seen == [autocast, autocast] and torch.isfinite(loss)  # base and LoRA forward alike
+        ids = step._empty_ids
+        assert ids is not None and all(t.device.type == "cpu" for t in ids)
+        trained, _ = step._empty_prompt(trainable=True)
+        assert step._empty_ids is ids  # tokenized once: a captured step never copies from the host
+        base, _ = step._empty_prompt(trainable=False)
+        assert not torch.allclose(trained.float(), base)  # the text-encoder LoRA shapes the empty prompt
+        trained.float().sum().backward()
+        assert any(p.grad is not None for enc in models.text_encoders
+                   for n, p in enc.named_parameters() if "lora_A" in n)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
 def test_batch_key_separates_shapes_and_values():
     a = {"x": torch.zeros(2, 3), "flag": 1}
     assert _key(a) == _key({"x": torch.ones(2, 3), "flag": 1})
@@ -447,3 +554,86 @@ def test_conv_lora_targets_keep_autocast():
     prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16)
     # peft's conv LoRA would run in fp32 without autocast: the step keeps autocast
     assert step.autocast is True
+
+
+# ------------------------------------------------- judged recipes on the fast path (issue 8), on a GPU
+def _train_recorded(monkeypatch, cfg):
+    """``train(cfg)`` with its FastStep (if any), Warning events and dynamo's recompile-limit messages kept."""
+    import logging
+
+    import lora_studio.core.training.fast_step as fs
+    from lora_studio.core import events as ev
+    from lora_studio.core.training import train
+
+    made = []
+
+    class Recording(fs.FastStep):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(fs, "FastStep", Recording)
+    limits = []
+    handler = logging.Handler()
+    handler.emit = lambda record: limits.append(record.getMessage()) if "hit config." in record.getMessage() else None
+    logger = logging.getLogger("torch._dynamo.convert_frame")
+    logger.addHandler(handler)
+    events = []
+    try:
+        result = train(cfg, events.append)
+    finally:
+        logger.removeHandler(handler)
+    warnings = [e.msg for e in events if isinstance(e, ev.Warning)]
+    lrs = [e.lr for e in events if isinstance(e, ev.Progress) and e.phase == "train"]
+    return result, (made[-1] if made else None), warnings, lrs, limits
+
+
+def _adapter_delta(path_a, path_b):
+    from safetensors.torch import load_file
+
+    a, b = load_file(path_a), load_file(path_b)
+    assert a.keys() == b.keys()
+    x = torch.cat([a[k].flatten().float() for k in sorted(a)])
+    y = torch.cat([b[k].flatten().float() for k in sorted(b)])
+    return float(torch.nn.functional.cosine_similarity(x, y, dim=0)), float((x - y).norm() / y.norm())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("model,te,targets", [("demo", True, None), ("demo", False, ["to_q", "to_k", "to_v", "to_out.0"]),
+                                              ("demo-xl", True, None)])
+def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tmp_path, model, te, targets):
+    """Text-encoder LoRA (two LR groups) + preserve_unconditional, captured, against the eager GPU step."""
+    from lora_studio.core.training import demo_quality as dq
+
+    steps = 12
+    kw = dict(max_train_steps=steps, mixed_precision="bf16", lr_scheduler="cosine", lr_warmup_steps=3,
+              preserve_unconditional=1.0, train_text_encoder=te, text_encoder_lr=1e-3)
+    if targets:
+        kw["target_modules"] = targets  # attention only: every LoRA on the fast Linear forward, pure bf16
+    runs = {}
+    for fast in (True, False):
+        cfg = dq.recipe_config("style", model, tmp_path / str(fast), fast_path=fast, **kw)
+        runs[fast] = _train_recorded(monkeypatch, cfg)
+    (res_f, step, warn_f, lr_f, limits), (res_e, none, warn_e, lr_e, _) = runs[True], runs[False]
+    assert none is None and step is not None and step.active
+    assert not [w for w in warn_f if "fast path" in w], warn_f
+    assert not limits, limits  # no transformer block left uncompiled by dynamo's recompile limit
+    assert step.replays == steps - 1 and step.eager_calls == 0 and len(step.graphs) == 1
+    inner = step.step_fn
+    # pure bf16 only with every LoRA on the fast Linear forward and no text-encoder LoRA
+    assert inner.autocast is (te or targets is None)
+    groups = inner.optimizer.param_groups
+    assert len(groups) == (2 if te else 1) and all(g["lr"].is_cuda for g in groups)
+    assert [float(g["lr"]) for g in groups] == pytest.approx(inner.lr_scheduler.get_last_lr(), rel=1e-6)
+    if te:
+        assert float(groups[1]["lr"]) == pytest.approx(1e-3 * float(groups[0]["lr"]) / float(groups[0]["initial_lr"]))
+    assert lr_f == pytest.approx(lr_e, rel=1e-6)  # the schedule ran on the host after every replay
+    if model == "demo-xl":
+        assert any(getattr(m, "_compiled_call_impl", None) is not None for m in inner.unet.modules())
+    lf = torch.tensor([x[1] for x in res_f["loss_history"]])
+    le = torch.tensor([x[1] for x in res_e["loss_history"]])
+    assert len(lf) == len(le) == steps and torch.isfinite(lf).all()
+    rel = ((lf - le).abs() / le.abs()).max().item()
+    cos, drift = _adapter_delta(res_f["adapter_path"], res_e["adapter_path"])
+    assert rel < 3e-2 and cos > 0.95, (rel, cos, drift, lf.tolist(), le.tolist())

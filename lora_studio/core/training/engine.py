@@ -261,8 +261,9 @@ class _Run:
 
             optimizer = prodigyopt.Prodigy(groups, lr=cfg.learning_rate, betas=kw["betas"],
                                            weight_decay=kw["weight_decay"], eps=kw["eps"])
-        elif self.fast_reason is None and len(groups) == 1:
-            optimizer = capturable_adamw(unet_params, lr=cfg.learning_rate, device=self.device, **kw)
+        elif self.fast_reason is None:
+            # One learning-rate tensor per group (UNet, text encoders): a plain AdamW cannot be captured.
+            optimizer = capturable_adamw(groups, lr=cfg.learning_rate, device=self.device, **kw)
         else:
             optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, **kw)
         # One scheduler step per optimizer update on every process: no scaling by the process count.

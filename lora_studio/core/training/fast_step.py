@@ -50,8 +50,6 @@ def fast_path_reason(config, device) -> str | None:
         return f"optimizer {config.optimizer!r} cannot be captured (only 'adamw')"
     if getattr(config, "mixed_precision", "bf16") == "fp16":
         return "fp16 needs a gradient scaler that checks for overflow on the host every step"
-    if getattr(config, "preserve_unconditional", 0.0) > 0:
-        return "preserve_unconditional switches the adapters off inside the step"
     if getattr(config, "lora_dropout", 0.0) > 0 and getattr(config, "gradient_checkpointing", False):
         return "LoRA dropout under gradient checkpointing needs the RNG state restored, which a graph cannot do"
     return None
@@ -61,19 +59,43 @@ def capturable_adamw(params, *, lr: float, betas=(0.9, 0.999), eps: float = 1e-8
                      device=None) -> torch.optim.AdamW:
     """AdamW whose every input lives on the GPU: fused kernels, device step counters, a tensor learning rate.
 
-    Off CUDA this is plain AdamW, so the same code builds the optimizer everywhere.
+    ``params`` is a list of tensors or of param groups (dicts with ``params`` and an optional ``lr``, e.g. the
+    UNet's and the text encoders'); each group gets its own learning-rate tensor and a float ``initial_lr``,
+    so a scheduler computes floats and ``fill_``s every group's tensor, with no ``.item()`` per step.
+    Off CUDA this is plain AdamW over the same groups, so the same code builds the optimizer everywhere.
     """
-    params = list(params)
-    device = torch.device(device) if device is not None else params[0].device
+    groups = _param_groups(params, lr)
+    device = torch.device(device) if device is not None else groups[0]["params"][0].device
     if device.type != "cuda":
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    lr_t = torch.tensor(float(lr), dtype=torch.float32, device=device)
-    opt = torch.optim.AdamW(params, lr=lr_t, betas=betas, eps=eps, weight_decay=weight_decay,
-                            fused=True, capturable=True)
-    for group in opt.param_groups:
-        # A float base rate: schedulers then compute floats and fill_ the tensor, with no .item() per step.
-        group["initial_lr"] = float(lr)
-    return opt
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    return torch.optim.AdamW(tensor_lr_groups(groups, device), lr=torch.tensor(float(lr), device=device),
+                             betas=betas, eps=eps, weight_decay=weight_decay, fused=True, capturable=True)
+
+
+def tensor_lr_groups(groups: list[dict], device) -> list[dict]:
+    """Each group's float ``lr`` as a float32 tensor on ``device``, and kept as its float ``initial_lr``."""
+    for group in groups:
+        rate = float(group["lr"])
+        group["lr"] = torch.tensor(rate, dtype=torch.float32, device=device)
+        group["initial_lr"] = rate
+    return groups
+
+
+def _param_groups(params, lr: float) -> list[dict]:
+    """Copies of the groups (the caller's dicts are not changed), each with a float ``lr``; tensors: one group."""
+    params = list(params)
+    if not params:
+        raise ValueError("capturable_adamw got no parameters")
+    if not isinstance(params[0], dict):
+        return [{"params": params, "lr": float(lr)}]
+    groups = []
+    for group in params:
+        group = dict(group)
+        group["params"] = list(group["params"])
+        rate = group.get("lr", lr)
+        group["lr"] = float(rate)
+        groups.append(group)
+    return [g for g in groups if g["params"]]
 
 
 def lr_tensors_on_device(optimizer, device) -> None:

@@ -41,6 +41,7 @@ class TrainingStep:
         self.weight_dtype = weight_dtype
         self.prediction_type = models.noise_scheduler.config.prediction_type
         self._empty = None  # the base model's empty-prompt embeddings (preserve_unconditional)
+        self._empty_ids = None  # its token ids on the encoders' devices (a captured step cannot copy from the host)
         # The fast path may turn these on (fast_step.prepare_fast_kernels): the UNet forward without autocast
         # (inputs are cast to weight_dtype below; a pure bf16 step) and a fixed attention backend.
         self.autocast = True
@@ -89,8 +90,12 @@ class TrainingStep:
                 embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
             self._empty = (embeds.float(), None if pooled is None else pooled.float())
         if trainable and self.config.train_text_encoder and not m.is_sdxl:
-            # The text-encoder LoRA also shapes the unconditional branch: keep it in the graph.
-            return encode_tokens(m, tokenize_all(m, [""]), self.text_encoders)
+            # The text-encoder LoRA also shapes the unconditional branch: keep it in the graph. The token ids
+            # are made once (the first, eager call) and kept on the GPU: the captured step reads them there.
+            if self._empty_ids is None:
+                self._empty_ids = [ids.to(_module_device(enc))
+                                   for ids, enc in zip(tokenize_all(m, [""]), m.text_encoders)]
+            return encode_tokens(m, self._empty_ids, self.text_encoders)
         return self._empty
 
     def _unconditional_loss(self, part) -> torch.Tensor:
@@ -99,7 +104,16 @@ class TrainingStep:
         The base prediction is the same UNet with its adapters switched off. Without this term a LoRA on the
         convolutions also moves the unconditional prediction, and guidance ``u + g (c - u)`` then cancels
         what the LoRA learned instead of amplifying it.
+
+        Both forwards run in the prompt loss's arithmetic: autocast when ``self.autocast`` is on, the pure
+        bf16 step when the fast path turned it off (then every LoRA layer is on the fast Linear forward, which
+        computes in the input's dtype, and the frozen weights are bf16: autocast would only add fp32 norms and
+        casts). Either way target and prediction share one precision, so the term measures the adapter, not
+        a rounding difference. Flipping the adapters is a Python flag, so a CUDA-graph capture records both
+        forwards as they are (the adapters-off one with its layers skipped).
         """
+        from lora_studio.core.training.fast_step import sdpa_context
+
         sched = self.models.noise_scheduler
         latents, noise, timesteps = part["latents"], part["noise"], part["timesteps"]
         noisy = sched.add_noise(latents, noise, timesteps).to(self.weight_dtype)
@@ -110,7 +124,8 @@ class TrainingStep:
             if self.models.is_sdxl:
                 kwargs["added_cond_kwargs"] = {"text_embeds": pooled.expand(n, -1).to(self.weight_dtype),
                                                "time_ids": part["time_ids"].to(self.weight_dtype)}
-            with self.accelerator.autocast():
+            amp = self.accelerator.autocast() if self.autocast else contextlib.nullcontext()
+            with amp, sdpa_context(self.sdpa_backend):
                 return self.unet(noisy, timesteps, embeds.expand(n, -1, -1).to(self.weight_dtype),
                                  return_dict=False, **kwargs)[0]
 
@@ -165,6 +180,10 @@ def _adapters_off(*modules):
     finally:
         for model in models:
             set_adapter_layers(model, enabled=True)
+
+
+def _module_device(module) -> torch.device:
+    return next(module.parameters()).device
 
 
 def _same_shapes(a, b) -> bool:
