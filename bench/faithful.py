@@ -6,7 +6,8 @@ Both runs start from the same weights and see the same batches, noise and timest
 from one seed), so any difference is the step's arithmetic. Three runs per model:
   eager      the engine's step (fused capturable AdamW, autocast, peft's LoRA forward) run eagerly,
   fast       the engine's fast path: FastStep (CUDA graphs, two bucket shapes interleaved) over the step
-             with prepare_fast_kernels' changes (LoRA forward without peft's extra passes, pure bf16),
+             with prepare_fast_kernels' changes as the engine makes them (LoRA forward without peft's extra
+             passes, pure bf16, fused ResNet GroupNorm+SiLU; demo-xl also compiled transformer blocks),
   reference  the reference recipe's foreach AdamW, eagerly.
 Pass: the fast loss curve stays within 1% of eager (10-step moving average, every window), and the
 per-step and final-weight differences are reported too.
@@ -28,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.steps import alphas_cumprod, make_step  # noqa: E402
-from lora_studio.core.training.fast_step import FastStep, capturable_adamw, install_fast_lora  # noqa: E402
+from lora_studio.core.training.fast_step import FastStep, capturable_adamw, prepare_fast_kernels  # noqa: E402
 
 PROMPTS = ["a photo of a red circle", "a blue square on a white background", "a green triangle",
            "a yellow star, flat colour", "sks toy in zebra style", "a purple heart, centered"]
@@ -83,15 +84,15 @@ def make_batches(n, emb, pooled, device, batch=2, seed=7):
     return out
 
 
-def run(unet, params, batches, kind, device, lr=1e-4):
+def run(unet, params, batches, kind, device, lr=1e-4, sdxl=False):
     acp = alphas_cumprod(device)
     if kind == "reference":
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     else:
         opt = capturable_adamw(params, lr=lr, weight_decay=1e-2, device=device)
     pure = kind == "fast" and device != "cpu"
-    if pure:  # the engine's fast path: prepare_fast_kernels (fast LoRA forward, pure bf16 step) + graphs
-        install_fast_lora(unet)
+    if pure:  # the engine's fast path as engine.make_optimizer sets it up (SDXL: compiled blocks) + graphs
+        prepare_fast_kernels(unet, None, compile_blocks_=sdxl, fuse_norms=True)
     step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure)
     warnings = []
     if kind == "fast":
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
         for kind in ("eager", "fast", "reference"):
             u = copy.deepcopy(unet)
             p = [q for q in u.parameters() if q.requires_grad]
-            runs[kind], infos[kind] = run(u, p, batches, kind, device)
+            runs[kind], infos[kind] = run(u, p, batches, kind, device, sdxl=pooled is not None)
             infos[kind]["final_lora_norm"] = float(torch.linalg.vector_norm(torch.cat([q.detach().flatten() for q in p])))
             del u, p
         fe, fr = compare(runs["fast"], runs["eager"]), compare(runs["fast"], runs["reference"])

@@ -14,6 +14,8 @@ elementwise, optimizer, Triton), then times variants of the captured step, each 
   blocks_res  + ResnetBlock2D compiled too
   bf16, bf16_ff, bf16_blocks, bf16_cl   the pure bf16 step (no autocast) with fast LoRA, + compiled
               FeedForward / BasicTransformerBlock, + channels-last
+  bf16_blocks_res(_cl), bf16_regions(_cl), bf16_unet_cl   + compiled blocks and ResnetBlock2D / every
+              Transformer2DModel and ResnetBlock2D (+ channels-last) / the whole UNet, channels-last
 Compiled variants start from an empty inductor/Triton cache (a user's first run) and report setup time.
 Writes profile_<card>.json / .md under --out after every variant.
 """
@@ -111,6 +113,11 @@ def variant_options(name: str, best_sdpa: str | None) -> dict:
         o.update(lora=True, pure=True, sdpa=best_sdpa, compile=("FeedForward",))
     elif name == "bf16_cl":
         o.update(lora=True, pure=True, sdpa=best_sdpa, channels_last=True)
+    elif name.removesuffix("_cl").removeprefix("bf16_") in ("blocks_res", "regions"):  # fast_step.COMPILE_SETS
+        o.update(lora=True, pure=True, sdpa=best_sdpa, compile=fs.COMPILE_SETS[name.removesuffix("_cl")[5:]],
+                 channels_last=name.endswith("_cl"))
+    elif name == "bf16_unet_cl":  # the whole UNet compiled (minutes of compile: measured, not for the engine)
+        o.update(lora=True, pure=True, sdpa=best_sdpa, compile=("UNet2DConditionModel",), channels_last=True)
     elif name != "base":
         raise SystemExit(f"unknown variant {name}")
     return o
@@ -132,7 +139,7 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
     if opts["lora"]:
         row["fast_lora_layers"] = fs.install_fast_lora(unet)
     if opts["compile"]:
-        row["compiled_blocks"] = fs.compile_blocks(unet, opts["compile"])
+        row["compiled_blocks"] = fs.compile_blocks(unet, opts["compile"], dynamic=False)  # as the engine
     data = M.make_batch(spec, batch, device, generator=torch.Generator().manual_seed(batch))
     opt = fs.capturable_adamw(params, lr=1e-4, weight_decay=1e-2, device=device)
     if opts.get("channels_last"):

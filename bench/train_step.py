@@ -27,11 +27,13 @@ import torch  # noqa: E402
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, count_flops, free, make_step, matmul_peak_tflops,  # noqa: E402
                          time_steps)
+from lora_studio.core.training.fast_norms import uninstall_fast_resnets  # noqa: E402
 from lora_studio.core.training.fast_step import (FastStep, capturable_adamw,  # noqa: E402
-                                                 capturable_checkpointing, compile_blocks, install_fast_lora,
+                                                 capturable_checkpointing, prepare_fast_kernels,
                                                  uncompile_blocks, uninstall_fast_lora)
 
 GIB = 2 ** 30
+SETUP_PATHS = ("reference", "graph", "fast", "fast_norms", "fast_compiled", "fast_compiled_norms")
 NOMINAL_PEAK_TFLOPS = 790.0
 
 
@@ -45,6 +47,21 @@ def mem(device) -> dict:
     if torch.device(device).type != "cuda":
         return {"peak_gib": None, "start_gib": None}
     return {"peak_gib": torch.cuda.max_memory_allocated() / GIB}
+
+
+_CACHES: dict[str, str] = {}
+
+
+def cold_cache(key: str) -> None:
+    """A fresh inductor/Triton cache per model and path: its first row's setup is a user's first run (cold);
+    its later batch sizes reuse what that path compiled, as a user's second bucket shape would."""
+    import os
+    import tempfile
+
+    if key not in _CACHES:
+        _CACHES[key] = tempfile.mkdtemp(prefix=f"inductor_{key}_")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _CACHES[key]
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(_CACHES[key], "triton")
 
 
 def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp, flops_per_image, log):
@@ -76,15 +93,16 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         else:
             unet.disable_gradient_checkpointing()
         opt = capturable_adamw(params, lr=1e-4, weight_decay=1e-2, device=device)
-        # graph: the captured step alone (attempt 1). fast / fast_cl / fast_compiled: the engine's fast path
-        # (prepare_fast_kernels: LoRA forward without peft's extra passes, pure bf16 step; + channels-last /
-        # + compiled transformer blocks).
+        # graph: the captured step alone (attempt 1). fast*: the engine's fast path through the engine's own
+        # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step); _norms: + the ResNet
+        # GroupNorm+SiLU compiled (fast_norms); fast_compiled*: + compiled transformer blocks; fast_cl: channels-last.
         pure = path != "graph"
-        if pure:
-            install_fast_lora(unet)
-        if path == "fast_compiled":
+        compiled, norms = path.startswith("fast_compiled"), path.endswith("_norms")
+        if compiled or norms:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
-            compile_blocks(unet, dynamic=False)
+            cold_cache(f"{name}_{path}")
+        if pure:
+            prepare_fast_kernels(unet, None, compile_blocks_=compiled, fuse_norms=norms)
         step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
                                   autocast=not pure or not cuda),
                         device=device, params=params, on_warning=warnings.append)
@@ -123,6 +141,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
             p.grad = None
         uninstall_fast_lora(unet)
         uncompile_blocks(unet)
+        uninstall_fast_resnets(unet)
         if channels_last:
             unet.to(memory_format=torch.contiguous_format)
         free(device)
@@ -153,10 +172,10 @@ def markdown(result) -> str:
             f"{fmt(r.get('ms'), '.1f')} | {fmt(speed, '.2f')}x | {fmt(r.get('images_per_s'), '.1f')} | "
             f"{fmt(r.get('tflops'), '.0f')} | {fmt(r.get('frac_nominal_peak') and 100 * r['frac_nominal_peak'], '.1f')} | "
             f"{fmt(r.get('peak_clean_gib', r.get('peak_gib')), '.2f')} | {fmt(r.get('first_step_s'), '.2f')} | {r.get('n', '-')} | {note} |")
-    lines += ["", foot, "", "| model | build s | LoRA s | setup before first step (reference / graph / fast / "
-              "fast_compiled) s | GFLOP per image (fwd+bwd) |", "|---|---|---|---|---|"]
+    lines += ["", foot, "", "| model | build s | LoRA s | setup before first step (" + " / ".join(SETUP_PATHS) + ") s, "
+              "cold compile caches | GFLOP per image (fwd+bwd) |", "|---|---|---|---|---|"]
     for name, s in result["setup"].items():
-        setups = " / ".join(fmt(s.get(f"{p}_setup_s"), ".2f") for p in ("reference", "graph", "fast", "fast_compiled"))
+        setups = " / ".join(fmt(s.get(f"{p}_setup_s"), ".2f") for p in SETUP_PATHS)
         lines.append(f"| {name} | {s['build_s']:.2f} | {s['lora_s']:.2f} | {setups} | "
                      f"{fmt(s.get('flops_per_image') and s['flops_per_image'] / 1e9, '.3g')} |")
     return "\n".join(lines) + "\n"
@@ -173,7 +192,8 @@ def main(argv=None) -> int:
                     help="paths for one model, overriding --paths (e.g. sdxl=reference,fast,fast_compiled)")
     ap.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
     ap.add_argument("--paths", default="reference,fast", help="reference, fast (the engine's fast path), graph "
-                    "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks)")
+                    "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
+                    "fast_norms / fast_compiled_norms (+ compiled ResNet GroupNorm+SiLU)")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per row")

@@ -578,16 +578,38 @@ def uninstall_fast_lora(module) -> int:
     return n
 
 
-def compile_blocks(module, class_names=("BasicTransformerBlock",), **compile_kwargs) -> int:
+# What `compile_blocks` compiles (bench/NOTES.md attempts 8-10): "blocks" = the repeated transformer block
+# (GEGLU, residual adds, norms fused); "blocks_res" + every ResnetBlock2D (GroupNorm + SiLU + the time-embedding
+# add fused around cuDNN's convolutions); "regions" = every Transformer2DModel whole (its GroupNorm and
+# projections too, but all its blocks in one graph: longer compiles) and ResnetBlock2D.
+COMPILE_SETS = {
+    "blocks": ("BasicTransformerBlock",),
+    "blocks_res": ("BasicTransformerBlock", "ResnetBlock2D"),
+    "regions": ("Transformer2DModel", "ResnetBlock2D"),
+}
+# Distinct block shapes in one UNet (SD 1.5's resnets: ~10 channel/size pairs) each compile once; torch's
+# default limit of 8 recompilations per function would leave the rest uncompiled, silently.
+RECOMPILE_LIMIT = 64
+
+
+def compile_blocks(module, class_names=COMPILE_SETS["blocks"], **compile_kwargs) -> int:
     """Compile every submodule whose class is named in `class_names` (regional compilation), in place.
 
     Identical blocks share one compiled graph (torch compiles a class's forward once per input shape), so
-    a UNet's dozens of transformer blocks cost a few compilations, not one each. Returns how many.
+    a UNet's dozens of transformer blocks cost a few compilations, not one each. A module inside one already
+    compiled is left alone (it is part of that graph). Returns how many.
     """
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if getattr(dynamo_config, name, RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
+            setattr(dynamo_config, name, RECOMPILE_LIMIT)
     n = 0
-    for sub in module.modules():
-        if type(sub).__name__ in class_names:
+    done: list[str] = []
+    for path, sub in module.named_modules():
+        if type(sub).__name__ in class_names and not any(path.startswith(d + ".") or d == "" for d in done):
             sub.compile(**compile_kwargs)
+            done.append(path)
             n += 1
     return n
 
@@ -602,7 +624,7 @@ def uncompile_blocks(module) -> int:
 
 
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
-                         compile_blocks_: bool = False, sdpa: str | None = None,
+                         compile_blocks_: bool = False, fuse_norms: bool = False, sdpa: str | None = None,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
     """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
 
@@ -612,7 +634,9 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
       product (measured: a third of the elementwise time). Needs a step object with an ``autocast`` flag,
       and every LoRA layer on the fast forward (Linear, no dropout); otherwise autocast stays;
     - ``sdpa``: an attention backend for the step (``step.sdpa_backend``);
-    - ``compile_blocks_``: torch.compile of the repeated transformer blocks (setup cost: see bench/NOTES.md).
+    - ``compile_blocks_``: torch.compile of the repeated transformer blocks (setup cost: see bench/NOTES.md);
+    - ``fuse_norms``: the ResNet blocks' GroupNorm + SiLU (+ time-embedding add) as one compiled function with
+      dynamic shapes (`fast_norms`; a few seconds of compile for the whole UNet).
     The returned fallback undoes the compilation if the first step fails to build it, and says so.
     """
     warn = on_warning or (lambda msg: None)
@@ -627,11 +651,17 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
             step.sdpa_backend = sdpa
     if compile_blocks_:
         compile_blocks(unet, dynamic=False)  # one graph per bucket shape, like the captured step
+    if fuse_norms:
+        from lora_studio.core.training.fast_norms import install_fast_resnets
+
+        install_fast_resnets(unet, compiled=True)
     # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)
 
     def fallback(exc: BaseException) -> None:
-        if uncompile_blocks(unet):
-            warn(f"fast path: compiling the transformer blocks failed ({type(exc).__name__}: "
+        from lora_studio.core.training.fast_norms import uncompile_resnets
+
+        if uncompile_blocks(unet) + uncompile_resnets(unet):
+            warn(f"fast path: compiling the transformer blocks / ResNet norms failed ({type(exc).__name__}: "
                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); they run uncompiled.")
         else:
             raise exc
