@@ -81,11 +81,9 @@ def _one(job: dict, work: str) -> dict:
             "lr_groups": len(groups), "lr_tensors": all(isinstance(g["lr"], torch.Tensor) for g in groups),
             "compiled_modules": sum(getattr(m, "_compiled_call_impl", None) is not None for m in inner.unet.modules()),
         }
-        row["replayed"] = bool(f.active and f.replays == report.get("steps", 0) - 1 and not f.eager_calls
-                               and not row["fast_path_warnings"] and not limits)
     else:
         row["fast"] = None
-        row["replayed"] = False
+    row["replayed"] = _replayed(row)
     try:
         from torch._dynamo.utils import counters
 
@@ -93,6 +91,16 @@ def _one(job: dict, work: str) -> dict:
     except Exception:  # noqa: BLE001 - informational only
         pass
     return row
+
+
+def _replayed(row: dict) -> bool:
+    """Every step but each batch shape's first (warm-up + capture) replayed; nothing fell back to eager."""
+    f = row.get("fast")
+    if not f:
+        return False
+    return bool(f["active"] and f["graphs"] and f["replays"] == (row.get("steps") or 0) - f["graphs"]
+                and not f["eager_calls"] and not f["eager_shapes"] and not row.get("fast_path_warnings")
+                and not row.get("recompile_limit_hits"))
 
 
 def _jobs(args) -> list[dict]:
@@ -109,12 +117,20 @@ def _jobs(args) -> list[dict]:
     return jobs
 
 
-def _ma_rel(a: list[float], b: list[float], w: int = 10) -> float | None:
+def loss_distance(a: list[float], b: list[float], w: int = 10) -> dict | None:
+    """How far loss curve ``a`` is from ``b``: 10-step moving averages (max / mean relative difference) and
+    the last 100 steps' mean (relative difference, signed)."""
     n = min(len(a), len(b))
-    if n < w:
+    if n < max(w, 100):
         return None
     ma = lambda x: [sum(x[i:i + w]) / w for i in range(n - w + 1)]  # noqa: E731
-    return max(abs(x - y) / abs(y) for x, y in zip(ma(a[:n]), ma(b[:n])) if y)
+    rel = [abs(x - y) / abs(y) for x, y in zip(ma(a[:n]), ma(b[:n])) if y]
+    tail = lambda x: sum(x[n - 100:n]) / 100  # noqa: E731
+    return {"ma10_max": max(rel), "ma10_mean": sum(rel) / len(rel), "last100": (tail(a) - tail(b)) / tail(b)}
+
+
+def _score(row: dict | None, key: str) -> str:
+    return f"{row['scores'][key]:.2f}" if row and row.get("scores") and key in row["scores"] else "-"
 
 
 def _short(scores: dict | None) -> str:
@@ -129,9 +145,18 @@ def _markdown(meta: dict, rows: list[dict]) -> str:
     lines = [f"# Judge bars, fast path vs eager ({meta['card']}, {meta['date']})", "",
              f"{meta['judge_seeds']} judged pictures per score; training seeds {meta['seeds']}; precision "
              f"{', '.join(meta['precisions'])}; {meta['parallel']} runs in parallel on one GPU (train seconds are "
-             "contended wall times: compare them only loosely). `replayed`: every step after the first replayed a "
-             "graph, no fast-path warning, no dynamo recompile-limit hit.", "",
-             "| recipe | seed | prec | path | scores | bars | train s | replays / eager | final loss | note |",
+             "contended wall times: compare them only loosely). `replayed`: every step but each batch shape's "
+             "first (warm-up + capture) replayed a graph, no shape ran eagerly, no fast-path warning, no dynamo "
+             "recompile-limit hit.", ""]
+    done = {(r["kind"], r["model"], r["seed"], r["precision"], r["path"]) for r in rows}
+    missing = [f"{k}:{m} seed {s} {p} {path}" for k, m in (x.split(":") for x in meta.get("recipes", []))
+               for s in meta.get("seeds", []) for p in meta.get("precisions", []) for path in ("fast", "eager")
+               if (k, m, s, p, path) not in done]
+    if missing:
+        lines += [f"Not finished ({len(missing)}): {', '.join(missing)}.", ""]
+    if meta.get("note"):
+        lines += [meta["note"], ""]
+    lines += ["| recipe | seed | prec | path | scores | bars | train s | replays / eager | final loss | note |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in sorted(rows, key=lambda r: (r["kind"], r["model"], r["precision"], r["seed"], r["path"] != "fast")):
         if "error" in r:
@@ -141,7 +166,7 @@ def _markdown(meta: dict, rows: list[dict]) -> str:
         failed = [k for k, ok in (r.get("passed") or {}).items() if not ok]
         bars = "pass" if r.get("all_passed") else "FAIL " + ",".join(failed)
         f = r.get("fast") or {}
-        rep = f"{f.get('replays')} / {f.get('eager_calls')}" if f else "-"
+        rep = f"{f.get('replays')} / {f.get('eager_calls')} ({f.get('graphs')} graphs)" if f else "-"
         note = []
         if r["path"] == "fast":
             note.append("replayed" if r.get("replayed") else "NOT replayed")
@@ -154,17 +179,26 @@ def _markdown(meta: dict, rows: list[dict]) -> str:
         lines.append(f"| {r['kind']}:{r['model']} | {r['seed']} | {r['precision']} | {r['path']} | {_short(r.get('scores'))} "
                      f"| {bars} | {r.get('train_seconds')} | {rep} | {loss:.4f} | {'; '.join(note)} |"
                      if loss is not None else f"| {r['kind']}:{r['model']} | {r['seed']} | | {r['path']} | | | | | | |")
-    lines += ["", "| recipe | prec | fast passes | eager passes | same verdict per seed | max loss MA10 diff fast vs eager |",
-              "| --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "Per recipe: bars passed (fast / eager), the main score at weight 1 per seed (fast / eager), and the "
+              "loss curves' distance: 10-step moving averages of fast against eager, max and mean relative "
+              "difference over the run, and the relative difference of the last 100 steps' mean loss.", "",
+              "| recipe | prec | fast passes | eager passes | same verdict | score at 1 by seed, fast / eager | "
+              "MA10 max | MA10 mean | last-100 mean |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (kind, model, prec), group in _by_recipe(rows).items():
         fast = {r["seed"]: r for r in group if r["path"] == "fast" and "error" not in r}
         eager = {r["seed"]: r for r in group if r["path"] == "eager" and "error" not in r}
         both = sorted(set(fast) & set(eager))
         same = sum(bool(fast[s].get("all_passed")) == bool(eager[s].get("all_passed")) for s in both)
-        diffs = [d for s in both if (d := _ma_rel(fast[s]["loss"], eager[s]["loss"])) is not None]
+        key = "subject_at_1" if kind == "subject" else "style_at_1"
+        at1 = "; ".join(f"{s}: {_score(fast.get(s), key)} / {_score(eager.get(s), key)}"
+                        for s in sorted(set(fast) | set(eager)))
+        d = [loss_distance(fast[s]["loss"], eager[s]["loss"]) for s in both]
+        d = [x for x in d if x]
+        dist = (f"{max(x['ma10_max'] for x in d):.2%} | {max(x['ma10_mean'] for x in d):.2%} | "
+                f"{max(abs(x['last100']) for x in d):.2%}") if d else "- | - | -"
         lines.append(f"| {kind}:{model} | {prec} | {sum(bool(r.get('all_passed')) for r in fast.values())}/{len(fast)} | "
                      f"{sum(bool(r.get('all_passed')) for r in eager.values())}/{len(eager)} | {same}/{len(both)} | "
-                     f"{max(diffs):.2%} |" if diffs else f"| {kind}:{model} | {prec} | | | | |")
+                     f"{at1} | {dist} |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,7 +220,15 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="/tmp/judge_fast")
     ap.add_argument("--tag", default="", help="appended to the result file names")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--render", help="only rewrite the .md table next to this results .json")
     args = ap.parse_args(argv)
+    if args.render:
+        data = json.loads(Path(args.render).read_text())
+        for row in data["rows"]:
+            row["replayed"] = _replayed(row)
+        Path(args.render).write_text(json.dumps(data, indent=1) + "\n")
+        Path(args.render).with_suffix(".md").write_text(_markdown(data["meta"], data["rows"]))
+        return 0
     import multiprocessing as mp
 
     import torch  # the parent only names the card; CUDA is initialised in the children

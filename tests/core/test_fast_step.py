@@ -637,3 +637,40 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
     rel = ((lf - le).abs() / le.abs()).max().item()
     cos, drift = _adapter_delta(res_f["adapter_path"], res_e["adapter_path"])
     assert rel < 3e-2 and cos > 0.95, (rel, cos, drift, lf.tolist(), le.tolist())
+
+
+def test_judge_fast_bench_smoke(tmp_path):
+    """bench/judge_fast.py end to end on the CPU: two tiny runs (fast declines off CUDA), table and JSON."""
+    import json
+
+    sys.path.insert(0, str(ROOT))
+    from bench import judge_fast
+
+    rc = judge_fast.main(["--recipes", "style:demo", "--seeds", "1", "--parallel", "2", "--judge-seeds", "1",
+                          "--steps", "2", "--precisions", "no", "--work", str(tmp_path / "work"),
+                          "--out", str(tmp_path)])
+    assert rc == 0
+    data = json.loads((tmp_path / "judge_fast_cpu.json").read_text())
+    rows = {r["path"]: r for r in data["rows"]}
+    assert set(rows) == {"fast", "eager"} and all("error" not in r for r in rows.values()), rows
+    assert all(r["steps"] == 2 and len(r["loss"]) == 2 and set(r["scores"]) == {"style_at_0", "style_at_0.5",
+                                                                                 "style_at_1"} for r in rows.values())
+    assert rows["fast"]["fast"] is None and rows["fast"]["replayed"] is False  # no FastStep off CUDA
+    assert rows["fast"]["loss"] == rows["eager"]["loss"]  # both ran the same eager CPU step
+    md = (tmp_path / "judge_fast_cpu.md").read_text()
+    assert "| style:demo | 0 | no | fast |" in md and "| style:demo | no | " in md
+
+
+def test_judge_fast_loss_distance_and_replay_rule():
+    sys.path.insert(0, str(ROOT))
+    from bench.judge_fast import _replayed, loss_distance
+
+    a = [1.0] * 200
+    d = loss_distance([1.02] * 100 + [1.0] * 100, a)
+    assert d["ma10_max"] == pytest.approx(0.02) and d["last100"] == pytest.approx(0.0)
+    assert 0 < d["ma10_mean"] < 0.02 and loss_distance(a[:50], a) is None
+    fast = {"active": True, "graphs": 2, "replays": 598, "eager_calls": 0, "eager_shapes": 0}
+    assert _replayed({"steps": 600, "fast": fast})
+    assert not _replayed({"steps": 600, "fast": dict(fast, eager_calls=1)})
+    assert not _replayed({"steps": 600, "fast": fast, "fast_path_warnings": ["fast path: could not capture"]})
+    assert not _replayed({"steps": 600, "fast": fast, "recompile_limit_hits": ["hit config.recompile_limit"]})
