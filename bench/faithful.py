@@ -7,7 +7,7 @@ from one seed), so any difference is the step's arithmetic. Three runs per model
   eager      the engine's step (fused capturable AdamW, autocast, peft's LoRA forward) run eagerly,
   fast       the engine's fast path: FastStep (CUDA graphs, two bucket shapes interleaved) over the step
              with prepare_fast_kernels' changes as the engine makes them (LoRA forward without peft's extra
-             passes, pure bf16, fused ResNet GroupNorm+SiLU; demo-xl also compiled transformer blocks),
+             passes, pure bf16; demo-xl also compiled transformer blocks),
   reference  the reference recipe's foreach AdamW, eagerly.
 Pass: the fast loss curve stays within 1% of eager (10-step moving average, every window), and the
 per-step and final-weight differences are reported too.
@@ -92,7 +92,7 @@ def run(unet, params, batches, kind, device, lr=1e-4, sdxl=False):
         opt = capturable_adamw(params, lr=lr, weight_decay=1e-2, device=device)
     pure = kind == "fast" and device != "cpu"
     if pure:  # the engine's fast path as engine.make_optimizer sets it up (SDXL: compiled blocks) + graphs
-        prepare_fast_kernels(unet, None, compile_blocks_=sdxl, fuse_norms=True)
+        prepare_fast_kernels(unet, None, compile_blocks_=sdxl)
     step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure)
     warnings = []
     if kind == "fast":

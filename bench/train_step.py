@@ -27,13 +27,12 @@ import torch  # noqa: E402
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, count_flops, free, make_step, matmul_peak_tflops,  # noqa: E402
                          time_steps)
-from lora_studio.core.training.fast_norms import uninstall_fast_resnets  # noqa: E402
 from lora_studio.core.training.fast_step import (FastStep, capturable_adamw,  # noqa: E402
                                                  capturable_checkpointing, prepare_fast_kernels,
                                                  uncompile_blocks, uninstall_fast_lora)
 
 GIB = 2 ** 30
-SETUP_PATHS = ("reference", "graph", "fast", "fast_norms", "fast_compiled", "fast_compiled_norms")
+SETUP_PATHS = ("reference", "graph", "fast", "fast_compiled")
 NOMINAL_PEAK_TFLOPS = 790.0
 
 
@@ -94,15 +93,15 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
             unet.disable_gradient_checkpointing()
         opt = capturable_adamw(params, lr=1e-4, weight_decay=1e-2, device=device)
         # graph: the captured step alone (attempt 1). fast*: the engine's fast path through the engine's own
-        # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step); _norms: + the ResNet
-        # GroupNorm+SiLU compiled (fast_norms); fast_compiled*: + compiled transformer blocks; fast_cl: channels-last.
+        # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step); fast_compiled: + compiled
+        # transformer blocks; fast_cl: channels-last.
         pure = path != "graph"
-        compiled, norms = path.startswith("fast_compiled"), path.endswith("_norms")
-        if compiled or norms:
+        compiled = path == "fast_compiled"
+        if compiled:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
             cold_cache(f"{name}_{path}")
         if pure:
-            prepare_fast_kernels(unet, None, compile_blocks_=compiled, fuse_norms=norms)
+            prepare_fast_kernels(unet, None, compile_blocks_=compiled)
         step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
                                   autocast=not pure or not cuda),
                         device=device, params=params, on_warning=warnings.append)
@@ -141,7 +140,6 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
             p.grad = None
         uninstall_fast_lora(unet)
         uncompile_blocks(unet)
-        uninstall_fast_resnets(unet)
         if channels_last:
             unet.to(memory_format=torch.contiguous_format)
         free(device)
@@ -192,8 +190,7 @@ def main(argv=None) -> int:
                     help="paths for one model, overriding --paths (e.g. sdxl=reference,fast,fast_compiled)")
     ap.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
     ap.add_argument("--paths", default="reference,fast", help="reference, fast (the engine's fast path), graph "
-                    "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
-                    "fast_norms / fast_compiled_norms (+ compiled ResNet GroupNorm+SiLU)")
+                    "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks)")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per row")

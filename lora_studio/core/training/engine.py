@@ -287,7 +287,6 @@ class _Run:
             fallback = prepare_fast_kernels(self.unet, step, weight_dtype=self.weight_dtype,
                                             pure=not cfg.train_text_encoder,
                                             compile_blocks_=m.is_sdxl and not cfg.gradient_checkpointing,
-                                            fuse_norms=True,
                                             on_warning=lambda msg: self.emit(Warning(msg)))
             self.step_fn = FastStep(step, device=self.device, params=self.params,
                                     on_warning=lambda msg: self.emit(Warning(msg)), fallback=fallback)

@@ -624,7 +624,7 @@ def uncompile_blocks(module) -> int:
 
 
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
-                         compile_blocks_: bool = False, fuse_norms: bool = False, sdpa: str | None = None,
+                         compile_blocks_: bool = False, sdpa: str | None = None,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
     """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
 
@@ -634,9 +634,7 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
       product (measured: a third of the elementwise time). Needs a step object with an ``autocast`` flag,
       and every LoRA layer on the fast forward (Linear, no dropout); otherwise autocast stays;
     - ``sdpa``: an attention backend for the step (``step.sdpa_backend``);
-    - ``compile_blocks_``: torch.compile of the repeated transformer blocks (setup cost: see bench/NOTES.md);
-    - ``fuse_norms``: the ResNet blocks' GroupNorm + SiLU (+ time-embedding add) as one compiled function with
-      dynamic shapes (`fast_norms`; a few seconds of compile for the whole UNet).
+    - ``compile_blocks_``: torch.compile of the repeated transformer blocks (setup cost: see bench/NOTES.md).
     The returned fallback undoes the compilation if the first step fails to build it, and says so.
     """
     warn = on_warning or (lambda msg: None)
@@ -651,17 +649,11 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
             step.sdpa_backend = sdpa
     if compile_blocks_:
         compile_blocks(unet, dynamic=False)  # one graph per bucket shape, like the captured step
-    if fuse_norms:
-        from lora_studio.core.training.fast_norms import install_fast_resnets
-
-        install_fast_resnets(unet, compiled=True)
     # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)
 
     def fallback(exc: BaseException) -> None:
-        from lora_studio.core.training.fast_norms import uncompile_resnets
-
-        if uncompile_blocks(unet) + uncompile_resnets(unet):
-            warn(f"fast path: compiling the transformer blocks / ResNet norms failed ({type(exc).__name__}: "
+        if uncompile_blocks(unet):
+            warn(f"fast path: compiling the transformer blocks failed ({type(exc).__name__}: "
                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); they run uncompiled.")
         else:
             raise exc
