@@ -29,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.steps import alphas_cumprod, make_step  # noqa: E402
-from lora_studio.core.training.fast_step import FastStep, capturable_adamw, prepare_fast_kernels  # noqa: E402
+from lora_studio.core.training.fast_kernels import prepare_fast_kernels  # noqa: E402
+from lora_studio.core.training.fast_step import FastStep, capturable_adamw  # noqa: E402
 
 PROMPTS = ["a photo of a red circle", "a blue square on a white background", "a green triangle",
            "a yellow star, flat colour", "sks toy in zebra style", "a purple heart, centered"]

@@ -8,7 +8,7 @@ elementwise, optimizer, Triton), then times variants of the captured step, each 
 
   base        FastStep as the engine runs it (graph, torch's SDPA choice, peft LoRA forward)
   flash/cudnn/efficient   the SDPA backend forced
-  lora        fast_step.install_fast_lora (no fp32 input copy, scale folded into B, add fused into addmm)
+  lora        fast_kernels.install_fast_lora (no fp32 input copy, scale folded into B, add fused into addmm)
   ff          + torch.compile of each FeedForward (GEGLU)          (with lora and the best SDPA so far)
   blocks      + torch.compile of each BasicTransformerBlock        (with lora and the best SDPA so far)
   blocks_res  + ResnetBlock2D compiled too
@@ -38,6 +38,7 @@ import torch  # noqa: E402
 
 from bench import models as M  # noqa: E402
 from bench.steps import alphas_cumprod, count_flops, free, make_step, time_steps  # noqa: E402
+from lora_studio.core.training import fast_kernels as fk  # noqa: E402
 from lora_studio.core.training import fast_step as fs  # noqa: E402
 
 KINDS = [
@@ -113,8 +114,8 @@ def variant_options(name: str, best_sdpa: str | None) -> dict:
         o.update(lora=True, pure=True, sdpa=best_sdpa, compile=("FeedForward",))
     elif name == "bf16_cl":
         o.update(lora=True, pure=True, sdpa=best_sdpa, channels_last=True)
-    elif name.removesuffix("_cl").removeprefix("bf16_") in ("blocks_res", "regions"):  # fast_step.COMPILE_SETS
-        o.update(lora=True, pure=True, sdpa=best_sdpa, compile=fs.COMPILE_SETS[name.removesuffix("_cl")[5:]],
+    elif name.removesuffix("_cl").removeprefix("bf16_") in ("blocks_res", "regions"):  # fast_kernels.COMPILE_SETS
+        o.update(lora=True, pure=True, sdpa=best_sdpa, compile=fk.COMPILE_SETS[name.removesuffix("_cl")[5:]],
                  channels_last=name.endswith("_cl"))
     elif name == "bf16_unet_cl":  # the whole UNet compiled (minutes of compile: measured, not for the engine)
         o.update(lora=True, pure=True, sdpa=best_sdpa, compile=("UNet2DConditionModel",), channels_last=True)
@@ -137,9 +138,9 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
                                                                for k, v in opts.items()}}
     row["build_s"] = time.perf_counter() - t0
     if opts["lora"]:
-        row["fast_lora_layers"] = fs.install_fast_lora(unet)
+        row["fast_lora_layers"] = fk.install_fast_lora(unet)
     if opts["compile"]:
-        row["compiled_blocks"] = fs.compile_blocks(unet, opts["compile"], dynamic=False)  # as the engine
+        row["compiled_blocks"] = fk.compile_blocks(unet, opts["compile"], dynamic=False)  # as the engine
     data = M.make_batch(spec, batch, device, generator=torch.Generator().manual_seed(batch))
     opt = fs.capturable_adamw(params, lr=1e-4, weight_decay=1e-2, device=device)
     if opts.get("channels_last"):
@@ -148,7 +149,7 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
                       channels_last=bool(opts.get("channels_last")))
 
     def step_fn(b):
-        with fs.sdpa_context(opts["sdpa"]):
+        with fk.sdpa_context(opts["sdpa"]):
             return inner(b)
 
     warnings: list[str] = []
@@ -170,7 +171,7 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
         row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
     finally:
         del step, inner, opt
-        fs.uncompile_blocks(unet)
+        fk.uncompile_blocks(unet)
         del unet, params
         free(device)
     return row

@@ -21,7 +21,7 @@ def make_step(unet, params, optimizer, *, acp, max_grad_norm: float = 1.0, autoc
 
     Noise and timesteps come from the batch when it has them (exact comparisons), else from torch's
     default generator on the device (graph-safe). ``autocast=False``: the pure low-precision step (inputs
-    cast to the frozen UNet's dtype, no autocast; fast_step.install_fast_lora casts the fp32 adapters).
+    cast to the frozen UNet's dtype, no autocast; fast_kernels.install_fast_lora casts the fp32 adapters).
     """
     import contextlib
 

@@ -27,9 +27,9 @@ import torch  # noqa: E402
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, count_flops, free, make_step, matmul_peak_tflops,  # noqa: E402
                          time_steps)
-from lora_studio.core.training.fast_step import (FastStep, capturable_adamw,  # noqa: E402
-                                                 capturable_checkpointing, prepare_fast_kernels,
-                                                 uncompile_blocks, uninstall_fast_lora)
+from lora_studio.core.training.fast_kernels import (prepare_fast_kernels, uncompile_blocks,  # noqa: E402
+                                                    uninstall_fast_lora)
+from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
 
 GIB = 2 ** 30
 SETUP_PATHS = ("reference", "graph", "fast", "fast_compiled")

@@ -381,7 +381,7 @@ def _fwd_bwd(unet, params, batch):
 
 
 def test_fast_lora_forward_matches_peft_and_uninstalls():
-    from lora_studio.core.training.fast_step import install_fast_lora, uninstall_fast_lora
+    from lora_studio.core.training.fast_kernels import install_fast_lora, uninstall_fast_lora
 
     unet, params = _tiny_unet_with_lora()
     for p in params:
@@ -411,7 +411,7 @@ def test_fast_lora_forward_matches_peft_and_uninstalls():
 def test_fast_lora_skips_dropout_and_disabled_adapters():
     from peft import LoraConfig
 
-    from lora_studio.core.training.fast_step import install_fast_lora
+    from lora_studio.core.training.fast_kernels import install_fast_lora
 
     unet, _ = _tiny_unet_with_lora()
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, lora_dropout=0.1, target_modules=["to_k"]), adapter_name="drop")
@@ -420,7 +420,7 @@ def test_fast_lora_skips_dropout_and_disabled_adapters():
 
 
 def test_sdpa_context_names_backends():
-    from lora_studio.core.training.fast_step import sdpa_context
+    from lora_studio.core.training.fast_kernels import sdpa_context
 
     with sdpa_context(None), sdpa_context("auto"), sdpa_context("math"):
         q = torch.randn(1, 2, 4, 8)
@@ -432,7 +432,7 @@ def test_sdpa_context_names_backends():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_fast_kernels_step_stays_close_to_the_autocast_step_on_gpu():
-    from lora_studio.core.training.fast_step import install_fast_lora
+    from lora_studio.core.training.fast_kernels import install_fast_lora
 
     sys.path.insert(0, str(ROOT))
     from bench.steps import alphas_cumprod, make_step
@@ -511,7 +511,7 @@ def test_failed_graphed_capture_leaves_random_draws_working_on_gpu():
 
 
 def test_prepare_fast_kernels_sets_the_step_up_and_its_fallback_undoes_compilation():
-    from lora_studio.core.training.fast_step import prepare_fast_kernels
+    from lora_studio.core.training.fast_kernels import prepare_fast_kernels
 
     class Step:
         autocast = True
@@ -541,7 +541,7 @@ def test_prepare_fast_kernels_sets_the_step_up_and_its_fallback_undoes_compilati
 def test_conv_lora_targets_keep_autocast():
     from peft import LoraConfig
 
-    from lora_studio.core.training.fast_step import prepare_fast_kernels
+    from lora_studio.core.training.fast_kernels import prepare_fast_kernels
 
     class Step:
         autocast = True

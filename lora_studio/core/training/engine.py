@@ -278,7 +278,8 @@ class _Run:
                             self.weight_dtype)
         self.step_fn = step
         if self.fast_reason is None:
-            from lora_studio.core.training.fast_step import FastStep, prepare_fast_kernels
+            from lora_studio.core.training.fast_kernels import prepare_fast_kernels
+            from lora_studio.core.training.fast_step import FastStep
 
             # accelerate wraps the forward in autocast; the fast step decides that itself (pure bf16).
             step.unet = self.unet = acc.unwrap_model(self.unet, keep_fp32_wrapper=False)

@@ -2,8 +2,8 @@
 
 ``prepare_batch`` (data, VAE, text encoders when frozen, noise, timesteps) runs outside the step, so
 the step itself is a pure function of tensors: forward, loss, backward, clip, optimizer step, zero grad.
-``TrainingStep.__call__(batch) -> loss`` is the contract; ``fast_step.make_fast_step(step)`` may return a
-drop-in replacement with the same call signature (or None when the run does not allow it).
+``TrainingStep.__call__(batch) -> loss`` is the contract; ``fast_step.FastStep(step)`` is a drop-in replacement
+with the same call signature (it captures the step in a CUDA graph, or runs it eagerly where it cannot).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class TrainingStep:
         self.prediction_type = models.noise_scheduler.config.prediction_type
         self._empty = None  # the base model's empty-prompt embeddings (preserve_unconditional)
         self._empty_ids = None  # its token ids on the encoders' devices (a captured step cannot copy from the host)
-        # The fast path may turn these on (fast_step.prepare_fast_kernels): the UNet forward without autocast
+        # The fast path may turn these on (fast_kernels.prepare_fast_kernels): the UNet forward without autocast
         # (inputs are cast to weight_dtype below; a pure bf16 step) and a fixed attention backend.
         self.autocast = True
         self.sdpa_backend = None
@@ -63,7 +63,7 @@ class TrainingStep:
         if self.models.is_sdxl:
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.weight_dtype),
                                            "time_ids": part["time_ids"].to(self.weight_dtype)}
-        from lora_studio.core.training.fast_step import sdpa_context
+        from lora_studio.core.training.fast_kernels import sdpa_context
 
         amp = self.accelerator.autocast() if self.autocast else contextlib.nullcontext()
         with amp, sdpa_context(self.sdpa_backend):
@@ -112,7 +112,7 @@ class TrainingStep:
         a rounding difference. Flipping the adapters is a Python flag, so a CUDA-graph capture records both
         forwards as they are (the adapters-off one with its layers skipped).
         """
-        from lora_studio.core.training.fast_step import sdpa_context
+        from lora_studio.core.training.fast_kernels import sdpa_context
 
         sched = self.models.noise_scheduler
         latents, noise, timesteps = part["latents"], part["noise"], part["timesteps"]

@@ -1,0 +1,197 @@
+"""Kernel-level speed-ups of the fast training step (the CUDA graph in `fast_step` removes launches; these
+remove memory passes inside the step). Each one is optional, measured in bench/NOTES.md, and leaves the
+arithmetic the same up to bf16 rounding:
+
+- ``install_fast_lora``: peft's LoRA Linear forward without its fp32 input copy, scale and add passes;
+- ``compile_blocks``: regional torch.compile of the UNet's repeated blocks (``COMPILE_SETS``);
+- ``sdpa_context``: a fixed scaled-dot-product-attention backend;
+- ``prepare_fast_kernels``: what the engine turns on for a run, and the fallback if compiling fails.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+# The graph removes launches; these remove memory passes inside the step. Each one is optional, measured in
+# bench/NOTES.md, and leaves the arithmetic the same up to bf16 rounding.
+SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
+
+
+def sdpa_context(backend: str | None):
+    """A context that makes scaled_dot_product_attention use `backend` (None or 'auto': torch's choice).
+
+    The choice is read when the kernel is launched, so a captured graph keeps the backend of its capture.
+    """
+    import contextlib
+
+    if not backend or backend == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    names = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    if backend not in names:
+        raise ValueError(f"unknown attention backend {backend!r} (one of {', '.join(SDPA_BACKENDS)})")
+    # The chosen backend first, the others as fallbacks for shapes it does not support.
+    order = [names[backend]] + [v for k, v in names.items() if k != backend]
+    return sdpa_kernel(order, set_priority=True)
+
+
+def _fast_lora_linear(self, x, *args, **kwargs):
+    """peft's LoRA Linear forward, minus its memory passes: same result up to bf16 rounding.
+
+    peft casts the input to the fp32 adapter dtype (a full copy that autocast casts straight back), scales
+    the adapter output and adds it to the base output as separate kernels. Here the scale is folded into B
+    (a rank x out tensor) and the add into B's matrix product (addmm accumulates onto the base output).
+    The adapter's fp32 weights are cast to the compute dtype (autocast's, else the input's: the pure-bf16
+    step), so their gradients still land in fp32. Only with one plain adapter active and a low-precision
+    compute dtype; anything else runs peft's own forward.
+    """
+    name = self._fast_lora_name
+    if (args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1
+            or self.active_adapters[0] != name):
+        return type(self).forward(self, x, *args, **kwargs)
+    device_type = x.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
+    if not autocast and (dtype not in (torch.bfloat16, torch.float16) or self.base_layer.weight.dtype != dtype):
+        return type(self).forward(self, x, *args, **kwargs)  # fp32 compute: peft's arithmetic as it is
+    a = self.lora_A[name].weight
+    b = self.lora_B[name].weight
+    scaling = self.scaling[name]
+    y = self.base_layer(x)
+    h = torch.nn.functional.linear(x, a.to(dtype))
+    b = (b if scaling == 1 else b * scaling).to(dtype)
+    out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), b.t())
+    return out.view(y.shape)
+
+
+def install_fast_lora(module) -> int:
+    """Route every plain peft LoRA Linear in `module` through `_fast_lora_linear`; returns how many.
+
+    Skipped (peft's forward kept): dropout > 0, DoRA or other variants, several adapters, non-Linear bases.
+    """
+    import types
+
+    try:
+        from peft.tuners.lora.layer import Linear as LoraLinear
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return 0
+    n = 0
+    for sub in module.modules():
+        if not isinstance(sub, LoraLinear) or not isinstance(sub.base_layer, torch.nn.Linear):
+            continue
+        active = list(sub.active_adapters)
+        if len(active) != 1 or active[0] not in sub.lora_A or active[0] in getattr(sub, "lora_variant", {}):
+            continue
+        if getattr(sub, "use_dora", {}).get(active[0], False):
+            continue
+        if not isinstance(sub.lora_dropout[active[0]], torch.nn.Identity):
+            continue
+        sub._fast_lora_name = active[0]
+        sub.forward = types.MethodType(_fast_lora_linear, sub)
+        n += 1
+    return n
+
+
+def _count_lora_layers(module) -> int:
+    try:
+        from peft.tuners.lora.layer import LoraLayer
+    except ImportError:  # pragma: no cover
+        return 0
+    return sum(1 for sub in module.modules() if isinstance(sub, LoraLayer))
+
+
+def uninstall_fast_lora(module) -> int:
+    n = 0
+    for sub in module.modules():
+        if "_fast_lora_name" in sub.__dict__:
+            sub.__dict__.pop("forward", None)
+            del sub.__dict__["_fast_lora_name"]
+            n += 1
+    return n
+
+
+# What `compile_blocks` compiles (bench/NOTES.md attempts 8-10): "blocks" = the repeated transformer block
+# (GEGLU, residual adds, norms fused); "blocks_res" + every ResnetBlock2D (GroupNorm + SiLU + the time-embedding
+# add fused around cuDNN's convolutions); "regions" = every Transformer2DModel whole (its GroupNorm and
+# projections too, but all its blocks in one graph: longer compiles) and ResnetBlock2D.
+COMPILE_SETS = {
+    "blocks": ("BasicTransformerBlock",),
+    "blocks_res": ("BasicTransformerBlock", "ResnetBlock2D"),
+    "regions": ("Transformer2DModel", "ResnetBlock2D"),
+}
+# Distinct block shapes in one UNet (SD 1.5's resnets: ~10 channel/size pairs) each compile once; torch's
+# default limit of 8 recompilations per function would leave the rest uncompiled, silently.
+RECOMPILE_LIMIT = 64
+
+
+def compile_blocks(module, class_names=COMPILE_SETS["blocks"], **compile_kwargs) -> int:
+    """Compile every submodule whose class is named in `class_names` (regional compilation), in place.
+
+    Identical blocks share one compiled graph (torch compiles a class's forward once per input shape), so
+    a UNet's dozens of transformer blocks cost a few compilations, not one each. A module inside one already
+    compiled is left alone (it is part of that graph). Returns how many.
+    """
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if getattr(dynamo_config, name, RECOMPILE_LIMIT) < RECOMPILE_LIMIT:
+            setattr(dynamo_config, name, RECOMPILE_LIMIT)
+    n = 0
+    done: list[str] = []
+    for path, sub in module.named_modules():
+        if type(sub).__name__ in class_names and not any(path.startswith(d + ".") or d == "" for d in done):
+            sub.compile(**compile_kwargs)
+            done.append(path)
+            n += 1
+    return n
+
+
+def uncompile_blocks(module) -> int:
+    n = 0
+    for sub in module.modules():
+        if getattr(sub, "_compiled_call_impl", None) is not None:
+            sub._compiled_call_impl = None
+            n += 1
+    return n
+
+
+def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
+                         compile_blocks_: bool = False, sdpa: str | None = None,
+                         on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
+    """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
+
+    - the LoRA Linear forward without peft's extra passes (`install_fast_lora`);
+    - ``pure``: the step runs without autocast when the frozen UNet is bf16/fp16 (``step.autocast = False``):
+      autocast runs every LayerNorm/GroupNorm in fp32 and casts each activation back for the next matrix
+      product (measured: a third of the elementwise time). Needs a step object with an ``autocast`` flag,
+      and every LoRA layer on the fast forward (Linear, no dropout); otherwise autocast stays;
+    - ``sdpa``: an attention backend for the step (``step.sdpa_backend``);
+    - ``compile_blocks_``: torch.compile of the repeated transformer blocks (setup cost: see bench/NOTES.md).
+    The returned fallback undoes the compilation if the first step fails to build it, and says so.
+    """
+    warn = on_warning or (lambda msg: None)
+    fast = install_fast_lora(unet)
+    # A LoRA layer left on peft's forward (convolutions, dropout, DoRA) would compute in fp32 without
+    # autocast (peft casts its input to the fp32 adapter dtype): such runs keep autocast.
+    pure = pure and fast == _count_lora_layers(unet)
+    if step is not None:
+        if pure and weight_dtype in (torch.bfloat16, torch.float16) and hasattr(step, "autocast"):
+            step.autocast = False
+        if sdpa and hasattr(step, "sdpa_backend"):
+            step.sdpa_backend = sdpa
+    if compile_blocks_:
+        compile_blocks(unet, dynamic=False)  # one graph per bucket shape, like the captured step
+    # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)
+
+    def fallback(exc: BaseException) -> None:
+        if uncompile_blocks(unet):
+            warn(f"fast path: compiling the transformer blocks failed ({type(exc).__name__}: "
+                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); they run uncompiled.")
+        else:
+            raise exc
+
+    return fallback
