@@ -16,6 +16,7 @@ elementwise, optimizer, Triton), then times variants of the captured step, each 
               FeedForward / BasicTransformerBlock, + channels-last
   bf16_blocks_res(_cl), bf16_regions(_cl), bf16_unet_cl   + compiled blocks and ResnetBlock2D / every
               Transformer2DModel and ResnetBlock2D (+ channels-last) / the whole UNet, channels-last
+  bf16_qkv, bf16_blocks_qkv   + self-attention's q/k/v and LoRA A factors fused (fast_qkv), + compiled blocks
 Compiled variants start from an empty inductor/Triton cache (a user's first run) and report setup time.
 Writes profile_<card>.json / .md under --out after every variant.
 """
@@ -117,6 +118,9 @@ def variant_options(name: str, best_sdpa: str | None) -> dict:
     elif name.removesuffix("_cl").removeprefix("bf16_") in ("blocks_res", "regions"):  # fast_kernels.COMPILE_SETS
         o.update(lora=True, pure=True, sdpa=best_sdpa, compile=fk.COMPILE_SETS[name.removesuffix("_cl")[5:]],
                  channels_last=name.endswith("_cl"))
+    elif name in ("bf16_qkv", "bf16_blocks_qkv"):  # + fused self-attention q/k/v (fast_qkv)
+        o.update(lora=True, pure=True, sdpa=best_sdpa, qkv=True,
+                 compile=("BasicTransformerBlock",) if "blocks" in name else ())
     elif name == "bf16_unet_cl":  # the whole UNet compiled (minutes of compile: measured, not for the engine)
         o.update(lora=True, pure=True, sdpa=best_sdpa, compile=("UNet2DConditionModel",), channels_last=True)
     elif name != "base":
@@ -139,6 +143,10 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
     row["build_s"] = time.perf_counter() - t0
     if opts["lora"]:
         row["fast_lora_layers"] = fk.install_fast_lora(unet)
+    if opts.get("qkv"):
+        from lora_studio.core.training.fast_qkv import install_fused_qkv
+
+        row["fused_qkv"] = install_fused_qkv(unet)
     if opts["compile"]:
         row["compiled_blocks"] = fk.compile_blocks(unet, opts["compile"], dynamic=False)  # as the engine
     data = M.make_batch(spec, batch, device, generator=torch.Generator().manual_seed(batch))

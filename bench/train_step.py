@@ -29,10 +29,11 @@ from bench.steps import (alphas_cumprod, count_flops, free, make_step, matmul_pe
                          time_steps)
 from lora_studio.core.training.fast_kernels import (prepare_fast_kernels, uncompile_blocks,  # noqa: E402
                                                     uninstall_fast_lora)
+from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
 
 GIB = 2 ** 30
-SETUP_PATHS = ("reference", "graph", "fast", "fast_compiled")
+SETUP_PATHS = ("reference", "graph", "fast", "fast_qkv", "fast_compiled", "fast_compiled_qkv")
 NOMINAL_PEAK_TFLOPS = 790.0
 
 
@@ -96,12 +97,12 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step); fast_compiled: + compiled
         # transformer blocks; fast_cl: channels-last.
         pure = path != "graph"
-        compiled = path == "fast_compiled"
+        compiled = path.startswith("fast_compiled")
         if compiled:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
             cold_cache(f"{name}_{path}")
         if pure:
-            prepare_fast_kernels(unet, None, compile_blocks_=compiled)
+            prepare_fast_kernels(unet, None, compile_blocks_=compiled, fuse_qkv=path.endswith("_qkv"))
         step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
                                   autocast=not pure or not cuda),
                         device=device, params=params, on_warning=warnings.append)
@@ -140,6 +141,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
             p.grad = None
         uninstall_fast_lora(unet)
         uncompile_blocks(unet)
+        uninstall_fused_qkv(unet)
         if channels_last:
             unet.to(memory_format=torch.contiguous_format)
         free(device)
@@ -190,7 +192,8 @@ def main(argv=None) -> int:
                     help="paths for one model, overriding --paths (e.g. sdxl=reference,fast,fast_compiled)")
     ap.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
     ap.add_argument("--paths", default="reference,fast", help="reference, fast (the engine's fast path), graph "
-                    "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks)")
+                    "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
+                    "fast_qkv / fast_compiled_qkv (+ fused self-attention q/k/v, fast_qkv.py)")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per row")

@@ -1,0 +1,114 @@
+"""Self-attention's q/k/v as one matrix product, their LoRA A factors as another (a bench variant, issue 8).
+
+In a UNet's self-attention the three projections read the same input. diffusers runs them as three
+products with N = C (and, with LoRA, three more of rank r, then three adds of the adapter outputs); the
+backward sums three input gradients with two more passes. Here the frozen weights are concatenated into
+one (3C, C) tensor — the three Linear weights become views into it, so no memory is added — and the three
+A factors into one (3r, C) product; the three B products run as one batched product. Same arithmetic up
+to rounding; whether it is faster is for the benchmark (bench/NOTES.md), so the engine does not turn it on.
+
+Covered: self-attention (no encoder states, no mask, 3-D input, no group/spatial/q/k norms) whose to_q /
+to_k / to_v all run `fast_kernels`' LoRA forward with the same adapter and rank, on bias-free Linears of one
+shape and dtype. Anything else, at install or at call time (adapters switched off, merged, fp32 compute),
+runs diffusers' own processor.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _qkv(attn, x: torch.Tensor):
+    """(q, k, v) of `x` through the fused products, or None where this call is not covered."""
+    fused = attn.__dict__.get("_fused_qkv_weight")
+    layers = (attn.to_q, attn.to_k, attn.to_v)
+    if fused is None:
+        return None
+    for layer in layers:
+        name = layer.__dict__.get("_fast_lora_name")
+        if (name is None or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1
+                or layer.active_adapters[0] != name):
+            return None
+    device_type = x.device.type
+    autocast = torch.is_autocast_enabled(device_type)
+    dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
+    if not autocast and (dtype not in (torch.bfloat16, torch.float16) or fused.dtype != dtype):
+        return None
+    names = [layer._fast_lora_name for layer in layers]
+    a = torch.cat([layer.lora_A[n].weight for layer, n in zip(layers, names)]).to(dtype)  # (3r, C)
+    b = torch.stack([layer.lora_B[n].weight if layer.scaling[n] == 1 else layer.lora_B[n].weight * layer.scaling[n]
+                     for layer, n in zip(layers, names)]).to(dtype)  # (3, C, r)
+    c, r = b.shape[1], b.shape[2]
+    y = F.linear(x, fused)  # (..., 3C)
+    h = F.linear(x, a)  # (..., 3r)
+    m = y.numel() // (3 * c)
+    out = torch.baddbmm(y.reshape(m, 3, c).transpose(0, 1), h.reshape(m, 3, r).transpose(0, 1), b.transpose(1, 2))
+    return [t.view(*x.shape[:-1], c) for t in out.unbind(0)]
+
+
+def _processor_class():
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    class FusedQKVProcessor(AttnProcessor2_0):
+        """AttnProcessor2_0 with q/k/v from `_qkv` where it covers the call."""
+
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+                     *args, **kwargs):
+            qkv = None
+            if (encoder_hidden_states is None and attention_mask is None and not args and not kwargs
+                    and hidden_states.ndim == 3 and attn.spatial_norm is None and attn.group_norm is None
+                    and attn.norm_q is None and attn.norm_k is None):
+                qkv = _qkv(attn, hidden_states)
+            if qkv is None:
+                return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb,
+                                        *args, **kwargs)
+            batch, heads = hidden_states.shape[0], attn.heads
+            head_dim = qkv[0].shape[-1] // heads
+            q, k, v = (t.view(batch, -1, heads, head_dim).transpose(1, 2) for t in qkv)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
+            out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(q.dtype)
+            out = attn.to_out[1](attn.to_out[0](out))
+            if attn.residual_connection:
+                out = out + hidden_states
+            return out if attn.rescale_output_factor == 1 else out / attn.rescale_output_factor
+
+    return FusedQKVProcessor
+
+
+def install_fused_qkv(module) -> int:
+    """Fuse q/k/v of every covered self-attention in `module` (after `install_fast_lora`); returns how many."""
+    processor = None
+    n = 0
+    for sub in module.modules():
+        if type(sub).__name__ != "Attention" or sub.is_cross_attention or "_fused_qkv_weight" in sub.__dict__:
+            continue
+        layers = (sub.to_q, sub.to_k, sub.to_v)
+        if not all("_fast_lora_name" in layer.__dict__ for layer in layers):
+            continue
+        bases = [layer.base_layer for layer in layers]
+        if any(b.bias is not None for b in bases) or len({(b.weight.shape, b.weight.dtype) for b in bases}) != 1:
+            continue
+        if len({layer.lora_A[layer._fast_lora_name].weight.shape for layer in layers}) != 1:
+            continue
+        fused = torch.cat([b.weight.detach() for b in bases])
+        c = bases[0].weight.shape[0]
+        for i, b in enumerate(bases):
+            b.weight.data = fused[i * c:(i + 1) * c]  # views: the fused tensor is the only copy
+        sub._fused_qkv_weight = fused
+        sub._unfused_processor = sub.processor
+        processor = processor or _processor_class()()
+        sub.processor = processor
+        n += 1
+    return n
+
+
+def uninstall_fused_qkv(module) -> int:
+    """Give the covered attentions their own processor back (the weights stay views of the fused tensor)."""
+    n = 0
+    for sub in module.modules():
+        if "_fused_qkv_weight" in sub.__dict__:
+            sub.processor = sub.__dict__.pop("_unfused_processor")
+            del sub.__dict__["_fused_qkv_weight"]
+            n += 1
+    return n
