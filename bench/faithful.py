@@ -93,7 +93,7 @@ def run(unet, params, batches, kind, device, lr=1e-4, sdxl=False):
         opt = capturable_adamw(params, lr=lr, weight_decay=1e-2, device=device)
     pure = kind == "fast" and device != "cpu"
     if pure:  # the engine's fast path as engine.make_optimizer sets it up (SDXL: compiled blocks) + graphs
-        prepare_fast_kernels(unet, None, compile_blocks_=sdxl)
+        prepare_fast_kernels(unet, None, compile="blocks" if sdxl else None)
     step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure)
     warnings = []
     if kind == "fast":

@@ -34,6 +34,9 @@ from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capt
 
 GIB = 2 ** 30
 SETUP_PATHS = ("reference", "graph", "fast", "fast_qkv", "fast_compiled", "fast_compiled_qkv")
+# Words of a fast path's name (fast_compiled_qkv, fast_regions_cl, ...): which fast_kernels.COMPILE_SETS entry is
+# compiled; "cl" = channels-last frozen weights and input; "qkv" = fast_qkv's fused self-attention projections.
+PATH_WORDS = {"compiled": "blocks", "res": "blocks_res", "regions": "regions"}
 NOMINAL_PEAK_TFLOPS = 790.0
 
 
@@ -73,7 +76,8 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
     start_alloc = torch.cuda.memory_allocated() / GIB if cuda else None
     g = torch.Generator().manual_seed(batch)
     data = M.make_batch(spec, batch, device, generator=g)
-    channels_last = path == "fast_cl"
+    words = set(path.split("_")[1:])  # fast_compiled_qkv -> {"compiled", "qkv"}; see path_words
+    channels_last = "cl" in words
     if channels_last:
         unet.to(memory_format=torch.channels_last)
     row = {"model": name, "path": path, "batch": batch, "checkpointing": ckpt}
@@ -94,15 +98,14 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
             unet.disable_gradient_checkpointing()
         opt = capturable_adamw(params, lr=1e-4, weight_decay=1e-2, device=device)
         # graph: the captured step alone (attempt 1). fast*: the engine's fast path through the engine's own
-        # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step); fast_compiled: + compiled
-        # transformer blocks; fast_cl: channels-last.
+        # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step) and PATH_WORDS.
         pure = path != "graph"
-        compiled = path.startswith("fast_compiled")
-        if compiled:
+        compile_set = next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None)
+        if compile_set:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
             cold_cache(f"{name}_{path}")
         if pure:
-            prepare_fast_kernels(unet, None, compile_blocks_=compiled, fuse_qkv=path.endswith("_qkv"))
+            prepare_fast_kernels(unet, None, compile=compile_set, fuse_qkv="qkv" in words)
         step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
                                   autocast=not pure or not cuda),
                         device=device, params=params, on_warning=warnings.append)
@@ -193,7 +196,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
     ap.add_argument("--paths", default="reference,fast", help="reference, fast (the engine's fast path), graph "
                     "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
-                    "fast_qkv / fast_compiled_qkv (+ fused self-attention q/k/v, fast_qkv.py)")
+                    "other fast_* names combine the words compiled / res / regions (compiled sets), cl, qkv "
+                    "(fused self-attention q/k/v), e.g. fast_regions_cl, fast_compiled_qkv")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per row")

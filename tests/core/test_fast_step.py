@@ -520,7 +520,7 @@ def test_prepare_fast_kernels_sets_the_step_up_and_its_fallback_undoes_compilati
     unet, _ = _tiny_unet_with_lora()
     step, warnings = Step(), []
     benchmark = torch.backends.cudnn.benchmark
-    fallback = prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, compile_blocks_=True, sdpa="cudnn",
+    fallback = prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, compile="blocks", sdpa="cudnn",
                                     on_warning=warnings.append)
     assert step.autocast is False and step.sdpa_backend == "cudnn"
     assert torch.backends.cudnn.benchmark == benchmark  # no process-wide change

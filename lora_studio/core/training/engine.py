@@ -287,7 +287,7 @@ class _Run:
             # compiles in ~20 s per bucket shape; SD 1.5's four block shapes take ~60 s for less gain).
             fallback = prepare_fast_kernels(self.unet, step, weight_dtype=self.weight_dtype,
                                             pure=not cfg.train_text_encoder,
-                                            compile_blocks_=m.is_sdxl and not cfg.gradient_checkpointing,
+                                            compile="blocks" if m.is_sdxl and not cfg.gradient_checkpointing else None,
                                             on_warning=lambda msg: self.emit(Warning(msg)))
             self.step_fn = FastStep(step, device=self.device, params=self.params,
                                     on_warning=lambda msg: self.emit(Warning(msg)), fallback=fallback)

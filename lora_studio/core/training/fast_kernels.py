@@ -160,7 +160,7 @@ def uncompile_blocks(module) -> int:
 
 
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
-                         compile_blocks_: bool = False, fuse_qkv: bool = False, sdpa: str | None = None,
+                         compile: str | None = None, fuse_qkv: bool = False, sdpa: str | None = None,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
     """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
 
@@ -170,7 +170,8 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
       product (measured: a third of the elementwise time). Needs a step object with an ``autocast`` flag,
       and every LoRA layer on the fast forward (Linear, no dropout); otherwise autocast stays;
     - ``sdpa``: an attention backend for the step (``step.sdpa_backend``);
-    - ``compile_blocks_``: torch.compile of the repeated transformer blocks (setup cost: see bench/NOTES.md);
+    - ``compile``: a `COMPILE_SETS` name ("blocks": the repeated transformer blocks, as the engine does for SDXL;
+      setup cost and speed of each in bench/NOTES.md), None: nothing compiled;
     - ``fuse_qkv``: self-attention's q/k/v and their LoRA A factors as one product each (`fast_qkv`; a bench
       variant until measured: the engine leaves it off).
     The returned fallback undoes the compilation if the first step fails to build it, and says so.
@@ -189,8 +190,8 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
         from lora_studio.core.training.fast_qkv import install_fused_qkv
 
         install_fused_qkv(unet)
-    if compile_blocks_:
-        compile_blocks(unet, dynamic=False)  # one graph per bucket shape, like the captured step
+    if compile:
+        compile_blocks(unet, COMPILE_SETS[compile], dynamic=False)  # one graph per bucket shape, like the captured step
     # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)
 
     def fallback(exc: BaseException) -> None:
