@@ -24,20 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-import lora_studio.core.training.fast_step as fs  # noqa: E402
 from lora_studio.config import TrainingConfig  # noqa: E402
 from lora_studio.core import events as ev  # noqa: E402
-
-INSTANCES: list = []
-
-
-class _Recording(fs.FastStep):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        INSTANCES.append(self)
-
-
-fs.FastStep = _Recording  # the engine imports FastStep from the module when it builds the step
 
 
 def run(model, data, out, steps, fast, batch):
@@ -49,7 +37,6 @@ def run(model, data, out, steps, fast, batch):
                          checkpointing_steps=10 ** 6, report_to="none", seed=3, fast_path=fast,
                          enable_bucket=False, center_crop=True)
     events: list = []
-    INSTANCES.clear()
     t0 = time.perf_counter()
     result = train(cfg, events.append)
     wall = time.perf_counter() - t0
@@ -58,13 +45,9 @@ def run(model, data, out, steps, fast, batch):
             "loss": [x[1] for x in result["loss_history"]], "lr": [e.lr for e in progress]}
     if progress and len(progress) > 20:
         info["it_per_s_last"] = progress[-1].it_per_s
-    if INSTANCES:
-        f = INSTANCES[-1]
-        info.update(fast_active=f.active, fast_reason=f.reason, replays=f.replays, eager_calls=f.eager_calls,
-                    graphs=sum(v is not None for v in f.graphs.values()),
-                    capture_s=round(sum(f.capture_seconds.values()), 2))
-    else:
-        info.update(fast_active=False, fast_reason="the engine did not build a FastStep")
+    f = result["fast_path"]  # the engine's record of its CUDA-graph step
+    info.update(fast_active=f["active"], fast_reason=f["reason"], replays=f.get("replays", 0),
+                eager_calls=f.get("eager_calls"), graphs=f.get("graphs", 0), capture_s=f.get("capture_s"))
     return info
 
 

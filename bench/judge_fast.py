@@ -7,8 +7,8 @@ For each judged recipe (``demo_quality.RECIPES``), training seed 0..K-1 and prec
 ``train_and_judge`` twice on the GPU: ``fast_path`` on (captured step) and off (eager), judged by the same
 judge (the PreviewEngine in fp32). Every run is a separate spawned process with one torch thread (the models
 are tiny; a 16-core box runs several beside one GPU). Per run it records the scores, which bars passed, train
-seconds, the final loss and loss history, and whether the step really replayed graphs: the engine's FastStep
-is recorded (replays / eager calls / graphs), the Warning events are kept (a failed capture or compile says so
+seconds, the final loss and loss history, and whether the step really replayed graphs: the engine's result
+says (``result['fast_path']``: replays / eager calls / graphs), the Warning events are kept (a failed capture or compile says so
 there), and dynamo's "hit config.recompile_limit" messages are caught (a transformer block left uncompiled).
 Results: ``judge_fast_<card>.json`` and ``.md`` under ``--out``, rewritten after every finished run.
 """
@@ -40,18 +40,9 @@ def _one(job: dict, work: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    import lora_studio.core.training.fast_step as fs
     from lora_studio.core import events as ev
     from lora_studio.core.training.demo_quality import train_and_judge
 
-    made: list = []
-
-    class Recording(fs.FastStep):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            made.append(self)
-
-    fs.FastStep = Recording  # the engine imports FastStep from the module when it builds the step
     limits: list[str] = []
     handler = logging.Handler()
     handler.emit = lambda r: limits.append(r.getMessage()[:300]) if "hit config." in r.getMessage() else None
@@ -70,19 +61,9 @@ def _one(job: dict, work: str) -> dict:
     row["fast_path_warnings"] = [w for w in row["warnings"] if "fast path" in w]
     row["recompile_limit_hits"] = limits
     row["wall_seconds"] = round(time.perf_counter() - t0, 1)
-    if made:
-        f = made[-1]
-        inner = f.step_fn
-        groups = getattr(getattr(inner, "optimizer", None), "param_groups", [])
-        row["fast"] = {
-            "active": f.active, "reason": f.reason, "replays": f.replays, "eager_calls": f.eager_calls,
-            "graphs": sum(v is not None for v in f.graphs.values()), "eager_shapes": sum(v is None for v in f.graphs.values()),
-            "capture_s": round(sum(f.capture_seconds.values()), 2), "autocast": getattr(inner, "autocast", None),
-            "lr_groups": len(groups), "lr_tensors": all(isinstance(g["lr"], torch.Tensor) for g in groups),
-            "compiled_modules": sum(getattr(m, "_compiled_call_impl", None) is not None for m in inner.unet.modules()),
-        }
-    else:
-        row["fast"] = None
+    # The engine's record of its CUDA-graph step (FastStep.stats + pure bf16 / compiled modules); None: eager.
+    fast = report.get("fast_path") or {}
+    row["fast"] = fast if fast.get("active") else None
     row["replayed"] = _replayed(row)
     try:
         from torch._dynamo.utils import counters
@@ -172,7 +153,8 @@ def _markdown(meta: dict, rows: list[dict]) -> str:
             note.append("replayed" if r.get("replayed") else "NOT replayed")
             if f.get("compiled_modules"):
                 note.append(f"{f['compiled_modules']} compiled blocks")
-            note.append("autocast" if f.get("autocast") else "pure bf16" if r["precision"] == "bf16" else "fp32")
+            autocast = f.get("autocast", not f.get("pure_low_precision"))  # older result files say "autocast"
+            note.append("autocast" if autocast else "pure bf16" if r["precision"] == "bf16" else "fp32")
         if r.get("fast_path_warnings"):
             note.append("warning: " + r["fast_path_warnings"][0][:80])
         loss = r.get("final_loss")

@@ -621,6 +621,8 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
     assert not limits, limits  # no transformer block left uncompiled by dynamo's recompile limit
     assert step.replays == steps - 1 and step.eager_calls == 0 and len(step.graphs) == 1
     inner = step.step_fn
+    assert res_f["fast_path"]["replays"] == step.replays and res_e["fast_path"]["active"] is False
+    assert res_f["fast_path"]["pure_low_precision"] is (not inner.autocast)
     # pure bf16 only with every LoRA on the fast Linear forward and no text-encoder LoRA
     assert inner.autocast is (te or targets is None)
     groups = inner.optimizer.param_groups

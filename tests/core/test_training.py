@@ -93,6 +93,8 @@ def test_style_run_events_outputs_and_checkpoints(sd1_dir, tmp_path):
     assert result["steps"] == 5 and result["stopped"] is False and result["family"] == "sd1"
     assert result["rank"] == 4 and result["alpha"] == 8.0
     assert [s for s, _ in result["loss_history"]] == [1, 2, 3, 4, 5]
+    if not torch.cuda.is_available():  # the result says whether (and why not) the CUDA-graph step ran
+        assert result["fast_path"] == {"active": False, "reason": "the fast path needs a CUDA GPU (training on cpu)"}
     # Checkpoints every step, only the newest two kept, each complete and loadable on its own.
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == ["checkpoint-3", "checkpoint-4"]

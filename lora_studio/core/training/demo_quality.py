@@ -200,6 +200,7 @@ def train_and_judge(kind: str = "subject", model: str = "demo", out: str | Path 
             "kind": kind, "model": model, "adapter": result["adapter_path"], "kohya": result.get("kohya_path"),
             "steps": result["steps"],
             "stopped": result["stopped"], "final_loss": result["final_loss"], "class_images": result["class_images"],
+            "fast_path": result.get("fast_path"),
             "train_seconds": round(train_s, 1), "train_cpu_seconds": round(time.process_time() - c0, 1),
             "config": _recipe_summary(cfg),
         }

@@ -446,9 +446,21 @@ class _Run:
             "class_images": n_class,
             "num_processes": acc.num_processes,
             "elapsed_s": time.perf_counter() - t0,
+            "fast_path": self.fast_path_stats(),
         }
         self.emit(Finished(result))
         return result
+
+    def fast_path_stats(self) -> dict[str, Any]:
+        """The CUDA-graph step's record for the result: replays, eager steps, and which kernel changes ran."""
+        from lora_studio.core.training.fast_step import FastStep
+
+        if not isinstance(getattr(self, "step_fn", None), FastStep):
+            return {"active": False, "reason": getattr(self, "fast_reason", None)}
+        inner = self.step_fn.step_fn
+        return {**self.step_fn.stats(), "pure_low_precision": not inner.autocast,
+                "compiled_modules": sum(getattr(m, "_compiled_call_impl", None) is not None
+                                        for m in inner.unet.modules())}
 
     def export_kohya(self, adapter: Path) -> str | None:
         try:

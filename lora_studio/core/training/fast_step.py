@@ -241,6 +241,13 @@ class FastStep:
     def active(self) -> bool:
         return self.reason is None
 
+    def stats(self) -> dict:
+        """What the run got from the fast path: replayed steps, eager steps, captured / eager shapes."""
+        return {"active": self.active, "reason": self.reason, "replays": self.replays,
+                "eager_calls": self.eager_calls, "graphs": sum(v is not None for v in self.graphs.values()),
+                "eager_shapes": sum(v is None for v in self.graphs.values()),
+                "capture_s": round(sum(self.capture_seconds.values()), 2)}
+
     def __call__(self, batch: Batch) -> torch.Tensor:
         if self.drop_keys and isinstance(batch, dict):
             batch = {k: v for k, v in batch.items() if k not in self.drop_keys}
