@@ -73,16 +73,16 @@ def encode_tokens(models: Models, token_ids: list[torch.Tensor], text_encoders=N
     """(prompt_embeds, pooled_embeds or None) for already tokenized prompts, one id tensor per encoder."""
     encoders = text_encoders if text_encoders is not None else models.text_encoders
     if not models.is_sdxl:
-        return encoders[0](token_ids[0].to(_device(encoders[0])), return_dict=False)[0], None
+        return encoders[0](token_ids[0].to(module_device(encoders[0])), return_dict=False)[0], None
     parts, pooled = [], None
     for encoder, ids in zip(encoders, token_ids):
-        out = encoder(ids.to(_device(encoder)), output_hidden_states=True)
+        out = encoder(ids.to(module_device(encoder)), output_hidden_states=True)
         pooled = out[0]  # the last encoder's projected pooled output is what SDXL conditions on
         parts.append(out.hidden_states[-2])
     return torch.cat(parts, dim=-1), pooled
 
 
-def _device(module) -> torch.device:
+def module_device(module) -> torch.device:
     return next(module.parameters()).device
 
 

@@ -13,7 +13,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.models import encode_tokens, tokenize_all
+from lora_studio.core.training.fast_kernels import sdpa_context
+from lora_studio.core.training.models import encode_tokens, module_device, tokenize_all
 
 
 def snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
@@ -59,16 +60,7 @@ class TrainingStep:
         noisy = sched.add_noise(latents, noise, timesteps)
         target = noise if self.prediction_type == "epsilon" else sched.get_velocity(latents, noise, timesteps)
         embeds, pooled = self._conditioning(part)
-        kwargs = {}
-        if self.models.is_sdxl:
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.weight_dtype),
-                                           "time_ids": part["time_ids"].to(self.weight_dtype)}
-        from lora_studio.core.training.fast_kernels import sdpa_context
-
-        amp = self.accelerator.autocast() if self.autocast else contextlib.nullcontext()
-        with amp, sdpa_context(self.sdpa_backend):
-            pred = self.unet(noisy.to(self.weight_dtype), timesteps, embeds.to(self.weight_dtype),
-                             return_dict=False, **kwargs)[0]
+        pred = self._predict(noisy, timesteps, embeds, pooled, part.get("time_ids"))
         loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         if self.config.snr_gamma > 0:
             loss = loss * snr_weights(sched, timesteps, self.config.snr_gamma, self.prediction_type)
@@ -93,10 +85,22 @@ class TrainingStep:
             # The text-encoder LoRA also shapes the unconditional branch: keep it in the graph. The token ids
             # are made once (the first, eager call) and kept on the GPU: the captured step reads them there.
             if self._empty_ids is None:
-                self._empty_ids = [ids.to(_module_device(enc))
+                self._empty_ids = [ids.to(module_device(enc))
                                    for ids, enc in zip(tokenize_all(m, [""]), m.text_encoders)]
             return encode_tokens(m, self._empty_ids, self.text_encoders)
         return self._empty
+
+    def _predict(self, noisy, timesteps, embeds, pooled, time_ids) -> torch.Tensor:
+        """The UNet's prediction in the step's arithmetic: autocast, or the pure low-precision step the fast path
+        may choose (inputs cast to the frozen weights' dtype), with the fast path's attention backend."""
+        kwargs = {}
+        if self.models.is_sdxl:
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.weight_dtype),
+                                           "time_ids": time_ids.to(self.weight_dtype)}
+        amp = self.accelerator.autocast() if self.autocast else contextlib.nullcontext()
+        with amp, sdpa_context(self.sdpa_backend):
+            return self.unet(noisy.to(self.weight_dtype), timesteps, embeds.to(self.weight_dtype),
+                             return_dict=False, **kwargs)[0]
 
     def _unconditional_loss(self, part) -> torch.Tensor:
         """MSE between the LoRA model's and the base model's empty-prompt predictions on this batch's noisy latents.
@@ -112,28 +116,19 @@ class TrainingStep:
         a rounding difference. Flipping the adapters is a Python flag, so a CUDA-graph capture records both
         forwards as they are (the adapters-off one with its layers skipped).
         """
-        from lora_studio.core.training.fast_kernels import sdpa_context
-
         sched = self.models.noise_scheduler
         latents, noise, timesteps = part["latents"], part["noise"], part["timesteps"]
-        noisy = sched.add_noise(latents, noise, timesteps).to(self.weight_dtype)
+        noisy = sched.add_noise(latents, noise, timesteps)
         n = noisy.shape[0]
 
-        def predict(embeds, pooled):
-            kwargs = {}
-            if self.models.is_sdxl:
-                kwargs["added_cond_kwargs"] = {"text_embeds": pooled.expand(n, -1).to(self.weight_dtype),
-                                               "time_ids": part["time_ids"].to(self.weight_dtype)}
-            amp = self.accelerator.autocast() if self.autocast else contextlib.nullcontext()
-            with amp, sdpa_context(self.sdpa_backend):
-                return self.unet(noisy, timesteps, embeds.expand(n, -1, -1).to(self.weight_dtype),
-                                 return_dict=False, **kwargs)[0]
+        def predict(embeds, pooled):  # the one empty prompt, broadcast over the batch
+            pooled = None if pooled is None else pooled.to(noisy.device).expand(n, -1)
+            return self._predict(noisy, timesteps, embeds.to(noisy.device).expand(n, -1, -1), pooled,
+                                 part.get("time_ids"))
 
-        base_embeds, base_pooled = self._empty_prompt(trainable=False)
         with torch.no_grad(), _adapters_off(self.unet):
-            target = predict(base_embeds.to(noisy.device), None if base_pooled is None else base_pooled.to(noisy.device))
-        embeds, pooled = self._empty_prompt(trainable=True)
-        pred = predict(embeds.to(noisy.device), None if pooled is None else pooled.to(noisy.device))
+            target = predict(*self._empty_prompt(trainable=False))
+        pred = predict(*self._empty_prompt(trainable=True))
         return F.mse_loss(pred.float(), target.float())
 
     def _prompt_loss(self, batch) -> torch.Tensor:
@@ -180,10 +175,6 @@ def _adapters_off(*modules):
     finally:
         for model in models:
             set_adapter_layers(model, enabled=True)
-
-
-def _module_device(module) -> torch.device:
-    return next(module.parameters()).device
 
 
 def _same_shapes(a, b) -> bool:
