@@ -75,3 +75,20 @@ def render(pipe, seed=0, steps=3, prompt="a red circle on a blue background", **
 def diff(a, b) -> float:
     """Mean absolute pixel difference on a 0..1 scale."""
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+
+def tiny_unet_with_lora(seed=0, device="cpu", dtype=torch.float32, channels=(32, 32), targets=("to_q", "to_v"),
+                        alpha=4.0):
+    """A two-level UNet (cross-attention down and up, 8x8 latents) with a rank-4 peft LoRA whose B is not zero,
+    so the adapter changes the output from the first step and gradients reach A too. Frozen base."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=channels, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
+                                attention_head_dim=8, norm_num_groups=8).to(device=device, dtype=dtype)
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=alpha, init_lora_weights=False, target_modules=list(targets)))
+    return unet, [p for p in unet.parameters() if p.requires_grad]

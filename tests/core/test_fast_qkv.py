@@ -4,24 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lora_testkit import tiny_unet_with_lora
 
 from lora_studio.core.training.fast_kernels import install_fast_lora
 from lora_studio.core.training.fast_qkv import install_fused_qkv, uninstall_fused_qkv
 
 
 def _unet(dtype=torch.float32, seed=0):
-    from diffusers import UNet2DConditionModel
-    from peft import LoraConfig
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=8, norm_num_groups=8).to(dtype)
-    unet.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,  # scaling 2: folded into B
-                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    params = [p for p in unet.parameters() if p.requires_grad]
+    # alpha 8 / rank 4: scaling 2, folded into B
+    unet, params = tiny_unet_with_lora(seed=seed, dtype=dtype, channels=(32, 64),
+                                       targets=("to_q", "to_k", "to_v", "to_out.0"), alpha=8.0)
     for p in params:
         p.data = p.data.float()  # fp32 trainable adapters, as the engine keeps them
     install_fast_lora(unet)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lora_testkit import tiny_unet_with_lora
 
 from lora_studio.config import TrainingConfig
 from lora_studio.core.training.fast_step import (FastStep, _key, capturable_adamw, capturable_checkpointing,
@@ -15,22 +16,6 @@ from lora_studio.core.training.fast_step import (FastStep, _key, capturable_adam
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA = torch.cuda.is_available()
-
-
-def _tiny_unet_with_lora(seed=0, device="cpu"):
-    from diffusers import UNet2DConditionModel
-    from peft import LoraConfig
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=8, norm_num_groups=8).to(device)
-    unet.requires_grad_(False)
-    # Non-zero B, so the adapter changes the output from the first step and gradients reach A too.
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_v"]))
-    params = [p for p in unet.parameters() if p.requires_grad]
-    return unet, params
 
 
 def _step_fn(unet, params, opt):
@@ -184,7 +169,7 @@ def test_batch_key_separates_shapes_and_values():
 
 
 def test_declines_on_cpu_and_trains_exactly_like_eager():
-    unet, params = _tiny_unet_with_lora()
+    unet, params = tiny_unet_with_lora()
     twin = copy.deepcopy(unet)
     twin_params = [p for p in twin.parameters() if p.requires_grad]
     opt = capturable_adamw(params, lr=1e-3, device="cpu")
@@ -227,7 +212,7 @@ def test_bench_harness_smoke(tmp_path):
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_captured_step_matches_eager_on_gpu(checkpointing):
-    unet, params = _tiny_unet_with_lora(device="cuda")
+    unet, params = tiny_unet_with_lora(device="cuda")
     twin = copy.deepcopy(unet)
     twin_params = [p for p in twin.parameters() if p.requires_grad]
     if checkpointing:
@@ -268,7 +253,7 @@ def test_captured_step_matches_eager_on_gpu(checkpointing):
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_uncapturable_step_falls_back_to_eager_on_gpu():
-    unet, params = _tiny_unet_with_lora(device="cuda")
+    unet, params = tiny_unet_with_lora(device="cuda")
     opt = capturable_adamw(params, lr=1e-3)
     inner = _step_fn(unet, params, opt)
 
@@ -307,7 +292,7 @@ def test_host_calls_are_recorded_not_run_and_bookkeeping_keys_dropped():
 def test_graphed_forward_installs_and_passes_through_off_cuda():
     from lora_studio.core.training.fast_step import GraphedForward
 
-    unet, _ = _tiny_unet_with_lora()
+    unet, _ = tiny_unet_with_lora()
     x, t, ehs = torch.randn(2, 4, 8, 8), torch.tensor(10), torch.randn(2, 5, 16)
     with torch.no_grad():
         want = unet(x, t, ehs).sample
@@ -324,7 +309,7 @@ def test_graphed_forward_installs_and_passes_through_off_cuda():
 def test_graphed_forward_sees_in_place_weight_changes_on_gpu():
     from lora_studio.core.training.fast_step import GraphedForward
 
-    unet, _ = _tiny_unet_with_lora(device="cuda")
+    unet, _ = tiny_unet_with_lora(device="cuda")
     g = GraphedForward(unet).install()
     layer = unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q.base_layer
     outs = []
@@ -355,7 +340,7 @@ def test_capturable_adamw_keeps_a_float_base_rate_for_schedulers():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_resumed_optimizer_lr_moves_back_to_gpu_before_capture():
-    unet, params = _tiny_unet_with_lora(device="cuda")
+    unet, params = tiny_unet_with_lora(device="cuda")
     opt = capturable_adamw(params, lr=1e-3)
     state = opt.state_dict()
     state["param_groups"][0]["lr"] = state["param_groups"][0]["lr"].cpu()  # as torch.load(map_location="cpu")
@@ -383,7 +368,7 @@ def _fwd_bwd(unet, params, batch):
 def test_fast_lora_forward_matches_peft_and_uninstalls():
     from lora_studio.core.training.fast_kernels import install_fast_lora, uninstall_fast_lora
 
-    unet, params = _tiny_unet_with_lora()
+    unet, params = tiny_unet_with_lora()
     for p in params:
         p.data = p.data.float()
     for m in unet.modules():  # scaling != 1, so folding the scale into B is exercised
@@ -413,7 +398,7 @@ def test_fast_lora_skips_dropout_and_disabled_adapters():
 
     from lora_studio.core.training.fast_kernels import install_fast_lora
 
-    unet, _ = _tiny_unet_with_lora()
+    unet, _ = tiny_unet_with_lora()
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, lora_dropout=0.1, target_modules=["to_k"]), adapter_name="drop")
     unet.set_adapters(["drop"])
     assert install_fast_lora(unet) == 0  # the active adapter has dropout: peft's forward stays
@@ -437,7 +422,7 @@ def test_fast_kernels_step_stays_close_to_the_autocast_step_on_gpu():
     sys.path.insert(0, str(ROOT))
     from bench.steps import alphas_cumprod, make_step
 
-    unet, params = _tiny_unet_with_lora(device="cuda")
+    unet, params = tiny_unet_with_lora(device="cuda")
     unet.to(torch.bfloat16)
     for p in params:
         p.data = p.data.float()
@@ -517,7 +502,7 @@ def test_prepare_fast_kernels_sets_the_step_up_and_its_fallback_undoes_compilati
         autocast = True
         sdpa_backend = None
 
-    unet, _ = _tiny_unet_with_lora()
+    unet, _ = tiny_unet_with_lora()
     step, warnings = Step(), []
     benchmark = torch.backends.cudnn.benchmark
     fallback = prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, compile="blocks", sdpa="cudnn",
@@ -546,7 +531,7 @@ def test_conv_lora_targets_keep_autocast():
     class Step:
         autocast = True
 
-    unet, _ = _tiny_unet_with_lora()
+    unet, _ = tiny_unet_with_lora()
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "conv1"]), adapter_name="conv")
     unet.delete_adapters("default")  # only the conv+attention adapter is left
     assert any(type(m).__name__ == "Conv2d" and hasattr(m, "lora_A") for m in unet.modules())

@@ -10,12 +10,11 @@ arithmetic the same up to bf16 rounding:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
 
-# The graph removes launches; these remove memory passes inside the step. Each one is optional, measured in
-# bench/NOTES.md, and leaves the arithmetic the same up to bf16 rounding.
 SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
 
 
@@ -24,8 +23,6 @@ def sdpa_context(backend: str | None):
 
     The choice is read when the kernel is launched, so a captured graph keeps the backend of its capture.
     """
-    import contextlib
-
     if not backend or backend == "auto":
         return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -49,23 +46,38 @@ def _fast_lora_linear(self, x, *args, **kwargs):
     step), so their gradients still land in fp32. Only with one plain adapter active and a low-precision
     compute dtype; anything else runs peft's own forward.
     """
+    dtype = compute_dtype(x, self.base_layer.weight)
+    if args or kwargs or not fast_lora_ready(self) or dtype is None:
+        return type(self).forward(self, x, *args, **kwargs)  # e.g. fp32 compute: peft's arithmetic as it is
     name = self._fast_lora_name
-    if (args or kwargs or self.disable_adapters or self.merged or len(self.active_adapters) != 1
-            or self.active_adapters[0] != name):
-        return type(self).forward(self, x, *args, **kwargs)
-    device_type = x.device.type
-    autocast = torch.is_autocast_enabled(device_type)
-    dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
-    if not autocast and (dtype not in (torch.bfloat16, torch.float16) or self.base_layer.weight.dtype != dtype):
-        return type(self).forward(self, x, *args, **kwargs)  # fp32 compute: peft's arithmetic as it is
-    a = self.lora_A[name].weight
-    b = self.lora_B[name].weight
-    scaling = self.scaling[name]
     y = self.base_layer(x)
-    h = torch.nn.functional.linear(x, a.to(dtype))
-    b = (b if scaling == 1 else b * scaling).to(dtype)
+    h = torch.nn.functional.linear(x, self.lora_A[name].weight.to(dtype))
+    b = scaled_b(self).to(dtype)
     out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), b.t())
     return out.view(y.shape)
+
+
+def fast_lora_ready(layer) -> bool:
+    """`layer` is on the fast forward and its one adapter is live (not off, not merged, not another active)."""
+    name = layer.__dict__.get("_fast_lora_name")
+    return (name is not None and not layer.disable_adapters and not layer.merged
+            and list(layer.active_adapters) == [name])
+
+
+def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+    """The low-precision dtype the fast forward computes in (autocast's, else the input's when the frozen
+    weight matches it), or None where the computation is fp32: then peft's / diffusers' own forward runs."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype else None
+
+
+def scaled_b(layer) -> torch.Tensor:
+    """The active adapter's B with its scale (alpha / rank) folded in: a rank x out tensor, not an activation."""
+    name = layer._fast_lora_name
+    b, scaling = layer.lora_B[name].weight, layer.scaling[name]
+    return b if scaling == 1 else b * scaling
 
 
 def install_fast_lora(module) -> int:

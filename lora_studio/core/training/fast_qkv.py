@@ -18,27 +18,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lora_studio.core.training.fast_kernels import compute_dtype, fast_lora_ready, scaled_b
+
 
 def _qkv(attn, x: torch.Tensor):
     """(q, k, v) of `x` through the fused products, or None where this call is not covered."""
     fused = attn.__dict__.get("_fused_qkv_weight")
     layers = (attn.to_q, attn.to_k, attn.to_v)
-    if fused is None:
+    dtype = None if fused is None else compute_dtype(x, fused)
+    if dtype is None or not all(fast_lora_ready(layer) for layer in layers):
         return None
-    for layer in layers:
-        name = layer.__dict__.get("_fast_lora_name")
-        if (name is None or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1
-                or layer.active_adapters[0] != name):
-            return None
-    device_type = x.device.type
-    autocast = torch.is_autocast_enabled(device_type)
-    dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
-    if not autocast and (dtype not in (torch.bfloat16, torch.float16) or fused.dtype != dtype):
-        return None
-    names = [layer._fast_lora_name for layer in layers]
-    a = torch.cat([layer.lora_A[n].weight for layer, n in zip(layers, names)]).to(dtype)  # (3r, C)
-    b = torch.stack([layer.lora_B[n].weight if layer.scaling[n] == 1 else layer.lora_B[n].weight * layer.scaling[n]
-                     for layer, n in zip(layers, names)]).to(dtype)  # (3, C, r)
+    a = torch.cat([layer.lora_A[layer._fast_lora_name].weight for layer in layers]).to(dtype)  # (3r, C)
+    b = torch.stack([scaled_b(layer) for layer in layers]).to(dtype)  # (3, C, r)
     c, r = b.shape[1], b.shape[2]
     y = F.linear(x, fused)  # (..., 3C)
     h = F.linear(x, a)  # (..., 3r)
