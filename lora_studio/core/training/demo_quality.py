@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from lora_studio.core.demo.renderer import CLASS_PROMPT, SUBJECT_PROMPT  # the demo datasets' own captions
 from lora_studio.core.events import Finished, Progress, Started
 
 KINDS = ("subject", "style")
 MODELS = ("demo", "demo-xl")
-SUBJECT_PROMPT = "a photo of sks shape"
-CLASS_PROMPT = "a shape"
 STYLE_SUFFIX = "in zebra style"
 WEIGHTS = (0.0, 0.5, 1.0)
 GEN_STEPS = 20
