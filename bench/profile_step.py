@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench import models as M  # noqa: E402
-from bench.steps import alphas_cumprod, count_flops, free, make_step, time_steps  # noqa: E402
+from bench.steps import alphas_cumprod, cold_cache, count_flops, free, make_step, time_steps  # noqa: E402
 from lora_studio.core.training import fast_kernels as fk  # noqa: E402
 from lora_studio.core.training import fast_step as fs  # noqa: E402
 
@@ -132,9 +130,7 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
     free(device)
     if opts["compile"]:
         torch._dynamo.reset()
-        cache = tempfile.mkdtemp(prefix=f"ind_{model}_{name}_")
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-        os.environ["TRITON_CACHE_DIR"] = os.path.join(cache, "triton")
+        cold_cache(f"{model}_{name}")
     torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     unet, params = build(spec, device, args.rank)

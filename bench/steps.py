@@ -128,3 +128,18 @@ def matmul_peak_tflops(device, n: int = 8192, reps: int = 20) -> float:
     end.record()
     torch.cuda.synchronize()
     return 2 * n ** 3 * reps / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+_CACHES: dict[str, str] = {}
+
+
+def cold_cache(key: str) -> None:
+    """A fresh inductor/Triton cache per key (model and path or variant): its first row's setup is a user's
+    first run (cold); its later batch sizes reuse what it compiled, as a user's second bucket shape would."""
+    import os
+    import tempfile
+
+    if key not in _CACHES:
+        _CACHES[key] = tempfile.mkdtemp(prefix=f"inductor_{key}_")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _CACHES[key]
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(_CACHES[key], "triton")

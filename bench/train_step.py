@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench import models as M  # noqa: E402
-from bench.steps import (alphas_cumprod, count_flops, free, make_step, matmul_peak_tflops,  # noqa: E402
-                         time_steps)
+from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
+                         matmul_peak_tflops, time_steps)
 from lora_studio.core.training.fast_kernels import (prepare_fast_kernels, uncompile_blocks,  # noqa: E402
                                                     uninstall_fast_lora)
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
@@ -50,21 +50,6 @@ def mem(device) -> dict:
     if torch.device(device).type != "cuda":
         return {"peak_gib": None, "start_gib": None}
     return {"peak_gib": torch.cuda.max_memory_allocated() / GIB}
-
-
-_CACHES: dict[str, str] = {}
-
-
-def cold_cache(key: str) -> None:
-    """A fresh inductor/Triton cache per model and path: its first row's setup is a user's first run (cold);
-    its later batch sizes reuse what that path compiled, as a user's second bucket shape would."""
-    import os
-    import tempfile
-
-    if key not in _CACHES:
-        _CACHES[key] = tempfile.mkdtemp(prefix=f"inductor_{key}_")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _CACHES[key]
-    os.environ["TRITON_CACHE_DIR"] = os.path.join(_CACHES[key], "triton")
 
 
 def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp, flops_per_image, log):

@@ -278,6 +278,11 @@ class FastStep:
         self.eager_calls += 1
         return self.step_fn(batch)
 
+    def _drop_grads(self) -> None:
+        torch.cuda.synchronize(self.device)
+        for p in self.params:
+            p.grad = None
+
     def _warm_up_and_capture(self, key, batch) -> torch.Tensor:
         # cuDNN autotuning for this shape only: the warm-up picks each convolution's fastest kernel and the
         # graph keeps it. The process-wide flag is restored (previews in the same process choose their own).
@@ -309,9 +314,7 @@ class FastStep:
                 fallback, self.fallback = self.fallback, None
                 if fallback is None or isinstance(exc, torch.cuda.OutOfMemoryError):
                     raise
-                torch.cuda.synchronize(self.device)
-                for p in self.params:
-                    p.grad = None  # the failed step stopped before the optimizer: nothing else changed
+                self._drop_grads()  # the failed step stopped before the optimizer: nothing else changed
                 fallback(exc)
                 loss = self.step_fn(static_batch).detach()
         torch.cuda.current_stream(self.device).wait_stream(side)
@@ -331,9 +334,7 @@ class FastStep:
                 static_loss = self.step_fn(static_batch).detach()
         except Exception as exc:  # noqa: BLE001 - any failure to capture means "run this shape eagerly"
             _rng_restore(self.device, rng)
-            torch.cuda.synchronize(self.device)
-            for p in self.params:
-                p.grad = None  # the aborted capture may have left gradients that were never computed
+            self._drop_grads()  # the aborted capture may have left gradients that were never computed
             self.graphs[key] = None
             self.on_warning(f"fast path: could not capture the training step for batch shape "
                             f"{_shape_words(key)}; it runs eagerly ({type(exc).__name__}: {exc}).")
