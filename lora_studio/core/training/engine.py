@@ -283,8 +283,8 @@ class _Run:
 
             # accelerate wraps the forward in autocast; the fast step decides that itself (pure bf16).
             step.unet = self.unet = acc.unwrap_model(self.unet, keep_fp32_wrapper=False)
-            # Compiled transformer blocks: SDXL only, without checkpointing (bench/NOTES.md attempt 8: SDXL
-            # compiles in ~20 s per bucket shape; SD 1.5's four block shapes take ~60 s for less gain).
+            # Compiled transformer blocks: SDXL only, without checkpointing (bench/NOTES.md attempts 8-10, H100:
+            # SDXL b4 205 -> 187 ms for ~20 s of compile per bucket shape; SD 1.5 b8 75 -> 67 ms for ~65 s).
             fallback = prepare_fast_kernels(self.unet, step, weight_dtype=self.weight_dtype,
                                             pure=not cfg.train_text_encoder,
                                             compile="blocks" if m.is_sdxl and not cfg.gradient_checkpointing else None,
