@@ -7,7 +7,7 @@ from one seed), so any difference is the step's arithmetic. Three runs per model
   eager      the engine's step (fused capturable AdamW, autocast, peft's LoRA forward) run eagerly,
   fast       the engine's fast path: FastStep (CUDA graphs, two bucket shapes interleaved) over the step
              with prepare_fast_kernels' changes as the engine makes them (LoRA forward without peft's extra
-             passes, pure bf16; demo-xl also compiled transformer blocks),
+             passes, pure bf16, fused self-attention q/k/v; demo-xl also compiled transformer blocks),
   reference  the reference recipe's foreach AdamW, eagerly.
 Pass: the fast loss curve stays within 1% of eager (10-step moving average, every window), and the
 per-step and final-weight differences are reported too.
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.steps import alphas_cumprod, make_step  # noqa: E402
-from lora_studio.core.training.fast_kernels import prepare_fast_kernels  # noqa: E402
+from lora_studio.core.training.fast_kernels import kernel_choice, prepare_fast_kernels  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw  # noqa: E402
 
 PROMPTS = ["a photo of a red circle", "a blue square on a white background", "a green triangle",
@@ -92,8 +92,8 @@ def run(unet, params, batches, kind, device, lr=1e-4, sdxl=False):
     else:
         opt = capturable_adamw(params, lr=lr, weight_decay=1e-2, device=device)
     pure = kind == "fast" and device != "cpu"
-    if pure:  # the engine's fast path as engine.make_optimizer sets it up (SDXL: compiled blocks) + graphs
-        prepare_fast_kernels(unet, None, compile="blocks" if sdxl else None)
+    if pure:  # the engine's fast path as engine.make_optimizer sets it up (kernel_choice) + graphs
+        prepare_fast_kernels(unet, None, **kernel_choice(sdxl, checkpointing=False))
     step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure)
     warnings = []
     if kind == "fast":
@@ -163,7 +163,8 @@ def render(result) -> str:
     lines = [f"# Fast path faithfulness — {result['card']}, {result['date']}, {result['steps']} steps", "",
              "Same weights, batches, noise and timesteps. 'eager' is the engine's step run eagerly (fused capturable "
              "AdamW, bf16 autocast, peft's LoRA forward); 'fast' is the engine's fast path (CUDA graphs, pure bf16 "
-             "step, fast LoRA forward); 'reference' uses foreach AdamW.", "",
+             "step, fast LoRA forward, fused self-attention q/k/v; SDXL-family: compiled transformer blocks); "
+             "'reference' uses foreach AdamW.", "",
              "| model | fast vs eager: max step rel | max 10-step MA rel | fast vs reference AdamW: max step rel "
              "| max MA rel | graphs / replays | pass (<=1%) |", "|---|---|---|---|---|---|---|"]
     for name, r in result["models"].items():

@@ -27,16 +27,16 @@ import torch  # noqa: E402
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
                          matmul_peak_tflops, time_steps)
-from lora_studio.core.training.fast_kernels import (prepare_fast_kernels, uncompile_blocks,  # noqa: E402
-                                                    uninstall_fast_lora)
+from lora_studio.core.training.fast_kernels import (kernel_choice, prepare_fast_kernels,  # noqa: E402
+                                                    uncompile_blocks, uninstall_fast_lora)
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
 
 GIB = 2 ** 30
-SETUP_PATHS = ("reference", "graph", "fast", "fast_qkv", "fast_compiled", "fast_compiled_qkv")
+SETUP_PATHS = ("reference", "graph", "fast", "fast_compiled_qkv", "engine")
 # Words of a fast path's name (fast_compiled_qkv, fast_regions_cl, ...): which fast_kernels.COMPILE_SETS entry is
 # compiled; "cl" = channels-last frozen weights and input; "qkv" = fast_qkv's fused self-attention projections.
-PATH_WORDS = {"compiled": "blocks", "res": "blocks_res", "regions": "regions"}
+PATH_WORDS = {"compiled": "blocks", "res": "blocks_res", "regions": "regions", "unet": "unet"}
 NOMINAL_PEAK_TFLOPS = 790.0
 
 
@@ -85,12 +85,16 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         # graph: the captured step alone (attempt 1). fast*: the engine's fast path through the engine's own
         # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step) and PATH_WORDS.
         pure = path != "graph"
-        compile_set = next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None)
-        if compile_set:
+        if path == "engine":  # exactly what the engine's fast path does for this model and checkpointing
+            kernels = kernel_choice(name == "sdxl", ckpt)
+        else:
+            kernels = {"compile": next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None),
+                       "fuse_qkv": "qkv" in words}
+        if kernels["compile"]:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
             cold_cache(f"{name}_{path}")
         if pure:
-            prepare_fast_kernels(unet, None, compile=compile_set, fuse_qkv="qkv" in words)
+            prepare_fast_kernels(unet, None, **kernels)
         step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
                                   autocast=not pure or not cuda),
                         device=device, params=params, on_warning=warnings.append)
@@ -179,9 +183,10 @@ def main(argv=None) -> int:
     ap.add_argument("--paths-for", action="append", default=[], metavar="MODEL=P,P",
                     help="paths for one model, overriding --paths (e.g. sdxl=reference,fast,fast_compiled)")
     ap.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
-    ap.add_argument("--paths", default="reference,fast", help="reference, fast (the engine's fast path), graph "
+    ap.add_argument("--paths", default="reference,engine", help="reference, engine (the engine's fast path as "
+                    "fast_kernels.kernel_choice sets it up for the model), fast (LoRA forward + pure bf16), graph "
                     "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
-                    "other fast_* names combine the words compiled / res / regions (compiled sets), cl, qkv "
+                    "other fast_* names combine the words compiled / res / regions / unet (compiled sets), cl, qkv "
                     "(fused self-attention q/k/v), e.g. fast_regions_cl, fast_compiled_qkv")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")

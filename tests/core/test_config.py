@@ -24,6 +24,7 @@ def test_alpha_defaults_to_rank():
         ({"rank": 0}, "rank", "out of range"),
         ({"learning_rate": "fast"}, "learning_rate", "must be a number"),
         ({"mixed_precision": "fp8"}, "mixed_precision", "is not one of"),
+        ({"compile_unet": "everything"}, "compile_unet", "is not one of"),
         ({"gradient_checkpointing": 1}, "gradient_checkpointing", "true or false"),
         ({"mode": "dreambooth"}, "instance_prompt", "rare token"),
         ({"mode": "dreambooth", "instance_prompt": "a sks dog", "with_prior_preservation": True},

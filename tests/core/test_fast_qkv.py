@@ -1,4 +1,4 @@
-"""Fused self-attention q/k/v (a bench variant): the same training signal as the unfused fast LoRA forward."""
+"""Fused self-attention q/k/v (on in the engine's fast path): the same training signal as the unfused fast LoRA forward."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from lora_testkit import tiny_unet_with_lora
 
-from lora_studio.core.training.fast_kernels import install_fast_lora
+from lora_studio.core.training.fast_kernels import install_fast_lora, kernel_choice
 from lora_studio.core.training.fast_qkv import install_fused_qkv, uninstall_fused_qkv
 
 
@@ -76,3 +76,14 @@ def test_fp32_compute_and_disabled_adapters_run_diffusers_processor():
         uninstall_fused_qkv(unet)
         base = unet(x, torch.tensor([5]), ehs).sample
     assert torch.equal(off, base)  # adapters off: the base model, whatever the processor
+
+
+def test_kernel_choice_follows_the_config():
+    # auto: compiled transformer blocks for SDXL only, and not under gradient checkpointing; q/k/v always fused
+    assert kernel_choice(True, False) == {"compile": "blocks", "fuse_qkv": True}
+    assert kernel_choice(True, True)["compile"] is None
+    assert kernel_choice(False, False)["compile"] is None
+    assert kernel_choice(False, False, "regions")["compile"] == "regions"
+    assert kernel_choice(True, False, "off")["compile"] is None
+    with pytest.raises(ValueError, match="compile_unet"):
+        kernel_choice(True, False, "everything")

@@ -200,11 +200,11 @@ def test_bench_harness_smoke(tmp_path):
 
     result = json.loads(next(tmp_path.glob("train_step_tiny_*.json")).read_text())
     rows = {r["path"]: r for r in result["rows"]}
-    assert set(rows) == {"reference", "fast"}
-    assert rows["fast"]["fast_active"] is False and "CUDA" in rows["fast"]["fallback_reason"]
+    assert set(rows) == {"reference", "engine"}
+    assert rows["engine"]["fast_active"] is False and "CUDA" in rows["engine"]["fallback_reason"]
     assert all(r["ms"] > 0 and r["loss"] == r["loss"] for r in rows.values())
     assert result["setup"]["sd15"]["flops_per_image"] > 0
-    assert "| sd15 | fast | 1 |" in next(tmp_path.glob("train_step_tiny_*.md")).read_text()
+    assert "| sd15 | engine | 1 |" in next(tmp_path.glob("train_step_tiny_*.md")).read_text()
 
 
 # ------------------------------------------------------------------------------------------ on a GPU
@@ -608,6 +608,7 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
     inner = step.step_fn
     assert res_f["fast_path"]["replays"] == step.replays and res_e["fast_path"]["active"] is False
     assert res_f["fast_path"]["pure_low_precision"] is (not inner.autocast)
+    assert res_f["fast_path"]["fused_qkv"] > 0  # self-attention q/k/v as one product (kernel_choice)
     # pure bf16 only with every LoRA on the fast Linear forward and no text-encoder LoRA
     assert inner.autocast is (te or targets is None)
     groups = inner.optimizer.param_groups

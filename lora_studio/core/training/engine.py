@@ -278,16 +278,14 @@ class _Run:
                             self.weight_dtype)
         self.step_fn = step
         if self.fast_reason is None:
-            from lora_studio.core.training.fast_kernels import prepare_fast_kernels
+            from lora_studio.core.training.fast_kernels import kernel_choice, prepare_fast_kernels
             from lora_studio.core.training.fast_step import FastStep
 
             # accelerate wraps the forward in autocast; the fast step decides that itself (pure bf16).
             step.unet = self.unet = acc.unwrap_model(self.unet, keep_fp32_wrapper=False)
-            # Compiled transformer blocks: SDXL only, without checkpointing (bench/NOTES.md attempts 8-10, H100:
-            # SDXL b4 205 -> 187 ms for ~20 s of compile per bucket shape; SD 1.5 b8 75 -> 67 ms for ~65 s).
             fallback = prepare_fast_kernels(self.unet, step, weight_dtype=self.weight_dtype,
                                             pure=not cfg.train_text_encoder,
-                                            compile="blocks" if m.is_sdxl and not cfg.gradient_checkpointing else None,
+                                            **kernel_choice(m.is_sdxl, cfg.gradient_checkpointing, cfg.compile_unet),
                                             on_warning=lambda msg: self.emit(Warning(msg)))
             self.step_fn = FastStep(step, device=self.device, params=self.params,
                                     on_warning=lambda msg: self.emit(Warning(msg)), fallback=fallback)
@@ -460,7 +458,8 @@ class _Run:
         inner = self.step_fn.step_fn
         return {**self.step_fn.stats(), "pure_low_precision": not inner.autocast,
                 "compiled_modules": sum(getattr(m, "_compiled_call_impl", None) is not None
-                                        for m in inner.unet.modules())}
+                                        for m in inner.unet.modules()),
+                "fused_qkv": sum("_fused_qkv_weight" in m.__dict__ for m in inner.unet.modules())}
 
     def export_kohya(self, adapter: Path) -> str | None:
         try:

@@ -129,11 +129,13 @@ def uninstall_fast_lora(module) -> int:
 # What `compile_blocks` compiles (bench/NOTES.md attempts 8-10): "blocks" = the repeated transformer block
 # (GEGLU, residual adds, norms fused); "blocks_res" + every ResnetBlock2D (GroupNorm + SiLU + the time-embedding
 # add fused around cuDNN's convolutions); "regions" = every Transformer2DModel whole (its GroupNorm and
-# projections too, but all its blocks in one graph: longer compiles) and ResnetBlock2D.
+# projections too, but all its blocks in one graph: longer compiles) and ResnetBlock2D; "unet" = the whole UNet
+# as one graph (inductor also picks channels-last for the convolutions and fuses across block boundaries).
 COMPILE_SETS = {
     "blocks": ("BasicTransformerBlock",),
     "blocks_res": ("BasicTransformerBlock", "ResnetBlock2D"),
     "regions": ("Transformer2DModel", "ResnetBlock2D"),
+    "unet": ("UNet2DConditionModel",),
 }
 # Distinct block shapes in one UNet (SD 1.5's resnets: ~10 channel/size pairs) each compile once; torch's
 # default limit of 8 recompilations per function would leave the rest uncompiled, silently.
@@ -171,6 +173,23 @@ def uncompile_blocks(module) -> int:
     return n
 
 
+def kernel_choice(is_sdxl: bool, checkpointing: bool, compile_unet: str = "auto") -> dict:
+    """The engine's `prepare_fast_kernels` options for a model family and config (bench/NOTES.md attempts 8-11).
+
+    H100, one bucket shape, cold compile cache: SDXL b4 205 ms uncompiled -> 187 compiled blocks (~20 s of
+    compile) -> 184.5 with fused q/k/v (setup 24 s) -> 174 compiling whole regions (152 s of compile). SD 1.5
+    b8: 75 -> 74.4 with fused q/k/v; compiled blocks 67 ms for ~65 s, so "auto" compiles nothing there.
+    "auto" = blocks for SDXL without gradient checkpointing (recomputed blocks are not measured compiled).
+    """
+    if compile_unet not in ("auto", "off", *COMPILE_SETS):
+        raise ValueError(f"compile_unet must be auto, off or one of {', '.join(COMPILE_SETS)}, not {compile_unet!r}")
+    if compile_unet == "auto":
+        compile_set = "blocks" if is_sdxl and not checkpointing else None
+    else:
+        compile_set = None if compile_unet == "off" else compile_unet
+    return {"compile": compile_set, "fuse_qkv": True}
+
+
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
                          compile: str | None = None, fuse_qkv: bool = False, sdpa: str | None = None,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
@@ -184,8 +203,8 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
     - ``sdpa``: an attention backend for the step (``step.sdpa_backend``);
     - ``compile``: a `COMPILE_SETS` name ("blocks": the repeated transformer blocks, as the engine does for SDXL;
       setup cost and speed of each in bench/NOTES.md), None: nothing compiled;
-    - ``fuse_qkv``: self-attention's q/k/v and their LoRA A factors as one product each (`fast_qkv`; a bench
-      variant until measured: the engine leaves it off).
+    - ``fuse_qkv``: self-attention's q/k/v and their LoRA A factors as one product each (`fast_qkv`).
+    `kernel_choice` gives the engine's options.
     The returned fallback undoes the compilation if the first step fails to build it, and says so.
     """
     warn = on_warning or (lambda msg: None)
@@ -208,7 +227,7 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
 
     def fallback(exc: BaseException) -> None:
         if uncompile_blocks(unet):
-            warn(f"fast path: compiling the transformer blocks failed ({type(exc).__name__}: "
+            warn(f"fast path: compiling the UNet's blocks failed ({type(exc).__name__}: "
                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); they run uncompiled.")
         else:
             raise exc
