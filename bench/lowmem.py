@@ -8,7 +8,8 @@ GPU (cached latents and embeddings). Variants per model:
   bf16            frozen base in bf16, gradient checkpointing, eager step
   bf16+fast       the same through FastStep (the graph's memory pool counted)
   int8            (stretch) frozen Linear weights stored as int8 with a per-output-channel scale,
-                  dequantised on the fly in forward and backward (nothing extra saved for backward)
+                  dequantised on the fly in forward and backward (nothing extra saved for backward):
+                  lora_studio.core.training.int8_base, quantised on the host before the move as the engine does
   int8+fast       the same through FastStep
 Peaks are torch.cuda.max_memory_allocated from an empty GPU (build included) and, separately, during
 training only (reset after setup). Targets: SDXL <= 7.5 GiB (8 GB card), stretch 5.5 GiB; SD 1.5 <= 3.5 GiB.
@@ -27,72 +28,30 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from bench import models as M  # noqa: E402
 from bench.steps import alphas_cumprod, free, make_step, time_steps  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
+from lora_studio.core.training.int8_base import quantize_frozen_linears  # noqa: E402
 
 GIB = 2 ** 30
 
 
-class _DequantLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, q, scale, bias):
-        w = q.to(x.dtype) * scale.to(x.dtype)
-        ctx.save_for_backward(q, scale)
-        return F.linear(x, w, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        q, scale = ctx.saved_tensors
-        w = q.to(grad.dtype) * scale.to(grad.dtype)
-        return grad @ w, None, None, None
-
-
-class Int8Linear(torch.nn.Module):
-    """A frozen Linear whose weight is stored as int8 rows with one bf16 scale each (half of bf16)."""
-
-    def __init__(self, linear: torch.nn.Linear, dtype=torch.bfloat16):
-        super().__init__()
-        w = linear.weight.detach()
-        scale = w.float().abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / 127.0
-        self.register_buffer("q", torch.round(w.float() / scale).clamp_(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale.to(dtype))
-        self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-
-    def forward(self, x):
-        dtype = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
-        if not x.is_cuda and torch.is_autocast_enabled("cpu"):
-            dtype = torch.get_autocast_dtype("cpu")
-        bias = None if self.bias is None else self.bias.to(dtype)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return _DequantLinear.apply(x.to(dtype), self.q, self.scale, bias)
-
-
-def quantize_frozen_linears(model, min_numel: int = 4096) -> int:
-    """Swap every frozen nn.Linear (peft's base layers included) for Int8Linear; returns bytes saved."""
-    saved = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and not child.weight.requires_grad and child.weight.numel() >= min_numel:
-                setattr(parent, name, Int8Linear(child, child.weight.dtype))
-                saved += child.weight.numel() * (child.weight.element_size() - 1)
-                del child
-    return saved
-
-
 def measure(name, spec, *, int8, fast, device, args, rank=32):
+    if args.image:
+        spec = (spec[0], args.image, *spec[2:])
     free(device)
     cuda = device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     torch.manual_seed(0)  # the same random base and LoRA for every variant
-    unet, _ = M.build_unet(spec[0], device)
+    # int8 as the engine does it (config int8_base): LoRA in, weights quantised on the host, then moved. Every
+    # variant is built on the host, so all start from the same random weights (the first losses compare).
+    unet, _ = M.build_unet(spec[0], "cpu")
     params = M.add_lora(unet, rank)
     saved = quantize_frozen_linears(unet) if int8 else 0
+    unet.to(device)
     if fast:
         capturable_checkpointing(unet)
         opt = capturable_adamw(params, lr=1e-4, device=device)
@@ -134,6 +93,9 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="sdxl,sd15")
     ap.add_argument("--variants", default="bf16,bf16+fast,int8,int8+fast")
     ap.add_argument("--budget", type=float, default=1.5)
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--image", type=int, default=0, help="image size in pixels (default: the model's own)")
+    ap.add_argument("--tag", default="", help="appended to the result file names")
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
@@ -147,10 +109,13 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tag = ("tiny_" if tiny else "") + ("h100" if "H100" in result["card"] else "gpu" if device == "cuda" else "cpu")
+    tag += args.tag
+    result.update(rank=args.rank, image=args.image or None)
     for name in args.models.split(","):
         for v in args.variants.split(","):
             try:
-                row = measure(name, specs[name], int8="int8" in v, fast="fast" in v, device=device, args=args)
+                row = measure(name, specs[name], int8="int8" in v, fast="fast" in v, device=device, args=args,
+                              rank=args.rank)
             except torch.cuda.OutOfMemoryError as exc:
                 row = {"model": name, "variant": v, "error": str(exc).splitlines()[0]}
             row["variant"] = v
@@ -167,10 +132,12 @@ def save(result, out: Path, tag: str) -> None:
 
 def render(result) -> str:
     lines = [f"# Low-memory presets — {result['card']}, {result['date']}", "",
-             "Rank 32, batch 1, gradient checkpointing, cached latents + text embeddings (encoders off the GPU). "
+             f"Rank {result.get('rank', 32)}, batch 1, "
+             f"{str(result['image']) + ' px' if result.get('image') else 'SDXL 1024 / SD 1.5 512 px'}, "
+             "gradient checkpointing, cached latents + text embeddings (encoders off the GPU). "
              "'peak in training' is max_memory_allocated from the first step on (everything the run keeps, the "
-             "graph pool included); 'from empty' adds building the model, where int8 rows hold the bf16 model "
-             "briefly before quantising it (a loader that quantises layer by layer would not).", "",
+             "graph pool included); 'from empty' adds building the model (int8 rows build and quantise it on the "
+             "host first, as the engine does).", "",
              "| model | variant | peak in training GiB | peak from empty GiB | resident GiB | ms/step | first loss |",
              "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:

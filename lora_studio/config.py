@@ -119,6 +119,10 @@ class TrainingConfig:
                              group="memory")
     cache_text_embeddings: bool = _f(True, "Encode captions once and keep the text encoders off the GPU "
                                      "(not when training the text encoder).", group="memory")
+    int8_base: bool = _f(False, "Store the frozen UNet's large weights in 8 bits: SDXL at 1024 fits a 6 GB card "
+                         "(rank 32, batch 1, checkpointing: 4.0 GiB instead of 6.2), the step is ~30% slower and the "
+                         "base model is slightly rounded while training. The saved LoRA is the usual file and loads "
+                         "on the full model.", group="memory")
     fast_path: bool = _f(True, "Use the captured CUDA-graph training step when the run allows it.", group="memory",
                          advanced=True)
     compile_unet: str = _f("auto", "Compile parts of the UNet for a faster step (fast path only): 'blocks' compiles "
@@ -279,6 +283,9 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
         # 512, batch 1, checkpointing: 2.20 / 2.26 GiB at rank 32 (target <= 3.5 GiB).
         4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
                 cache_text_embeddings=True, resolution=512, rank=8),
+        # batch 4, checkpointing: 3.2 GiB (the 8 GB preset; 6 GB cards get it too).
+        6: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
+                cache_text_embeddings=True, resolution=512),
         # batch 4, checkpointing: 3.2 GiB (batch 4 without it needs 6.1-6.5 GiB, too close to 8 GB).
         8: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
                 cache_text_embeddings=True, resolution=512),
@@ -292,10 +299,14 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
                  resolution=512),
     },
     "sdxl": {
-        # Does not fit as it stands: the frozen UNet alone is 4.8 GiB in 16-bit. 8-bit storage of its Linear
-        # weights (bench/lowmem.py, not in the engine yet) brings 1024/batch 1 to 4.2 GiB.
+        # The frozen UNet alone is 4.8 GiB in 16-bit; stored in 8 bits (int8_base) 768 px, rank 4, batch 1 peaks
+        # at 3.29 GiB (bench/results/lowmem_h100_768r4.md): a 4 GB card with little to spare.
         4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
-                cache_text_embeddings=True, resolution=768, rank=4),
+                cache_text_embeddings=True, resolution=768, rank=4, int8_base=True),
+        # 1024, batch 1, checkpointing, 8-bit base: 4.03 GiB at rank 32 (lowmem_h100_int8engine.md), ~30% slower
+        # than the 16-bit base (6.21 GiB, too much for 6 GB).
+        6: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
+                cache_text_embeddings=True, resolution=1024, rank=16, int8_base=True),
         # 1024, batch 1, checkpointing: 6.15 / 6.28 GiB at rank 32 (target <= 7.5 GiB); rank 16 keeps a margin.
         8: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
                 cache_text_embeddings=True, resolution=1024, rank=16),
@@ -311,7 +322,7 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
                  resolution=1024),
     },
 }
-PRESET_SIZES = (4, 8, 12, 16, 24)
+PRESET_SIZES = (4, 6, 8, 12, 16, 24)
 
 
 def preset_for_memory(gib: float) -> int:

@@ -65,6 +65,8 @@ def test_presets_are_valid(family, gib):
 
 def test_preset_for_memory():
     assert c.preset_for_memory(3.0) == 4
+    assert c.preset_for_memory(5.8) == 6  # a 6 GB card: SDXL with the 8-bit base
+    assert c.apply_preset(c.TrainingConfig(), "sdxl", 6).int8_base
     assert c.preset_for_memory(7.8) == 8
     assert c.preset_for_memory(11.9) == 12
     assert c.preset_for_memory(80) == 24

@@ -202,6 +202,32 @@ def test_adapter_loads_in_plain_diffusers_with_alpha_scaling(family, sd1_dir, sd
     assert (loaded - wrong_scale).abs().mean() > 1 / 255
 
 
+def test_int8_base_dreambooth_run_matches_the_16bit_run_and_saves_a_normal_adapter(sd1_dir, tmp_path):
+    """int8_base: LoRA in before quantising, class images made by the quantised model, the usual adapter file."""
+    from lora_studio.core.models.loader import load_pipeline
+
+    data = make_dataset(tmp_path / "data", n=2)
+    common = dict(mode="dreambooth", instance_prompt="a photo of sks circle", with_prior_preservation=True,
+                  class_prompt="a photo of circle", num_class_images=2, max_train_steps=3, learning_rate=2e-2)
+    runs = {}
+    for int8 in (False, True):
+        events = Recorder()
+        runs[int8] = train(config(sd1_dir, data, tmp_path / f"out{int8}", int8_base=int8,
+                                  class_data_dir=str(tmp_path / f"class{int8}"), **common), events)
+        assert_event_stream(events, 3)
+        assert len(list((tmp_path / f"class{int8}").glob("*.png"))) == 2
+    plain, q8 = runs[False], runs[True]
+    assert plain["int8_base_saved_bytes"] == 0 and q8["int8_base_saved_bytes"] > 0
+    # The same seed, data and LoRA init: the first loss differs only by the base's rounding.
+    assert q8["loss_history"][0][1] == pytest.approx(plain["loss_history"][0][1], rel=2e-2)
+    a, b = _adapter(plain["adapter_path"]), _adapter(q8["adapter_path"])
+    assert a.keys() == b.keys()  # the same adapter layout: nothing of the 8-bit base leaks into the file
+    pipe = load_pipeline(str(sd1_dir), torch_dtype=torch.float32)
+    base = _image(pipe, "a photo of sks circle")
+    pipe.load_lora_weights(str(tmp_path / "outTrue"))
+    assert (_image(pipe, "a photo of sks circle") - base).abs().mean() > 1 / 255  # it loads on the full model
+
+
 # ------------------------------------------------------------------------------ bad input stops before work
 def _fails_before_work(cfg, tmp_path, *words):
     events = Recorder()

@@ -67,6 +67,8 @@ def _failure_words(exc: BaseException, config) -> tuple[str, str]:
             tips.append("set cache_latents = true")
         if config.train_text_encoder:
             tips.append("set train_text_encoder = false")
+        if not config.int8_base:
+            tips.append("set int8_base = true (the frozen UNet in 8 bits: ~2 GB less for SDXL)")
         tips.append(f"lower resolution from {config.resolution} to {max(256, config.resolution * 3 // 4 // 64 * 64)}")
         if config.rank > 16:
             tips.append(f"lower rank from {config.rank} to 16")
@@ -87,6 +89,8 @@ class _Run:
         self.samples: list[str] = []
         self.last_checkpoint: str | None = None
         self.tensorboard = False
+        self.params: list | None = None
+        self.int8_saved_bytes = 0
 
     def emit(self, event) -> None:
         if self.accelerator is None or self.accelerator.is_main_process:
@@ -102,14 +106,18 @@ class _Run:
 
             save(self.config, self.output_dir / "config.toml")
         self.load_models()
+        if self.config.int8_base:
+            self.add_lora()  # the LoRA goes in before the frozen weights are stored in 8 bits and moved to the GPU
         class_paths = self.class_images() if self.config.with_prior_preservation else []
         if self.should_stop() and self.config.with_prior_preservation and \
                 len(class_paths) < self.config.num_class_images:
             return self.finish_early(t0, "stopped while generating class images")
-        from accelerate.utils import set_seed
+        if self.params is None:
+            self.add_lora()
+        else:
+            from accelerate.utils import set_seed
 
-        set_seed(self.config.seed)  # LoRA init (A is random) must not depend on what ran before
-        self.params = build_lora(self.models, self.config)
+            set_seed(self.config.seed)  # the same random state whether class images were made or found
         self.setup_memory()
         self.prepare_data(examples, class_paths)
         self.make_optimizer()
@@ -176,7 +184,20 @@ class _Run:
                               *[(enc, self.weight_dtype) for enc in m.text_encoders]]:
             if module.dtype != dtype:
                 module.to(dtype=dtype)
-            module.to(self.device)
+            if not (module is m.unet and cfg.int8_base):  # int8_base: the UNet moves once quantised (add_lora)
+                module.to(self.device)
+
+    def add_lora(self):
+        from accelerate.utils import set_seed
+
+        set_seed(self.config.seed)  # LoRA init (A is random) must not depend on what ran before
+        self.params = build_lora(self.models, self.config)
+        if self.config.int8_base:
+            from lora_studio.core.training.int8_base import quantize_frozen_linears
+
+            saved = quantize_frozen_linears(self.models.unet)
+            self.models.unet.to(self.device)  # Module.to keeps the Parameter objects: self.params stays valid
+            self.int8_saved_bytes = saved
 
     def class_images(self) -> list[Path]:
         from lora_studio.core.training.class_images import ensure_class_images
@@ -445,6 +466,7 @@ class _Run:
             "num_processes": acc.num_processes,
             "elapsed_s": time.perf_counter() - t0,
             "fast_path": self.fast_path_stats(),
+            "int8_base_saved_bytes": self.int8_saved_bytes,
         }
         self.emit(Finished(result))
         return result

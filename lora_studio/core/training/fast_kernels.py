@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from lora_studio.core.training.int8_base import Int8Linear, weight_dtype
+
 SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
 
 
@@ -46,7 +48,7 @@ def _fast_lora_linear(self, x, *args, **kwargs):
     step), so their gradients still land in fp32. Only with one plain adapter active and a low-precision
     compute dtype; anything else runs peft's own forward.
     """
-    dtype = compute_dtype(x, self.base_layer.weight)
+    dtype = compute_dtype(x, weight_dtype(self.base_layer))  # the base may be an int8-stored Linear
     if args or kwargs or not fast_lora_ready(self) or dtype is None:
         return type(self).forward(self, x, *args, **kwargs)  # e.g. fp32 compute: peft's arithmetic as it is
     name = self._fast_lora_name
@@ -64,13 +66,13 @@ def fast_lora_ready(layer) -> bool:
             and list(layer.active_adapters) == [name])
 
 
-def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype | None:
+def compute_dtype(x: torch.Tensor, weight_dtype: torch.dtype) -> torch.dtype | None:
     """The low-precision dtype the fast forward computes in (autocast's, else the input's when the frozen
-    weight matches it), or None where the computation is fp32: then peft's / diffusers' own forward runs."""
+    weight's dtype matches it), or None where the computation is fp32: then peft's / diffusers' own forward runs."""
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
-    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype else None
+    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) and weight_dtype == x.dtype else None
 
 
 def scaled_b(layer) -> torch.Tensor:
@@ -93,7 +95,7 @@ def install_fast_lora(module) -> int:
         return 0
     n = 0
     for sub in module.modules():
-        if not isinstance(sub, LoraLinear) or not isinstance(sub.base_layer, torch.nn.Linear):
+        if not isinstance(sub, LoraLinear) or not isinstance(sub.base_layer, (torch.nn.Linear, Int8Linear)):
             continue
         active = list(sub.active_adapters)
         if len(active) != 1 or active[0] not in sub.lora_A or active[0] in getattr(sub, "lora_variant", {}):

@@ -26,7 +26,7 @@ def _qkv(attn, x: torch.Tensor):
     """(q, k, v) of `x` through the fused products, or None where this call is not covered."""
     fused = attn.__dict__.get("_fused_qkv_weight")
     layers = (attn.to_q, attn.to_k, attn.to_v)
-    dtype = None if fused is None else compute_dtype(x, fused)
+    dtype = None if fused is None else compute_dtype(x, fused.dtype)
     if dtype is None or not all(fast_lora_ready(layer) for layer in layers):
         return None
     a = torch.cat([layer.lora_A[layer._fast_lora_name].weight for layer in layers]).to(dtype)  # (3r, C)
@@ -79,6 +79,8 @@ def install_fused_qkv(module) -> int:
         if not all("_fast_lora_name" in layer.__dict__ for layer in layers):
             continue
         bases = [layer.base_layer for layer in layers]
+        if any(type(b) is not torch.nn.Linear for b in bases):  # e.g. int8-stored weights (int8_base)
+            continue
         if any(b.bias is not None for b in bases) or len({(b.weight.shape, b.weight.dtype) for b in bases}) != 1:
             continue
         if len({layer.lora_A[layer._fast_lora_name].weight.shape for layer in layers}) != 1:
