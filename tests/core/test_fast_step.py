@@ -627,6 +627,32 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
     assert rel < 3e-2 and cos > 0.95, (rel, cos, drift, lf.tolist(), le.tolist())
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_int8_base_runs_on_the_fast_path_on_gpu(monkeypatch, tmp_path):
+    """int8_base on the GPU: the UNet reaches the device quantised, the captured pure-bf16 step replays on it."""
+    from lora_studio.core.training import demo_quality as dq
+    from lora_studio.core.training.int8_base import Int8Linear
+
+    steps = 12
+    kw = dict(max_train_steps=steps, mixed_precision="bf16", gradient_checkpointing=True,
+              target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    runs = {}
+    for int8 in (True, False):
+        cfg = dq.recipe_config("style", "demo", tmp_path / str(int8), int8_base=int8, **kw)
+        runs[int8] = _train_recorded(monkeypatch, cfg)
+    (res_q, step, warn_q, _, _), (res_b, _, _, _, _) = runs[True], runs[False]
+    assert res_q["int8_base_saved_bytes"] > 0 and step is not None and step.active
+    assert not [w for w in warn_q if "fast path" in w], warn_q
+    assert step.replays == steps - 1 and res_q["fast_path"]["pure_low_precision"] is True
+    unet = step.step_fn.unet
+    int8 = [m for m in unet.modules() if isinstance(m, Int8Linear)]
+    assert int8 and all(m.q.is_cuda for m in int8)
+    lq = torch.tensor([x[1] for x in res_q["loss_history"]])
+    lb = torch.tensor([x[1] for x in res_b["loss_history"]])
+    assert torch.isfinite(lq).all() and ((lq - lb).abs() / lb).mean() < 5e-2, (lq.tolist(), lb.tolist())
+
+
 def test_judge_fast_bench_smoke(tmp_path):
     """bench/judge_fast.py end to end on the CPU: two tiny runs (fast declines off CUDA), table and JSON."""
     import json
