@@ -32,7 +32,8 @@ LABELS = {
     "dataloader_num_workers": "Loader workers", "with_prior_preservation": "Prior preservation",
     "adam_beta1": "Adam beta1", "adam_beta2": "Adam beta2", "adam_epsilon": "Adam epsilon",
     "adam_weight_decay": "Weight decay", "max_grad_norm": "Gradient clipping", "report_to": "Log to",
-    "fast_path": "CUDA-graph fast path", "int8_base": "8-bit base model", "compile_unet": "Compile the UNet", "enable_bucket": "Aspect-ratio buckets", "instance_prompt": "Instance prompt",
+    "fast_path": "CUDA-graph fast path", "enable_bucket": "Aspect-ratio buckets", "instance_prompt": "Instance prompt",
+    "int8_base": "8-bit base model", "compile_unet": "Compile the UNet",
 }
 SUFFIXES = {"resolution": " px", "validation_steps": " steps", "checkpointing_steps": " steps",
             "lr_warmup_steps": " steps", "max_train_steps": " steps", "num_validation_images": " images",
