@@ -228,6 +228,22 @@ def test_int8_base_dreambooth_run_matches_the_16bit_run_and_saves_a_normal_adapt
     assert (_image(pipe, "a photo of sks circle") - base).abs().mean() > 1 / 255  # it loads on the full model
 
 
+def test_int8_base_resume_equals_uninterrupted_run(sd1_dir, tmp_path):
+    # The checkpoint holds the LoRA and optimizer only; resuming quantises the base again the same way.
+    data = make_dataset(tmp_path / "data", n=2)
+    common = dict(int8_base=True, mode="dreambooth", instance_prompt="a photo of sks circle", max_train_steps=4,
+                  checkpointing_steps=2)
+    full = train(config(sd1_dir, data, tmp_path / "full", **common), Recorder())
+    events = Recorder()
+    first = train(config(sd1_dir, data, tmp_path / "split", **common), events,
+                  stop=lambda: len(events.of(ev.Progress, "train")) >= 2)
+    assert first["stopped"] is True and first["steps"] == 2
+    second = train(config(sd1_dir, data, tmp_path / "split", **common), Recorder(), resume=True)
+    assert second["steps"] == 4 and second["int8_base_saved_bytes"] > 0
+    a, b = _adapter(full["adapter_path"]), _adapter(second["adapter_path"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ------------------------------------------------------------------------------ bad input stops before work
 def _fails_before_work(cfg, tmp_path, *words):
     events = Recorder()
