@@ -84,15 +84,36 @@ def _replayed(row: dict) -> bool:
                 and not row.get("recompile_limit_hits"))
 
 
+def _typed(overrides: dict) -> dict:
+    """--set values as the config's field types (int8_base=true -> True); TrainingConfig validates them."""
+    import dataclasses
+
+    from lora_studio.config import TrainingConfig
+
+    types = {f.name: f.type for f in dataclasses.fields(TrainingConfig)}
+    out = {}
+    for key, value in overrides.items():
+        kind = types.get(key)
+        if not isinstance(value, str) or kind in ("str", str):
+            out[key] = value
+        elif kind in ("bool", bool):
+            out[key] = value.lower() in ("1", "true", "yes", "on")
+        else:
+            out[key] = (int if kind in ("int", int) else float)(value)
+    return out
+
+
 def _jobs(args) -> list[dict]:
     jobs = []
     for recipe, seed, precision, fast in itertools.product(args.recipes, range(args.seeds), args.precisions,
                                                            (True, False)):
         kind, model = recipe.split(":")
         path = "fast" if fast else "eager"
+        overrides = {"max_train_steps": args.steps} if args.steps else {}
+        overrides.update(dict(kv.split("=", 1) for kv in args.set))
         jobs.append(dict(name=f"{kind}_{model}_s{seed}_{precision}_{path}", kind=kind, model=model, seed=seed,
                          precision=precision, fast=fast, path=path, judge_seeds=args.judge_seeds,
-                         overrides={"max_train_steps": args.steps} if args.steps else {}))
+                         overrides=_typed(overrides)))
     # The longest runs (SDXL with compiled blocks, subjects with class images) first: the pool ends together.
     jobs.sort(key=lambda j: (j["model"] != "demo-xl", j["kind"] != "subject"))
     return jobs
@@ -125,7 +146,8 @@ def _short(scores: dict | None) -> str:
 def _markdown(meta: dict, rows: list[dict]) -> str:
     lines = [f"# Judge bars, fast path vs eager ({meta['card']}, {meta['date']})", "",
              f"{meta['judge_seeds']} judged pictures per score; training seeds {meta['seeds']}; precision "
-             f"{', '.join(meta['precisions'])}; {meta['parallel']} runs in parallel on one GPU (train seconds are "
+             f"{', '.join(meta['precisions'])}{'; config ' + ', '.join(meta['set']) if meta.get('set') else ''}; "
+             f"{meta['parallel']} runs in parallel on one GPU (train seconds are "
              "contended wall times: compare them only loosely). `replayed`: every step but each batch shape's "
              "first (warm-up + capture) replayed a graph, no shape ran eagerly, no fast-path warning, no dynamo "
              "recompile-limit hit.", ""]
@@ -199,6 +221,8 @@ def main(argv=None) -> int:
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--judge-seeds", type=int, default=16)
     ap.add_argument("--steps", type=int, default=0, help="override the recipes' max_train_steps (smoke runs)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override any config key for every run, e.g. --set int8_base=true")
     ap.add_argument("--work", default="/tmp/judge_fast")
     ap.add_argument("--tag", default="", help="appended to the result file names")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -225,8 +249,8 @@ def main(argv=None) -> int:
     stem = out / f"judge_fast_{tag}{args.tag}"
     meta = {"card": card, "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "seeds": list(range(args.seeds)), "precisions": args.precisions, "parallel": args.parallel,
-            "judge_seeds": args.judge_seeds, "recipes": args.recipes, "steps_override": args.steps or None, "torch": torch.__version__,
-            "cpu_count": os.cpu_count()}
+            "judge_seeds": args.judge_seeds, "recipes": args.recipes, "steps_override": args.steps or None,
+            "set": args.set, "torch": torch.__version__, "cpu_count": os.cpu_count()}
     rows: list[dict] = []
     jobs = _jobs(args)
     t0 = time.perf_counter()

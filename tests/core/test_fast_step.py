@@ -662,7 +662,7 @@ def test_judge_fast_bench_smoke(tmp_path):
 
     rc = judge_fast.main(["--recipes", "style:demo", "--seeds", "1", "--parallel", "2", "--judge-seeds", "1",
                           "--steps", "2", "--precisions", "no", "--work", str(tmp_path / "work"),
-                          "--out", str(tmp_path)])
+                          "--set", "int8_base=true", "--out", str(tmp_path)])
     assert rc == 0
     data = json.loads((tmp_path / "judge_fast_cpu.json").read_text())
     rows = {r["path"]: r for r in data["rows"]}
@@ -671,8 +671,9 @@ def test_judge_fast_bench_smoke(tmp_path):
                                                                                  "style_at_1"} for r in rows.values())
     assert rows["fast"]["fast"] is None and rows["fast"]["replayed"] is False  # no FastStep off CUDA
     assert rows["fast"]["loss"] == rows["eager"]["loss"]  # both ran the same eager CPU step
+    assert all(r["overrides"] == {"max_train_steps": 2, "int8_base": True} for r in rows.values())
     md = (tmp_path / "judge_fast_cpu.md").read_text()
-    assert "| style:demo | 0 | no | fast |" in md and "| style:demo | no | " in md
+    assert "| style:demo | 0 | no | fast |" in md and "| style:demo | no | " in md and "config int8_base=true" in md
 
 
 def test_judge_fast_loss_distance_and_replay_rule():
