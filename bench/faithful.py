@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.steps import alphas_cumprod, make_step  # noqa: E402
-from lora_studio.core.training.fast_kernels import kernel_choice, prepare_fast_kernels  # noqa: E402
+from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw  # noqa: E402
 
 PROMPTS = ["a photo of a red circle", "a blue square on a white background", "a green triangle",
@@ -92,8 +92,8 @@ def run(unet, params, batches, kind, device, lr=1e-4, sdxl=False):
     else:
         opt = capturable_adamw(params, lr=lr, weight_decay=1e-2, device=device)
     pure = kind == "fast" and device != "cpu"
-    if pure:  # the engine's fast path as engine.make_optimizer sets it up (kernel_choice) + graphs
-        prepare_fast_kernels(unet, None, **kernel_choice(sdxl, checkpointing=False))
+    if pure:  # the engine's fast path as engine.make_optimizer sets it up + graphs
+        prepare_fast_kernels(unet, None, compile=compile_choice(sdxl, checkpointing=False))
     step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure)
     warnings = []
     if kind == "fast":

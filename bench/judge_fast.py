@@ -85,21 +85,15 @@ def _replayed(row: dict) -> bool:
 
 
 def _typed(overrides: dict) -> dict:
-    """--set values as the config's field types (int8_base=true -> True); TrainingConfig validates them."""
-    import dataclasses
+    """--set values read as TOML literals, as in a config file (true, 2, 1e-4, "x"); a bare word stays a string."""
+    import tomllib
 
-    from lora_studio.config import TrainingConfig
-
-    types = {f.name: f.type for f in dataclasses.fields(TrainingConfig)}
     out = {}
     for key, value in overrides.items():
-        kind = types.get(key)
-        if not isinstance(value, str) or kind in ("str", str):
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"] if isinstance(value, str) else value
+        except tomllib.TOMLDecodeError:
             out[key] = value
-        elif kind in ("bool", bool):
-            out[key] = value.lower() in ("1", "true", "yes", "on")
-        else:
-            out[key] = (int if kind in ("int", int) else float)(value)
     return out
 
 

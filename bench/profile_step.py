@@ -113,14 +113,14 @@ def variant_options(name: str, best_sdpa: str | None) -> dict:
         o.update(lora=True, pure=True, sdpa=best_sdpa, compile=("FeedForward",))
     elif name == "bf16_cl":
         o.update(lora=True, pure=True, sdpa=best_sdpa, channels_last=True)
-    elif name.removesuffix("_cl").removeprefix("bf16_") in ("blocks_res", "regions"):  # fast_kernels.COMPILE_SETS
-        o.update(lora=True, pure=True, sdpa=best_sdpa, compile=fk.COMPILE_SETS[name.removesuffix("_cl")[5:]],
-                 channels_last=name.endswith("_cl"))
+    elif name.startswith("bf16_") and name.removeprefix("bf16_").removesuffix("_cl") in ("blocks_res", "regions",
+                                                                                        "unet"):
+        # a fast_kernels.COMPILE_SETS entry (the whole UNet: minutes of compile, measured, not for the engine)
+        o.update(lora=True, pure=True, sdpa=best_sdpa, channels_last=name.endswith("_cl"),
+                 compile=fk.COMPILE_SETS[name.removeprefix("bf16_").removesuffix("_cl")])
     elif name in ("bf16_qkv", "bf16_blocks_qkv"):  # + fused self-attention q/k/v (fast_qkv)
         o.update(lora=True, pure=True, sdpa=best_sdpa, qkv=True,
-                 compile=("BasicTransformerBlock",) if "blocks" in name else ())
-    elif name == "bf16_unet_cl":  # the whole UNet compiled (minutes of compile: measured, not for the engine)
-        o.update(lora=True, pure=True, sdpa=best_sdpa, compile=("UNet2DConditionModel",), channels_last=True)
+                 compile=fk.COMPILE_SETS["blocks"] if "blocks" in name else ())
     elif name != "base":
         raise SystemExit(f"unknown variant {name}")
     return o

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
                          matmul_peak_tflops, time_steps)
-from lora_studio.core.training.fast_kernels import (kernel_choice, prepare_fast_kernels,  # noqa: E402
+from lora_studio.core.training.fast_kernels import (compile_choice, prepare_fast_kernels,  # noqa: E402
                                                     uncompile_blocks, uninstall_fast_lora)
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
@@ -86,7 +86,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step) and PATH_WORDS.
         pure = path != "graph"
         if path == "engine":  # exactly what the engine's fast path does for this model and checkpointing
-            kernels = kernel_choice(name == "sdxl", ckpt)
+            kernels = {"compile": compile_choice(name == "sdxl", ckpt), "fuse_qkv": True}
         else:
             kernels = {"compile": next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None),
                        "fuse_qkv": "qkv" in words}
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
                     help="paths for one model, overriding --paths (e.g. sdxl=reference,fast,fast_compiled)")
     ap.add_argument("--checkpointing", default="off,on", help="off, on or off,on")
     ap.add_argument("--paths", default="reference,engine", help="reference, engine (the engine's fast path as "
-                    "fast_kernels.kernel_choice sets it up for the model), fast (LoRA forward + pure bf16), graph "
+                    "engine.make_optimizer sets it up for the model), fast (LoRA forward + pure bf16), graph "
                     "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
                     "other fast_* names combine the words compiled / res / regions / unet (compiled sets), cl, qkv "
                     "(fused self-attention q/k/v), e.g. fast_regions_cl, fast_compiled_qkv")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from lora_testkit import tiny_unet_with_lora
 
-from lora_studio.core.training.fast_kernels import install_fast_lora, kernel_choice
+from lora_studio.core.training.fast_kernels import COMPILE_SETS, compile_choice, install_fast_lora
 from lora_studio.core.training.fast_qkv import install_fused_qkv, uninstall_fused_qkv
 
 
@@ -78,12 +78,15 @@ def test_fp32_compute_and_disabled_adapters_run_diffusers_processor():
     assert torch.equal(off, base)  # adapters off: the base model, whatever the processor
 
 
-def test_kernel_choice_follows_the_config():
-    # auto: compiled transformer blocks for SDXL only, and not under gradient checkpointing; q/k/v always fused
-    assert kernel_choice(True, False) == {"compile": "blocks", "fuse_qkv": True}
-    assert kernel_choice(True, True)["compile"] is None
-    assert kernel_choice(False, False)["compile"] is None
-    assert kernel_choice(False, False, "regions")["compile"] == "regions"
-    assert kernel_choice(True, False, "off")["compile"] is None
-    with pytest.raises(ValueError, match="compile_unet"):
-        kernel_choice(True, False, "everything")
+def test_compile_choice_follows_the_config():
+    # auto: compiled transformer blocks for SDXL only, and not under gradient checkpointing
+    assert compile_choice(True, False) == "blocks"
+    assert compile_choice(True, True) is None
+    assert compile_choice(False, False) is None
+    assert compile_choice(False, False, "regions") == "regions"
+    assert compile_choice(True, False, "off") is None
+    from lora_studio.config import TrainingConfig
+
+    # every other value the config accepts names a compile set
+    choices = TrainingConfig.__dataclass_fields__["compile_unet"].metadata["choices"]
+    assert set(choices) - {"auto", "off"} <= set(COMPILE_SETS)

@@ -608,7 +608,7 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
     inner = step.step_fn
     assert res_f["fast_path"]["replays"] == step.replays and res_e["fast_path"]["active"] is False
     assert res_f["fast_path"]["pure_low_precision"] is (not inner.autocast)
-    assert res_f["fast_path"]["fused_qkv"] > 0  # self-attention q/k/v as one product (kernel_choice)
+    assert res_f["fast_path"]["fused_qkv"] > 0  # self-attention q/k/v as one product (prepare_fast_kernels)
     # pure bf16 only with every LoRA on the fast Linear forward and no text-encoder LoRA
     assert inner.autocast is (te or targets is None)
     groups = inner.optimizer.param_groups

@@ -299,14 +299,15 @@ class _Run:
                             self.weight_dtype)
         self.step_fn = step
         if self.fast_reason is None:
-            from lora_studio.core.training.fast_kernels import kernel_choice, prepare_fast_kernels
+            from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels
             from lora_studio.core.training.fast_step import FastStep
 
             # accelerate wraps the forward in autocast; the fast step decides that itself (pure bf16).
             step.unet = self.unet = acc.unwrap_model(self.unet, keep_fp32_wrapper=False)
             fallback = prepare_fast_kernels(self.unet, step, weight_dtype=self.weight_dtype,
                                             pure=not cfg.train_text_encoder,
-                                            **kernel_choice(m.is_sdxl, cfg.gradient_checkpointing, cfg.compile_unet),
+                                            compile=compile_choice(m.is_sdxl, cfg.gradient_checkpointing,
+                                                                   cfg.compile_unet),
                                             on_warning=lambda msg: self.emit(Warning(msg)))
             self.step_fn = FastStep(step, device=self.device, params=self.params,
                                     on_warning=lambda msg: self.emit(Warning(msg)), fallback=fallback)

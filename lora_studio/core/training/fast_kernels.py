@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from lora_studio.core.training.int8_base import Int8Linear, weight_dtype
+from lora_studio.core.training.int8_base import Int8Linear, base_dtype
 
 SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
 
@@ -48,7 +48,7 @@ def _fast_lora_linear(self, x, *args, **kwargs):
     step), so their gradients still land in fp32. Only with one plain adapter active and a low-precision
     compute dtype; anything else runs peft's own forward.
     """
-    dtype = compute_dtype(x, weight_dtype(self.base_layer))  # the base may be an int8-stored Linear
+    dtype = compute_dtype(x, base_dtype(self.base_layer))  # the base may be an int8-stored Linear
     if args or kwargs or not fast_lora_ready(self) or dtype is None:
         return type(self).forward(self, x, *args, **kwargs)  # e.g. fp32 compute: peft's arithmetic as it is
     name = self._fast_lora_name
@@ -175,25 +175,22 @@ def uncompile_blocks(module) -> int:
     return n
 
 
-def kernel_choice(is_sdxl: bool, checkpointing: bool, compile_unet: str = "auto") -> dict:
-    """The engine's `prepare_fast_kernels` options for a model family and config (bench/NOTES.md attempts 8-11).
+def compile_choice(is_sdxl: bool, checkpointing: bool, compile_unet: str = "auto") -> str | None:
+    """The `COMPILE_SETS` name the engine compiles for a model family and config (bench/NOTES.md attempts 8-11).
 
     H100, one bucket shape, cold compile cache: SDXL b4 205 ms uncompiled -> 187 compiled blocks (~20 s of
     compile) -> 184.5 with fused q/k/v (setup 24 s) -> 174 compiling whole regions (152 s of compile). SD 1.5
     b8: 75 -> 74.4 with fused q/k/v; compiled blocks 67 ms for ~65 s, so "auto" compiles nothing there.
-    "auto" = blocks for SDXL without gradient checkpointing (recomputed blocks are not measured compiled).
+    "auto" = blocks for SDXL without gradient checkpointing (recomputed blocks are not measured compiled);
+    the config has already checked that any other value is "off" or a set's name.
     """
-    if compile_unet not in ("auto", "off", *COMPILE_SETS):
-        raise ValueError(f"compile_unet must be auto, off or one of {', '.join(COMPILE_SETS)}, not {compile_unet!r}")
     if compile_unet == "auto":
-        compile_set = "blocks" if is_sdxl and not checkpointing else None
-    else:
-        compile_set = None if compile_unet == "off" else compile_unet
-    return {"compile": compile_set, "fuse_qkv": True}
+        return "blocks" if is_sdxl and not checkpointing else None
+    return None if compile_unet == "off" else compile_unet
 
 
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
-                         compile: str | None = None, fuse_qkv: bool = False, sdpa: str | None = None,
+                         compile: str | None = None, fuse_qkv: bool = True, sdpa: str | None = None,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
     """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
 
@@ -205,8 +202,9 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
     - ``sdpa``: an attention backend for the step (``step.sdpa_backend``);
     - ``compile``: a `COMPILE_SETS` name ("blocks": the repeated transformer blocks, as the engine does for SDXL;
       setup cost and speed of each in bench/NOTES.md), None: nothing compiled;
-    - ``fuse_qkv``: self-attention's q/k/v and their LoRA A factors as one product each (`fast_qkv`).
-    `kernel_choice` gives the engine's options.
+    - ``fuse_qkv``: self-attention's q/k/v and their LoRA A factors as one product each (`fast_qkv`; on in the
+      engine: SDXL b4 186.9 -> 184.5 ms on an H100).
+    `compile_choice` gives the engine's ``compile``.
     The returned fallback undoes the compilation if the first step fails to build it, and says so.
     """
     warn = on_warning or (lambda msg: None)

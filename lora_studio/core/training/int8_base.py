@@ -20,20 +20,22 @@ import torch.nn.functional as F
 MIN_NUMEL = 4096
 
 
+def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return q.to(dtype) * scale.to(dtype)
+
+
 class _DequantLinear(torch.autograd.Function):
     """y = x W^T + b with W = q * scale made on the fly, in the forward and again in the backward."""
 
     @staticmethod
     def forward(ctx, x, q, scale, bias):
-        w = q.to(x.dtype) * scale.to(x.dtype)
         ctx.save_for_backward(q, scale)
-        return F.linear(x, w, bias)
+        return F.linear(x, dequantize(q, scale, x.dtype), bias)
 
     @staticmethod
     def backward(ctx, grad):
         q, scale = ctx.saved_tensors
-        w = q.to(grad.dtype) * scale.to(grad.dtype)
-        return grad @ w, None, None, None
+        return grad @ dequantize(q, scale, grad.dtype), None, None, None
 
 
 class Int8Linear(torch.nn.Module):
@@ -48,20 +50,12 @@ class Int8Linear(torch.nn.Module):
         self.bias = None if linear.bias is None else torch.nn.Parameter(linear.bias.detach(), requires_grad=False)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype the weight dequantises to when nothing else decides (the model's own)."""
-        return self.scale.dtype
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         device_type = x.device.type
         dtype = torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else x.dtype
         bias = None if self.bias is None else self.bias.to(dtype)
         with torch.autocast(device_type=device_type, enabled=False):
             return _DequantLinear.apply(x.to(dtype), self.q, self.scale, bias)
-
-    def dequantized(self) -> torch.Tensor:
-        return self.q.to(self.scale.dtype) * self.scale
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, int8"
@@ -81,6 +75,6 @@ def quantize_frozen_linears(model: torch.nn.Module, min_numel: int = MIN_NUMEL) 
     return saved
 
 
-def weight_dtype(layer: torch.nn.Module) -> torch.dtype:
-    """A frozen base layer's dtype, whether a plain Linear or an `Int8Linear`."""
-    return layer.dtype if isinstance(layer, Int8Linear) else layer.weight.dtype
+def base_dtype(layer: torch.nn.Module) -> torch.dtype:
+    """A frozen base layer's dtype (the model's own), whether a plain Linear or an `Int8Linear`."""
+    return layer.scale.dtype if isinstance(layer, Int8Linear) else layer.weight.dtype
