@@ -16,6 +16,8 @@ Variants (one pipeline per dtype, the engine's switches flipped between rows):
   fp16        fp16 with graph and prompt cache (what a card without bf16 gets)
   bf16-eager  bf16 with prompt cache, no graph
   bf16        bf16 with graph and prompt cache (the engine's default on an H100)
+  bf16-lowmem bf16 as above in low-memory mode (the default on small cards: text encoders and weight
+              snapshots in host memory, tiled VAE decode), on its own pipeline
 """
 
 from __future__ import annotations
@@ -118,6 +120,7 @@ VARIANTS = {  # name -> (dtype, CUDA graph, prompt cache); "head": the engine fi
     "fp16": (torch.float16, True, True),
     "bf16-eager": (torch.bfloat16, False, True),
     "bf16": (torch.bfloat16, True, True),
+    "bf16-lowmem": (torch.bfloat16, True, True),  # low_memory=True: text encoders and snapshots on the host
 }
 
 
@@ -164,19 +167,23 @@ def main(argv=None) -> int:
         req = PreviewRequest(prompt="a photo of a red circle", negative="blurry", steps=args.steps, guidance=7.5,
                              width=size, height=size, scheduler="euler")
         groups = []  # (dtype, the old engine?) -> one pipeline each
+        def group_of(v):
+            return (VARIANTS[v][0] if cuda else torch.float32, v == "head", v.endswith("lowmem"))
+
         for v in variants:
-            group = (VARIANTS[v][0] if cuda else torch.float32, v == "head")
-            if group not in groups:
-                groups.append(group)
-        for dtype, head in groups:
-            todo = [v for v in variants if ((VARIANTS[v][0] if cuda else torch.float32), v == "head") == (dtype, head)]
+            if group_of(v) not in groups:
+                groups.append(group_of(v))
+        for dtype, head, low in groups:
+            todo = [v for v in variants if group_of(v) == (dtype, head, low)]
             t0 = time.perf_counter()
             pipe = build_pipeline(name, device, dtype, tiny)
             build_s = time.perf_counter() - t0
             with tempfile.TemporaryDirectory() as tmp:
                 paths = [write_lora(pipe, Path(tmp, n), seed, text_encoders=te)
                          for n, seed, te in (("a", 1, True), ("b", 2, False))]
-                engine = (old_engine.PreviewEngine if head else PreviewEngine)(pipe=pipe, device=device, dtype=dtype)
+                kw = {} if head else {"low_memory": low}
+                engine = (old_engine.PreviewEngine if head else PreviewEngine)(pipe=pipe, device=device, dtype=dtype,
+                                                                                 **kw)
                 engine.add_lora(paths[0], "a", 0.8)
                 engine.add_lora(paths[1], "b", 0.5)
             for variant in todo:
@@ -216,7 +223,9 @@ def main(argv=None) -> int:
                        "image_size": list(image.size),
                        "graph_replays": graphed.replays if graphed else None,
                        "graph_capture_s": graphed.capture_seconds if graphed else None,
-                       "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+                       "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                       "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
+                       "low_memory": getattr(engine, "low_memory", False)}
                 print(json.dumps(row), flush=True)
                 result["rows"].append(row)
                 save(result, Path(args.out), tiny, cuda)
@@ -244,10 +253,12 @@ def render(result) -> str:
              "'b only': the UNet-only slider (cached prompt). Median of the moves. Variants: see "
              "bench/preview_engine.py. cuDNN benchmark: " + str(result.get("cudnn_benchmark", "on")) + ".", "",
              "| model | size | variant | dtype | graph | prompt cache | both s | b only s | apply s | "
-             "first image s | peak GiB |",
+             "first image s | peak GiB (allocated / reserved) |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else "-"
+        if r.get("peak_reserved_gib") is not None:
+            peak += f" / {r['peak_reserved_gib']:.1f}"
         lines.append(f"| {r['model']} | {r['image']} | {r.get('variant', 'engine')} | {r['dtype']} | "
                      f"{'yes' if r.get('graph') else 'no'} | {'yes' if r.get('prompt_cache') else 'no'} | "
                      f"{r['release_to_image_s']:.3f} | {r.get('b_only_s', float('nan')):.3f} | "

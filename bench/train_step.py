@@ -28,7 +28,7 @@ from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
                          matmul_peak_tflops, time_steps)
 from lora_studio.core.training.fast_kernels import (compile_choice, prepare_fast_kernels,  # noqa: E402
-                                                    uncompile_blocks, uninstall_fast_lora)
+                                                    uncompile_blocks, uninstall_fast_lora, warm_compiler)
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
 
@@ -50,6 +50,22 @@ def mem(device) -> dict:
     if torch.device(device).type != "cuda":
         return {"peak_gib": None, "start_gib": None}
     return {"peak_gib": torch.cuda.max_memory_allocated() / GIB}
+
+
+def compile_seconds() -> dict:
+    """dynamo's cumulative compile phase timers, in seconds (empty if this torch has none)."""
+    try:
+        from torch._dynamo.utils import calculate_time_spent
+
+        return {k: float(v) for k, v in calculate_time_spent().items()}
+    except Exception:  # noqa: BLE001 - a private API: the row simply has no breakdown
+        return {}
+
+
+def kernels_compiled(path: str, words: set) -> bool:
+    if path == "engine":
+        return True
+    return any(w in PATH_WORDS for w in words)
 
 
 def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp, flops_per_image, log):
@@ -99,10 +115,14 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
                                   autocast=not pure or not cuda),
                         device=device, params=params, on_warning=warnings.append)
         run = lambda: step(data)  # noqa: E731
+    spent = compile_seconds()
     try:
         loss = run()  # first step (fast: warm-up + capture)
         float(loss)
         row["first_step_s"] = time.perf_counter() - t_setup
+        if kernels_compiled(path, words):
+            after = compile_seconds()  # where a compiling row's first step went (dynamo's own phase timers)
+            row["compile_s"] = {k: round(v - spent.get(k, 0.0), 2) for k, v in after.items() if v - spent.get(k, 0.0) > 0.05}
         timing = time_steps(run, device, warmup=1 if path != "reference" else 2, budget_s=args.budget,
                             n_min=args.min_steps, n_max=args.max_steps)
         row.update(timing)
@@ -159,6 +179,8 @@ def markdown(result) -> str:
         base = ref.get((r["model"], r["batch"], r["checkpointing"]))
         speed = base["ms"] / r["ms"] if base and "ms" in base and "ms" in r else None
         note = r.get("error") or ("" if r.get("captured", True) else f"eager fallback: {r.get('fallback_reason')}")
+        if r.get("compile_s"):
+            note += (" " if note else "") + "compile s: " + ", ".join(f"{k} {v:g}" for k, v in r["compile_s"].items())
         lines.append(
             f"| {r['model']} | {r['path']} | {r['batch']} | {'on' if r['checkpointing'] else 'off'} | "
             f"{fmt(r.get('ms'), '.1f')} | {fmt(speed, '.2f')}x | {fmt(r.get('images_per_s'), '.1f')} | "
@@ -190,6 +212,10 @@ def main(argv=None) -> int:
                     "(fused self-attention q/k/v), e.g. fast_regions_cl, fast_compiled_qkv")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
+    ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                    help="set torch._inductor.config.KEY (a Python literal) before compiling, e.g. pattern_matcher=False")
+    ap.add_argument("--prewarm", action="store_true", help="start the compiler's imports and workers before "
+                    "building each model (fast_kernels.warm_compiler, as the engine does before loading)")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per row")
     ap.add_argument("--min-steps", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=60)
@@ -200,6 +226,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tiny = args.tiny or device == "cpu"
+    if args.inductor:
+        import ast
+
+        import torch._inductor.config as inductor_config
+
+        for item in args.inductor:
+            key, _, value = item.partition("=")
+            setattr(inductor_config, key, ast.literal_eval(value))
     batches = [int(b) for b in (args.batches or ("1,2" if tiny else "1,4,8")).split(",")]
     ckpts = [c == "on" for c in args.checkpointing.split(",")]
     paths = args.paths.split(",")
@@ -221,11 +255,12 @@ def main(argv=None) -> int:
 
     result = {"card": card_name(device), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__,
-              "tiny": tiny, "rank": args.rank, "peak_tflops": args.peak_tflops, "nominal_peak_tflops":
+              "tiny": tiny, "rank": args.rank, "inductor": args.inductor, "peak_tflops": args.peak_tflops, "nominal_peak_tflops":
               NOMINAL_PEAK_TFLOPS, "cuda_init_s": cuda_init_s, "rows": [], "setup": {}}
 
     def log(row):
-        keys = ("model", "path", "batch", "checkpointing", "ms", "peak_gib", "first_step_s", "error", "captured")
+        keys = ("model", "path", "batch", "checkpointing", "ms", "peak_gib", "first_step_s", "error", "captured",
+                "compile_s")
         print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if k in keys}),
               flush=True)
 
@@ -241,6 +276,8 @@ def main(argv=None) -> int:
     acp = alphas_cumprod(device)
     for name in args.models.split(","):
         spec = specs[name]
+        if args.prewarm and cuda:  # as the engine does before loading a model it will compile
+            warm_compiler()
         unet, build_s = M.build_unet(spec[0], device)
         t = time.perf_counter()
         params = M.add_lora(unet, rank=args.rank)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 DESCRIPTION = 'Generate an image from a base model and optional LoRAs.'
 
 
@@ -20,6 +22,9 @@ def add_arguments(parser) -> None:
                         "the first --lora, columns = --grid-seeds")
     parser.add_argument("--grid-seeds", metavar="S,S,...", help="seeds for the grid columns (default: --seed)")
     parser.add_argument("--device", default=None, help="cpu, cuda (default: cuda when available)")
+    parser.add_argument("--low-memory", action=argparse.BooleanOptionalAction, default=None,
+                        help="text encoders and weight snapshots in system memory, VAE decoded in tiles (default: on "
+                        "for SDXL on cards under 16 GiB and SD 1.5 under 6 GiB)")
     parser.add_argument("--out", required=True, metavar="PNG")
 
 
@@ -45,7 +50,7 @@ def run(args) -> int:
     from lora_studio.core.io import write_with
 
     loras = [parse_lora(s) for s in args.lora]
-    engine = PreviewEngine(args.model, device=args.device)
+    engine = PreviewEngine(args.model, device=args.device, low_memory=args.low_memory)
     names = []
     for i, (path, weight) in enumerate(loras):
         names.append(engine.add_lora(path, f"lora{i}_{Path(path).stem}", weight))

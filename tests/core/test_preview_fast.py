@@ -146,3 +146,71 @@ def test_graph_replay_matches_eager_across_slider_moves_and_adapter_changes(file
     assert not graphed.graphed.graphs
     assert diff(arr(graphed.generate(REQ)), arr(eager.generate(REQ))) < 1 / 255
     assert len(graphed.graphed.graphs) == 1
+
+
+@pytest.mark.parametrize("model", ["demo", "demo-xl"])
+def test_low_memory_mode_gives_the_same_images(files, model):
+    """Low memory keeps the text encoders and the weight snapshots off the GPU and decodes in tiles: on the
+    CPU no placement changes, so every image must be exactly the full mode's, through every code path."""
+    weights = {"t": 0.8, "u": -0.5} if model == "demo" else {"xl": 0.7}
+    full = engine_with(files, weights, model)
+    low = engine_with(files, weights, model, low_memory=True)
+    assert low.low_memory and not full.low_memory and low.pipe.vae.use_tiling
+    calls = count_text_encoder_calls(low)
+    assert diff(arr(low.generate(REQ)), arr(full.generate(REQ))) == 0.0
+    n = len(calls)
+    assert n >= 2 and low.prompt_encodes == 1
+    moved = {"t": 0.3, "u": 1.0} if model == "demo" else {"xl": -0.4}
+    for engine in (full, low):
+        engine.set_weights(moved)
+    assert diff(arr(low.generate(REQ)), arr(full.generate(REQ))) == 0.0
+    if model == "demo":  # "t" reaches the text encoder: its slider encodes again
+        assert len(calls) > n and low.prompt_encodes == 2
+    # Without the prompt cache, low memory still encodes through the engine (never the pipeline's own path,
+    # which would look for the encoders on the GPU), every time.
+    uncached = engine_with(files, moved, model, low_memory=True, prompt_cache=False)
+    for _ in range(2):
+        assert diff(arr(uncached.generate(REQ)), arr(full.generate(REQ))) == 0.0
+    assert uncached.prompt_encodes == 2 and not uncached._prompts
+
+
+def test_low_memory_is_chosen_by_the_card_size(monkeypatch):
+    from lora_studio.core.inference import engine as E
+
+    assert E.low_memory_default(True, "cpu") is False  # the CPU has nothing to save
+    if not CUDA:
+        return
+    total = torch.cuda.get_device_properties(0).total_memory / 2**30
+    assert E.low_memory_default(True, "cuda") == (total < E.LOW_MEMORY_BELOW_GIB["sdxl"])
+    assert E.low_memory_default(False, "cuda") == (total < E.LOW_MEMORY_BELOW_GIB["sd"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_low_memory_mode_on_gpu_keeps_encoders_and_snapshots_on_the_host(files):
+    dtype = _default_device_dtype("cuda", None)[1]
+
+    def run(low):
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        engine = PreviewEngine(pipe=pipeline("demo-xl").to("cuda", dtype), device="cuda", dtype=dtype,
+                               low_memory=low)
+        engine.set_loras([(files["xl"], "xl")])
+        images = []
+        for w in (0.7, -0.4):
+            engine.set_weights({"xl": w})
+            images.append(arr(engine.generate(replace(REQ, width=128, height=128))))
+        peak = torch.cuda.max_memory_allocated() - base
+        return engine, images, peak
+
+    low, low_images, low_peak = run(True)
+    assert all(p.device.type == "cpu" for te in low._text_encoders() for p in te.parameters())
+    assert all(p.device.type == "cuda" for p in low.pipe.unet.parameters())
+    snaps = [snap for _, snap in low._snapshots.values()]
+    assert snaps and all(s.device.type == "cpu" and s.is_pinned() for s in snaps)
+    del low
+    full, full_images, full_peak = run(False)
+    for a, b in zip(low_images, full_images):
+        assert diff(a, b) < 1 / 255
+    assert low_peak < full_peak, (low_peak, full_peak)

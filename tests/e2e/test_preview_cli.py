@@ -4,6 +4,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -25,6 +26,10 @@ def test_generate_convert_inspect_merge_fuse(loras, tmp_path, capsys):
     assert main(["generate", "--model", "demo", "--prompt", "a red circle", "--lora", f"{loras['a']}:0.8",
                  "--steps", "2", "--scheduler", "DPM++ 2M Karras", "--out", str(png)]) == 0
     assert Image.open(png).size == (64, 64)
+    low = tmp_path / "low.png"  # the low-memory path gives the same picture (on the CPU nothing moves)
+    assert main(["generate", "--model", "demo", "--prompt", "a red circle", "--lora", f"{loras['a']}:0.8",
+                 "--steps", "2", "--scheduler", "DPM++ 2M Karras", "--low-memory", "--out", str(low)]) == 0
+    assert np.array_equal(np.asarray(Image.open(low)), np.asarray(Image.open(png)))
 
     kohya = tmp_path / "a-kohya.safetensors"
     assert main(["convert", str(loras["a"]), "--to", "kohya", "--out", str(kohya)]) == 0

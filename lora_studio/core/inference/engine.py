@@ -20,12 +20,18 @@ What a slider move costs beyond the denoising itself is kept small:
   overflow to NaN and diffusers' per-image fp32 upcast of the VAE is skipped); fp16 cards keep fp16
   with that upcast.
 
+Low-memory mode (``low_memory``; on by itself for SDXL on cards under 16 GiB, SD 1.5 under 6 GiB): the text
+encoders stay in system memory and visit the GPU only to encode a prompt the cache does not hold, the
+snapshots of the LoRA layers' original weights stay in (pinned) system memory, and the VAE decodes in tiles.
+The UNet stays on the GPU, so the denoising loop and its CUDA graph are unchanged.
+
 Driven from a GUI thread-worker: ``generate(request, emit, stop)`` reports per-step progress through the
 typed events and honours ``stop()`` at each step boundary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -86,6 +92,21 @@ class _Cancelled(Exception):
     pass
 
 
+# GPU memory (GiB) under which the preview runs in low-memory mode by itself. Full mode measured on an H100
+# (bench/results/preview_engine_h100_cudnn_on.md, bf16, two LoRAs): SDXL 1024 11.7 GiB allocated, SD 1.5 512 3.0.
+LOW_MEMORY_BELOW_GIB = {"sdxl": 16.0, "sd": 6.0}
+
+
+def low_memory_default(sdxl: bool, device) -> bool:
+    """Whether a preview of this model family on this device should run in low-memory mode."""
+    import torch
+
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return False
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
+    return total < LOW_MEMORY_BELOW_GIB["sdxl" if sdxl else "sd"]
+
+
 def _default_device_dtype(device, dtype):
     import torch
 
@@ -126,8 +147,8 @@ class PreviewEngine:
     """``PreviewEngine(model)`` loads the base once; LoRAs and weights change without reloading it."""
 
     def __init__(self, model=None, device=None, dtype=None, mode: str = "fused", pipe=None, *, graph: bool = True,
-                 prompt_cache: bool = True):
-        from lora_studio.core.models.loader import load_pipeline
+                 prompt_cache: bool = True, low_memory: bool | None = None):
+        from lora_studio.core.models.loader import load_pipeline, resolve_model
 
         if mode not in ("fused", "live"):
             raise ValueError("mode is 'fused' or 'live'")
@@ -139,10 +160,17 @@ class PreviewEngine:
         self.model = model
         self.base_loads = 0
         self.adapter_loads = 0
+        if low_memory is None and str(self.device).startswith("cuda"):
+            sdxl = "XL" in type(pipe).__name__ if pipe is not None else resolve_model(model).family == "sdxl"
+            low_memory = low_memory_default(sdxl, self.device)
+        self.low_memory = bool(low_memory)  # on the CPU it changes no placement, only the code paths
         if pipe is None:
-            pipe = load_pipeline(model, torch_dtype=self.dtype, device=self.device)
+            # Low memory: nothing is loaded onto the GPU that does not stay there.
+            pipe = load_pipeline(model, torch_dtype=self.dtype, device="cpu" if self.low_memory else self.device)
             self.base_loads += 1
         self.pipe = pipe
+        if self.low_memory:
+            self._place_low_memory()
         self.pipe.set_progress_bar_config(disable=True)
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self._schedulers: dict[str, object] = {}
@@ -181,6 +209,38 @@ class PreviewEngine:
             from lora_studio.core.training.fast_step import GraphedForward
 
             self.graphed = GraphedForward(self.pipe.unet).install()
+
+    def _text_encoders(self) -> list:
+        return [m for m in (getattr(self.pipe, "text_encoder", None), getattr(self.pipe, "text_encoder_2", None))
+                if m is not None]
+
+    def _place_low_memory(self) -> None:
+        import torch
+
+        for module in self._text_encoders():
+            module.to("cpu")
+        for module in (self.pipe.unet, self.pipe.vae):
+            module.to(self.device)
+        if hasattr(self.pipe.vae, "enable_tiling"):
+            self.pipe.vae.enable_tiling()  # SDXL's 1024 px decode needs GBs at full size, a fraction in tiles
+        torch.cuda.empty_cache()
+
+    @contextlib.contextmanager
+    def _encoders_on_gpu(self):
+        """Low memory: the text encoders on the GPU for the duration of one prompt encoding, then back."""
+        if not self.low_memory:
+            yield
+            return
+        import torch
+
+        try:
+            for module in self._text_encoders():
+                module.to(self.device)
+            yield
+        finally:
+            for module in self._text_encoders():
+                module.to("cpu")
+            torch.cuda.empty_cache()  # give the encoders' blocks back before the UNet's activations need them
 
     def _modules_changed(self) -> None:
         """Adapters were added or removed: captured graphs, the fused plan and cached prompts are stale."""
@@ -264,9 +324,16 @@ class PreviewEngine:
 
     def _snapshot(self, layer):
         """The layer's original base weight (taken once, before any LoRA was fused into it)."""
+        import torch
+
         entry = self._snapshots.get(id(layer))
         if entry is None or entry[0] is not layer:
-            entry = self._snapshots[id(layer)] = (layer, layer.get_base_layer().weight.detach().clone())
+            weight = layer.get_base_layer().weight.detach()
+            if self.low_memory and weight.device.type == "cuda":  # kept in pinned host memory: fast to copy back
+                snap = torch.empty(weight.shape, dtype=weight.dtype, device="cpu", pin_memory=True).copy_(weight)
+            else:
+                snap = weight.clone()
+            entry = self._snapshots[id(layer)] = (layer, snap)
         return entry[1]
 
     def _fused_plan(self) -> list[_FusedLayer]:
@@ -305,7 +372,7 @@ class PreviewEngine:
                 if want == fused.state:
                     continue  # this layer already holds exactly these weights
                 if want:
-                    acc = fused.snapshot.to(torch.float32, copy=True)
+                    acc = fused.snapshot.to(device=fused.weight.device, dtype=torch.float32, copy=True)
                     for name, w in want:
                         factors = fused.factors[name]
                         if factors is None:
@@ -377,7 +444,7 @@ class PreviewEngine:
         """
         import torch
 
-        style = _prompt_style(self.pipe) if self.prompt_cache else None
+        style = _prompt_style(self.pipe) if self.prompt_cache or self.low_memory else None
         if style is None:
             return {"prompt": prompt, "negative_prompt": negative}
         te = tuple(sorted((n, w) for n, w in (self._applied or {}).items() if n in self._te_adapters))
@@ -385,7 +452,7 @@ class PreviewEngine:
         hit = self._prompts.pop(key, None)
         if hit is None:
             device = self.pipe._execution_device
-            with torch.inference_mode():
+            with torch.inference_mode(), self._encoders_on_gpu():
                 if style == "xl":
                     pe, npe, pooled, npooled = self.pipe.encode_prompt(
                         prompt=prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
@@ -396,6 +463,8 @@ class PreviewEngine:
                     pe, npe = self.pipe.encode_prompt(prompt, device, 1, True, negative_prompt=negative)
                     hit = dict(prompt_embeds=pe, negative_prompt_embeds=npe)
             self.prompt_encodes += 1
+            if not self.prompt_cache:
+                return dict(hit)
             while len(self._prompts) >= _PROMPT_CACHE_SIZE:
                 self._prompts.pop(next(iter(self._prompts)))  # least recently used first
         self._prompts[key] = hit
