@@ -175,6 +175,7 @@ def main(argv=None) -> int:
                 groups.append(group_of(v))
         for dtype, head, low in groups:
             todo = [v for v in variants if group_of(v) == (dtype, head, low)]
+            base_alloc = torch.cuda.memory_allocated() if cuda else 0  # what earlier groups left behind
             t0 = time.perf_counter()
             pipe = build_pipeline(name, device, dtype, tiny)
             build_s = time.perf_counter() - t0
@@ -223,7 +224,8 @@ def main(argv=None) -> int:
                        "image_size": list(image.size),
                        "graph_replays": graphed.replays if graphed else None,
                        "graph_capture_s": graphed.capture_seconds if graphed else None,
-                       "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                       # this group's own peak: its pipeline, adapters, snapshots, graphs and activations
+                       "peak_gib": (torch.cuda.max_memory_allocated() - base_alloc) / 2**30 if cuda else None,
                        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
                        "low_memory": getattr(engine, "low_memory", False)}
                 print(json.dumps(row), flush=True)
@@ -231,7 +233,7 @@ def main(argv=None) -> int:
                 save(result, Path(args.out), tiny, cuda)
             if not head:
                 engine.use_graph(False)
-            del engine, pipe
+            del engine, pipe, graphed  # a graph keeps its UNet (and the whole group's memory) alive
             if cuda:
                 torch.cuda.empty_cache()
     print(render(result))

@@ -221,8 +221,13 @@ class PreviewEngine:
             module.to("cpu")
         for module in (self.pipe.unet, self.pipe.vae):
             module.to(self.device)
-        if hasattr(self.pipe.vae, "enable_tiling"):
-            self.pipe.vae.enable_tiling()  # SDXL's 1024 px decode needs GBs at full size, a fraction in tiles
+        vae = self.pipe.vae
+        if hasattr(vae, "enable_tiling") and hasattr(vae, "tile_latent_min_size"):
+            # Tiles of half the model's native size (SDXL: 512 px): diffusers' default tile is the native size,
+            # so a native-size image would still decode in one piece.
+            vae.enable_tiling()
+            vae.tile_sample_min_size = max(64, int(vae.config.sample_size) // 2)
+            vae.tile_latent_min_size = max(8, int(vae.tile_latent_min_size) // 2)
         torch.cuda.empty_cache()
 
     @contextlib.contextmanager

@@ -146,6 +146,12 @@ COMPILE_SETS = {
 RECOMPILE_LIMIT = 64
 
 
+# dynamic=False: one graph per bucket shape, like the captured step. Inductor's pattern matcher off: it spent
+# ~2.8 s of SDXL's ~24 s cold compile and the compiled step ran no faster with it (H100, bench/NOTES.md
+# attempt 12: SDXL b1 73.6 / b4 184.5 ms either way, first step 29.3 -> 24.7 s).
+COMPILE_OPTIONS = {"dynamic": False, "options": {"pattern_matcher": False}}
+
+
 def compile_blocks(module, class_names=COMPILE_SETS["blocks"], **compile_kwargs) -> int:
     """Compile every submodule whose class is named in `class_names` (regional compilation), in place.
 
@@ -163,9 +169,24 @@ def compile_blocks(module, class_names=COMPILE_SETS["blocks"], **compile_kwargs)
     for path, sub in module.named_modules():
         if type(sub).__name__ in class_names and not any(path.startswith(d + ".") or d == "" for d in done):
             sub.compile(**compile_kwargs)
+            sub._compiled_call_impl = _contiguous_inputs(sub._compiled_call_impl)
             done.append(path)
             n += 1
     return n
+
+
+def _contiguous_inputs(compiled: Callable) -> Callable:
+    """Hand the compiled block contiguous tensors. With a strided view as input (SD 1.5's transformer blocks get
+    ``permute(0, 2, 3, 1).reshape(...)`` of the 1x1 proj_in output) inductor returned a wrong gradient for that
+    input (torch 2.13 on the CPU: 7% off; the LoRA layers upstream of the block then trained on it) while the
+    forward was right. A copy outside the graph costs one pass over that input; contiguous inputs pass as is.
+    """
+    def call(*args, **kwargs):
+        args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
+        kwargs = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
+        return compiled(*args, **kwargs)
+
+    return call
 
 
 def uncompile_blocks(module) -> int:
@@ -245,7 +266,7 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
 
         install_fused_qkv(unet)
     if compile:
-        compile_blocks(unet, COMPILE_SETS[compile], dynamic=False)  # one graph per bucket shape, like the captured step
+        compile_blocks(unet, COMPILE_SETS[compile], **COMPILE_OPTIONS)
     # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)
 
     def fallback(exc: BaseException) -> None:
