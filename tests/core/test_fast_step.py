@@ -548,8 +548,9 @@ def test_compiled_blocks_with_the_engines_options_match_eager(device):
     assert compile_blocks(unet, **COMPILE_OPTIONS) > 0
     out, grads = run()
     uncompile_blocks(unet)
-    torch.testing.assert_close(out, eager_out, rtol=1e-4, atol=1e-5)
-    for g, e in zip(grads, eager_grads):  # fused kernels sum in another order: compare as whole tensors
+    # Fused kernels sum in another order (and the GPU's matmuls may use TF32): compare as whole tensors.
+    assert float((out - eager_out).norm() / eager_out.norm()) < 1e-3
+    for g, e in zip(grads, eager_grads):
         assert float((g - e).norm() / e.norm()) < 1e-3
 
 

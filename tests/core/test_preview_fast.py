@@ -174,6 +174,22 @@ def test_low_memory_mode_gives_the_same_images(files, model):
     assert uncached.prompt_encodes == 2 and not uncached._prompts
 
 
+def test_low_memory_tiles_are_half_the_native_size():
+    from diffusers import AutoencoderKL
+
+    from lora_studio.core.inference.engine import tile_vae
+
+    def vae(size):
+        return AutoencoderKL(sample_size=size, block_out_channels=(8, 8, 8, 8), norm_num_groups=8,
+                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+    sdxl, demo = vae(1024), vae(64)
+    tile_vae(sdxl)
+    assert sdxl.use_tiling and (sdxl.tile_sample_min_size, sdxl.tile_latent_min_size) == (512, 64)
+    tile_vae(demo)  # 32 px tiles would be 4 latents: the default (the native size) stays
+    assert demo.use_tiling and (demo.tile_sample_min_size, demo.tile_latent_min_size) == (64, 8)
+
+
 def test_low_memory_is_chosen_by_the_card_size(monkeypatch):
     from lora_studio.core.inference import engine as E
 
@@ -200,7 +216,7 @@ def test_low_memory_mode_on_gpu_keeps_encoders_and_snapshots_on_the_host(files):
         images = []
         for w in (0.7, -0.4):
             engine.set_weights({"xl": w})
-            images.append(arr(engine.generate(replace(REQ, width=128, height=128))))
+            images.append(arr(engine.generate(REQ)))  # the native size: no tiles, so the same picture
         peak = torch.cuda.max_memory_allocated() - base
         return engine, images, peak
 

@@ -107,6 +107,19 @@ def low_memory_default(sdxl: bool, device) -> bool:
     return total < LOW_MEMORY_BELOW_GIB["sdxl" if sdxl else "sd"]
 
 
+def tile_vae(vae) -> None:
+    """Decode in tiles of half the model's native size (SDXL: 512 px). diffusers' default tile is the native
+    size, so a native-size picture would still decode in one piece. A tile keeps at least 32 latents (smaller
+    tiles show seams: the demo VAEs, native 64 px, keep the default and decode their own size untiled)."""
+    if not (hasattr(vae, "enable_tiling") and hasattr(vae, "tile_latent_min_size")):
+        return
+    scale = 2 ** (len(vae.config.block_out_channels) - 1)  # pixels per latent
+    tile = int(vae.config.sample_size) // 2
+    if tile >= 32 * scale:
+        vae.tile_sample_min_size, vae.tile_latent_min_size = tile, tile // scale
+    vae.enable_tiling()
+
+
 def _default_device_dtype(device, dtype):
     import torch
 
@@ -221,13 +234,7 @@ class PreviewEngine:
             module.to("cpu")
         for module in (self.pipe.unet, self.pipe.vae):
             module.to(self.device)
-        vae = self.pipe.vae
-        if hasattr(vae, "enable_tiling") and hasattr(vae, "tile_latent_min_size"):
-            # Tiles of half the model's native size (SDXL: 512 px): diffusers' default tile is the native size,
-            # so a native-size image would still decode in one piece.
-            vae.enable_tiling()
-            vae.tile_sample_min_size = max(64, int(vae.config.sample_size) // 2)
-            vae.tile_latent_min_size = max(8, int(vae.tile_latent_min_size) // 2)
+        tile_vae(self.pipe.vae)
         torch.cuda.empty_cache()
 
     @contextlib.contextmanager
