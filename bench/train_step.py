@@ -28,7 +28,7 @@ from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
                          matmul_peak_tflops, time_steps)
 from lora_studio.core.training.fast_kernels import (compile_choice, prepare_fast_kernels,  # noqa: E402
-                                                    uncompile_blocks, uninstall_fast_lora, warm_compiler)
+                                                    uncompile_blocks, uninstall_fast_lora)
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
 
@@ -214,8 +214,6 @@ def main(argv=None) -> int:
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
                     help="set torch._inductor.config.KEY (a Python literal) before compiling, e.g. pattern_matcher=False")
-    ap.add_argument("--prewarm", action="store_true", help="start the compiler's imports and workers before "
-                    "building each model (fast_kernels.warm_compiler, as the engine does before loading)")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per row")
     ap.add_argument("--min-steps", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=60)
@@ -276,8 +274,6 @@ def main(argv=None) -> int:
     acp = alphas_cumprod(device)
     for name in args.models.split(","):
         spec = specs[name]
-        if args.prewarm and cuda:  # as the engine does before loading a model it will compile
-            warm_compiler()
         unet, build_s = M.build_unet(spec[0], device)
         t = time.perf_counter()
         params = M.add_lora(unet, rank=args.rank)

@@ -105,7 +105,6 @@ class _Run:
             from lora_studio.config import save
 
             save(self.config, self.output_dir / "config.toml")
-        self.warm_compiler()
         self.load_models()
         if self.config.int8_base:
             self.add_lora()  # the LoRA goes in before the frozen weights are stored in 8 bits and moved to the GPU
@@ -172,19 +171,6 @@ class _Run:
             self.tensorboard = True
         self.device = self.accelerator.device
         self.weight_dtype = DTYPES[cfg.mixed_precision]
-
-    def warm_compiler(self):
-        """If the fast path will compile the UNet, start the compiler's imports and workers now, while the
-        model loads (bench/NOTES.md attempt 12: part of SDXL's setup before the first step)."""
-        from lora_studio.core.models.loader import resolve_model
-        from lora_studio.core.training.fast_kernels import compile_choice, warm_compiler
-        from lora_studio.core.training.fast_step import fast_path_reason
-
-        cfg = self.config
-        if fast_path_reason(cfg, self.device) is None and self.accelerator.num_processes == 1 and \
-                compile_choice(resolve_model(cfg.pretrained_model_name_or_path).family == "sdxl",
-                               cfg.gradient_checkpointing, cfg.compile_unet):
-            warm_compiler()
 
     def load_models(self):
         from lora_studio.core.training.models import load_models

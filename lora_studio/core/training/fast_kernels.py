@@ -5,14 +5,12 @@ arithmetic the same up to bf16 rounding:
 - ``install_fast_lora``: peft's LoRA Linear forward without its fp32 input copy, scale and add passes;
 - ``compile_blocks``: regional torch.compile of the UNet's repeated blocks (``COMPILE_SETS``);
 - ``sdpa_context``: a fixed scaled-dot-product-attention backend;
-- ``warm_compiler``: inductor's imports and compile workers started ahead of the first compiled step;
 - ``prepare_fast_kernels``: what the engine turns on for a run, and the fallback if compiling fails.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 from typing import Callable
 
 import torch
@@ -196,27 +194,6 @@ def uncompile_blocks(module) -> int:
             sub._compiled_call_impl = None
             n += 1
     return n
-
-
-def warm_compiler() -> threading.Thread:
-    """Start torch.compile's first costs in a background thread: importing inductor and starting its Triton
-    compile workers (torch otherwise does both only when the first graph is handed to inductor, i.e. inside
-    the first step). The engine calls it before loading the model, so this overlaps with reading weights.
-    Best effort: a failure here only means the first compile pays these costs itself, as it would anyway.
-    """
-    def work() -> None:
-        try:
-            import torch._inductor.compile_fx  # noqa: F401  (the import alone is seconds on a cold host)
-            from torch._inductor.async_compile import AsyncCompile, maybe_warm_pool
-
-            maybe_warm_pool()
-            AsyncCompile.wakeup()  # the sidecar's worker pool starts now, not at the first kernel
-        except Exception:  # noqa: BLE001 - nothing to report: the real compile raises its own errors
-            pass
-
-    thread = threading.Thread(target=work, name="warm-compiler", daemon=True)
-    thread.start()
-    return thread
 
 
 def compile_choice(is_sdxl: bool, checkpointing: bool, compile_unet: str = "auto") -> str | None:
