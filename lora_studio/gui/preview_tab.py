@@ -352,9 +352,11 @@ class PreviewTab(QWidget):
         elif isinstance(e, ev.Warning):
             self.status.setText(f"Warning: {e.msg}")
 
-    def _on_model_loaded(self, model: str, loads: int) -> None:
+    def _on_model_loaded(self, model: str, loads: int, low_memory: bool = False) -> None:
         self.model_loads = loads
-        self.status.setText(f"Loaded {model}.")
+        # Low memory (a small card): slower slider moves, so say why they are slower.
+        self.status.setText(f"Loaded {model}." + (" Low-memory preview: text encoders in system memory, "
+                                                  "so a new prompt takes a moment longer." if low_memory else ""))
         self.model_loaded.emit(model, loads)
 
     def _on_image(self, img, info: dict) -> None:

@@ -83,3 +83,13 @@ def test_merge_dialog_writes_one_lora_file(qtbot, make_window, tiny_loras, tmp_p
     assert done.args[0] == str(out) and out.exists()
     with safe_open(str(out), "pt") as f:
         assert any("lora" in k for k in f.keys())
+
+
+def test_status_says_when_the_preview_runs_in_low_memory(qtbot, make_window):
+    """The worker reports the engine's mode with the load; a small card's slower moves are explained."""
+    tab = make_window().preview_tab
+    tab.worker.model_loaded.emit("big.safetensors", 1, False)
+    qtbot.waitUntil(lambda: tab.status.text() == "Loaded big.safetensors.", timeout=5000)
+    tab.worker.model_loaded.emit("big.safetensors", 2, True)
+    qtbot.waitUntil(lambda: "Low-memory preview" in tab.status.text(), timeout=5000)
+    assert tab.model_loads == 2

@@ -174,15 +174,17 @@ def compile_blocks(module, class_names=COMPILE_SETS["blocks"], **compile_kwargs)
 
 
 def _contiguous_inputs(compiled: Callable) -> Callable:
-    """Hand the compiled block contiguous tensors. With a strided view as input (SD 1.5's transformer blocks get
-    ``permute(0, 2, 3, 1).reshape(...)`` of the 1x1 proj_in output) inductor returned a wrong gradient for that
-    input (torch 2.13 on the CPU: 7% off; the LoRA layers upstream of the block then trained on it) while the
-    forward was right. A copy outside the graph costs one pass over that input; contiguous inputs pass as is.
+    """Hand the compiled block contiguous CPU tensors. With a strided view as input (SD 1.5's transformer blocks
+    get ``permute(0, 2, 3, 1).reshape(...)`` of the 1x1 proj_in output) inductor's CPU code returned a wrong
+    gradient for that input (torch 2.13: 7% off; the LoRA layers upstream of the block then trained on it) while
+    the forward was right. On CUDA the same block was exact (H100, torch 2.11, bench/NOTES.md attempt 12), so
+    GPU tensors pass as they are: the copy would cost a pass over the input for nothing.
     """
+    def fix(t):
+        return t.contiguous() if isinstance(t, torch.Tensor) and t.device.type == "cpu" else t
+
     def call(*args, **kwargs):
-        args = tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
-        kwargs = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-        return compiled(*args, **kwargs)
+        return compiled(*(fix(a) for a in args), **{k: fix(v) for k, v in kwargs.items()})
 
     return call
 
