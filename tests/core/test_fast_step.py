@@ -548,10 +548,12 @@ def test_compiled_blocks_with_the_engines_options_match_eager(device):
     assert compile_blocks(unet, **COMPILE_OPTIONS) > 0
     out, grads = run()
     uncompile_blocks(unet)
-    # Fused kernels sum in another order (and the GPU's matmuls may use TF32): compare as whole tensors.
-    assert float((out - eager_out).norm() / eager_out.norm()) < 1e-3
+    # Fused kernels sum in another order (and cuDNN's convolutions use TF32 on the GPU: 1.1e-3 measured on an
+    # H100): compare as whole tensors. The bug this guards against was 5-21% off.
+    tol = 1e-3 if device == "cpu" else 5e-3
+    assert float((out - eager_out).norm() / eager_out.norm()) < tol
     for g, e in zip(grads, eager_grads):
-        assert float((g - e).norm() / e.norm()) < 1e-3
+        assert float((g - e).norm() / e.norm()) < tol
 
 
 def test_conv_lora_targets_keep_autocast():

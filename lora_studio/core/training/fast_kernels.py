@@ -150,12 +150,13 @@ RECOMPILE_LIMIT = 64
 COMPILE_OPTIONS = {"dynamic": False, "options": {"pattern_matcher": False}}
 
 
-def compile_blocks(module, class_names=COMPILE_SETS["blocks"], **compile_kwargs) -> int:
+def compile_blocks(module, class_names=COMPILE_SETS["blocks"], *, min_width: int = 0, **compile_kwargs) -> int:
     """Compile every submodule whose class is named in `class_names` (regional compilation), in place.
 
     Identical blocks share one compiled graph (torch compiles a class's forward once per input shape), so
     a UNet's dozens of transformer blocks cost a few compilations, not one each. A module inside one already
-    compiled is left alone (it is part of that graph). Returns how many.
+    compiled is left alone (it is part of that graph). ``min_width``: only transformer blocks at least this
+    wide (SDXL's 1280-channel ones: one block shape fewer to compile). Returns how many.
     """
     import torch._dynamo.config as dynamo_config
 
@@ -165,12 +166,19 @@ def compile_blocks(module, class_names=COMPILE_SETS["blocks"], **compile_kwargs)
     n = 0
     done: list[str] = []
     for path, sub in module.named_modules():
-        if type(sub).__name__ in class_names and not any(path.startswith(d + ".") or d == "" for d in done):
+        if type(sub).__name__ in class_names and not any(path.startswith(d + ".") or d == "" for d in done) \
+                and _width(sub) >= min_width:
             sub.compile(**compile_kwargs)
             sub._compiled_call_impl = _contiguous_inputs(sub._compiled_call_impl)
             done.append(path)
             n += 1
     return n
+
+
+def _width(block) -> int:
+    norm = getattr(block, "norm1", None)  # BasicTransformerBlock: LayerNorm(dim); other blocks count as wide
+    shape = getattr(norm, "normalized_shape", None)
+    return int(shape[0]) if shape else 1 << 30
 
 
 def _contiguous_inputs(compiled: Callable) -> Callable:
@@ -214,6 +222,7 @@ def compile_choice(is_sdxl: bool, checkpointing: bool, compile_unet: str = "auto
 
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
                          compile: str | None = None, fuse_qkv: bool = True, sdpa: str | None = None,
+                         compile_min_width: int = 0,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
     """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
 
@@ -245,7 +254,7 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
 
         install_fused_qkv(unet)
     if compile:
-        compile_blocks(unet, COMPILE_SETS[compile], **COMPILE_OPTIONS)
+        compile_blocks(unet, COMPILE_SETS[compile], min_width=compile_min_width, **COMPILE_OPTIONS)
     # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)
 
     def fallback(exc: BaseException) -> None:
