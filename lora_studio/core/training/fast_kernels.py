@@ -144,10 +144,11 @@ COMPILE_SETS = {
 RECOMPILE_LIMIT = 64
 
 
-# dynamic=False: one graph per bucket shape, like the captured step. Inductor's pattern matcher off: it spent
-# ~2.8 s of SDXL's ~24 s cold compile and the compiled step ran no faster with it (H100, bench/NOTES.md
-# attempt 12: SDXL b1 73.6 / b4 184.5 ms either way, first step 29.3 -> 24.7 s).
-COMPILE_OPTIONS = {"dynamic": False, "options": {"pattern_matcher": False}}
+# dynamic=False: one graph per bucket shape, like the captured step. Two inductor passes that cost SDXL's cold
+# compile seconds and bought no speed (H100, bench/NOTES.md attempt 12, same machine, SDXL b1 / b4 ms/step):
+# the pattern matcher (~2.8 s; 73.6 / 184.5 either way) and autotuning each pointwise kernel's launch
+# configuration (setup 27.2 -> 22.6 s; 73.6 / 184.7 vs 184.2-184.5).
+COMPILE_OPTIONS = {"dynamic": False, "options": {"pattern_matcher": False, "triton.autotune_pointwise": False}}
 
 
 def compile_blocks(module, class_names=COMPILE_SETS["blocks"], *, min_width: int = 0, **compile_kwargs) -> int:
