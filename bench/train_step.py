@@ -106,6 +106,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         else:
             kernels = {"compile": next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None),
                        "compile_min_width": 1280 if "wide" in words else 0,
+                       "compile_eager_attention": "noattn" in words,
                        "fuse_qkv": "qkv" in words}
         if kernels["compile"]:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
