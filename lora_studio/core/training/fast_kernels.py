@@ -174,7 +174,9 @@ def compile_blocks(module, class_names=COMPILE_SETS["blocks"], *, min_width: int
             if eager_attention:
                 for attn in (getattr(sub, "attn1", None), getattr(sub, "attn2", None)):
                     if attn is not None and "forward" not in attn.__dict__:
-                        attn.forward = torch.compiler.disable(attn.forward)  # an instance attribute: undone below
+                        eager = torch.compiler.disable(attn.forward)  # an instance attribute: undone below
+                        eager._lora_studio_eager = True
+                        attn.forward = eager
             sub.compile(**compile_kwargs)
             sub._compiled_call_impl = _contiguous_inputs(sub._compiled_call_impl)
             done.append(path)
@@ -211,8 +213,8 @@ def uncompile_blocks(module) -> int:
             sub._compiled_call_impl = None
             n += 1
         for attn in (getattr(sub, "attn1", None), getattr(sub, "attn2", None)):
-            if isinstance(attn, torch.nn.Module):
-                attn.__dict__.pop("forward", None)  # eager_attention's wrapper
+            if isinstance(attn, torch.nn.Module) and getattr(attn.__dict__.get("forward"), "_lora_studio_eager", 0):
+                del attn.__dict__["forward"]  # eager_attention's wrapper (and nothing another library set)
     return n
 
 
