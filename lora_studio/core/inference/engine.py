@@ -464,7 +464,7 @@ class PreviewEngine:
         hit = self._prompts.pop(key, None)
         if hit is None:
             device = self.pipe._execution_device
-            with torch.inference_mode(), self._encoders_on_gpu():
+            with self._encoders_on_gpu(), torch.inference_mode():  # modules move outside inference mode
                 if style == "xl":
                     pe, npe, pooled, npooled = self.pipe.encode_prompt(
                         prompt=prompt, device=device, num_images_per_prompt=1, do_classifier_free_guidance=True,
