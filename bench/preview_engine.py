@@ -166,7 +166,8 @@ def main(argv=None) -> int:
         size = 64 if tiny else M.MODELS[name][1]
         req = PreviewRequest(prompt="a photo of a red circle", negative="blurry", steps=args.steps, guidance=7.5,
                              width=size, height=size, scheduler="euler")
-        groups = []  # (dtype, the old engine?) -> one pipeline each
+        groups = []  # (dtype, the old engine?, low memory?) -> one pipeline each
+
         def group_of(v):
             return (VARIANTS[v][0] if cuda else torch.float32, v == "head", v.endswith("lowmem"))
 

@@ -62,12 +62,6 @@ def compile_seconds() -> dict:
         return {}
 
 
-def kernels_compiled(path: str, words: set) -> bool:
-    if path == "engine":
-        return True
-    return any(w in PATH_WORDS for w in words)
-
-
 def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp, flops_per_image, log):
     """One row: build the optimizer and step for `path`, time it, report memory; leaves no state behind."""
     free(device)
@@ -83,6 +77,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         unet.to(memory_format=torch.channels_last)
     row = {"model": name, "path": path, "batch": batch, "checkpointing": ckpt}
     warnings: list[str] = []
+    compiling = False
     t_setup = time.perf_counter()
     if path == "reference":
         if ckpt:
@@ -108,7 +103,8 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
                        "compile_min_width": 1280 if "wide" in words else 0,
                        "compile_eager_attention": "noattn" in words,
                        "fuse_qkv": "qkv" in words}
-        if kernels["compile"]:
+        compiling = bool(kernels["compile"])
+        if compiling:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
             cold_cache(f"{name}_{path}")
         if pure:
@@ -122,7 +118,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         loss = run()  # first step (fast: warm-up + capture)
         float(loss)
         row["first_step_s"] = time.perf_counter() - t_setup
-        if kernels_compiled(path, words):
+        if compiling:
             after = compile_seconds()  # where a compiling row's first step went (dynamo's own phase timers)
             row["compile_s"] = {k: round(v - spent.get(k, 0.0), 2) for k, v in after.items() if v - spent.get(k, 0.0) > 0.05}
         timing = time_steps(run, device, warmup=1 if path != "reference" else 2, budget_s=args.budget,
