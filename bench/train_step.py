@@ -100,8 +100,6 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
             kernels = {"compile": compile_choice(name == "sdxl", ckpt), "fuse_qkv": True}
         else:
             kernels = {"compile": next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None),
-                       "compile_min_width": 1280 if "wide" in words else 0,
-                       "compile_eager_attention": "noattn" in words,
                        "fuse_qkv": "qkv" in words}
         compiling = bool(kernels["compile"])
         if compiling:
@@ -206,8 +204,8 @@ def main(argv=None) -> int:
     ap.add_argument("--paths", default="reference,engine", help="reference, engine (the engine's fast path as "
                     "engine.make_optimizer sets it up for the model), fast (LoRA forward + pure bf16), graph "
                     "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
-                    "other fast_* names combine the words compiled / res / regions / unet (compiled sets), wide (only "
-                    "blocks >= 1280 channels), cl, qkv (fused self-attention q/k/v), e.g. fast_compiled_wide_qkv")
+                    "other fast_* names combine the words compiled / res / regions / unet (compiled sets), cl, qkv "
+                    "(fused self-attention q/k/v), e.g. fast_regions_cl, fast_compiled_qkv")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",

@@ -556,19 +556,6 @@ def test_compiled_blocks_with_the_engines_options_match_eager(device):
         assert float((g - e).norm() / e.norm()) < tol
 
 
-def test_compile_blocks_width_filter_and_eager_attention_are_undone():
-    from lora_studio.core.training.fast_kernels import compile_blocks, uncompile_blocks
-
-    unet, _ = tiny_unet_with_lora()  # 32-channel blocks
-    assert compile_blocks(unet, min_width=1280, dynamic=False) == 0  # too narrow: nothing compiled
-    assert compile_blocks(unet, eager_attention=True, dynamic=False) == 4
-    attn = [m for m in unet.modules() if type(m).__name__ == "Attention"]
-    assert attn and all("forward" in m.__dict__ for m in attn)
-    uncompile_blocks(unet)
-    assert not any("forward" in m.__dict__ for m in attn)
-    assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in unet.modules())
-
-
 def test_conv_lora_targets_keep_autocast():
     from peft import LoraConfig
 

@@ -151,15 +151,12 @@ RECOMPILE_LIMIT = 64
 COMPILE_OPTIONS = {"dynamic": False, "options": {"pattern_matcher": False, "triton.autotune_pointwise": False}}
 
 
-def compile_blocks(module, class_names=COMPILE_SETS["blocks"], *, min_width: int = 0, eager_attention: bool = False,
-                   **compile_kwargs) -> int:
+def compile_blocks(module, class_names=COMPILE_SETS["blocks"], **compile_kwargs) -> int:
     """Compile every submodule whose class is named in `class_names` (regional compilation), in place.
 
     Identical blocks share one compiled graph (torch compiles a class's forward once per input shape), so
     a UNet's dozens of transformer blocks cost a few compilations, not one each. A module inside one already
-    compiled is left alone (it is part of that graph). ``min_width``: only transformer blocks at least this
-    wide (SDXL's 1280-channel ones: one block shape fewer to compile). ``eager_attention``: the blocks' attention
-    modules stay outside the graphs (smaller graphs to compile; bench word "noattn"). Returns how many.
+    compiled is left alone (it is part of that graph). Returns how many.
     """
     import torch._dynamo.config as dynamo_config
 
@@ -169,25 +166,12 @@ def compile_blocks(module, class_names=COMPILE_SETS["blocks"], *, min_width: int
     n = 0
     done: list[str] = []
     for path, sub in module.named_modules():
-        if type(sub).__name__ in class_names and not any(path.startswith(d + ".") or d == "" for d in done) \
-                and _width(sub) >= min_width:
-            if eager_attention:
-                for attn in (getattr(sub, "attn1", None), getattr(sub, "attn2", None)):
-                    if attn is not None and "forward" not in attn.__dict__:
-                        eager = torch.compiler.disable(attn.forward)  # an instance attribute: undone below
-                        eager._lora_studio_eager = True
-                        attn.forward = eager
+        if type(sub).__name__ in class_names and not any(path.startswith(d + ".") or d == "" for d in done):
             sub.compile(**compile_kwargs)
             sub._compiled_call_impl = _contiguous_inputs(sub._compiled_call_impl)
             done.append(path)
             n += 1
     return n
-
-
-def _width(block) -> int:
-    norm = getattr(block, "norm1", None)  # BasicTransformerBlock: LayerNorm(dim); other blocks count as wide
-    shape = getattr(norm, "normalized_shape", None)
-    return int(shape[0]) if shape else 1 << 30
 
 
 def _contiguous_inputs(compiled: Callable) -> Callable:
@@ -212,9 +196,6 @@ def uncompile_blocks(module) -> int:
         if getattr(sub, "_compiled_call_impl", None) is not None:
             sub._compiled_call_impl = None
             n += 1
-        for attn in (getattr(sub, "attn1", None), getattr(sub, "attn2", None)):
-            if isinstance(attn, torch.nn.Module) and getattr(attn.__dict__.get("forward"), "_lora_studio_eager", 0):
-                del attn.__dict__["forward"]  # eager_attention's wrapper (and nothing another library set)
     return n
 
 
@@ -234,7 +215,6 @@ def compile_choice(is_sdxl: bool, checkpointing: bool, compile_unet: str = "auto
 
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
                          compile: str | None = None, fuse_qkv: bool = True, sdpa: str | None = None,
-                         compile_min_width: int = 0, compile_eager_attention: bool = False,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
     """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
 
@@ -266,8 +246,7 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
 
         install_fused_qkv(unet)
     if compile:
-        compile_blocks(unet, COMPILE_SETS[compile], min_width=compile_min_width,
-                       eager_attention=compile_eager_attention, **COMPILE_OPTIONS)
+        compile_blocks(unet, COMPILE_SETS[compile], **COMPILE_OPTIONS)
     # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)
 
     def fallback(exc: BaseException) -> None:
