@@ -173,13 +173,14 @@ class PreviewEngine:
         self.model = model
         self.base_loads = 0
         self.adapter_loads = 0
-        if low_memory is None and str(self.device).startswith("cuda"):
-            sdxl = "XL" in type(pipe).__name__ if pipe is not None else resolve_model(model).family == "sdxl"
+        ref = resolve_model(model) if pipe is None else None  # read once: the family decides the placement
+        if low_memory is None:
+            sdxl = _prompt_style(pipe) == "xl" if pipe is not None else ref.family == "sdxl"
             low_memory = low_memory_default(sdxl, self.device)
         self.low_memory = bool(low_memory)  # on the CPU it changes no placement, only the code paths
         if pipe is None:
             # Low memory: nothing is loaded onto the GPU that does not stay there.
-            pipe = load_pipeline(model, torch_dtype=self.dtype, device="cpu" if self.low_memory else self.device)
+            pipe = load_pipeline(ref, torch_dtype=self.dtype, device="cpu" if self.low_memory else self.device)
             self.base_loads += 1
         self.pipe = pipe
         if self.low_memory:
