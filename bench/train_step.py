@@ -210,6 +210,9 @@ def main(argv=None) -> int:
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
                     help="set torch._inductor.config.KEY (a Python literal) before compiling, e.g. pattern_matcher=False")
+    ap.add_argument("--grad-input", choices=("on", "off"), default="on",
+                    help="off: compiled blocks take their inputs as they come (before attempt 13, SDXL compiled three "
+                    "graphs instead of two); on: as the engine does (fast_kernels.GRAD_INPUT_CLASSES)")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per row")
     ap.add_argument("--min-steps", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=60)
@@ -228,6 +231,10 @@ def main(argv=None) -> int:
         for item in args.inductor:
             key, _, value = item.partition("=")
             setattr(inductor_config, key, ast.literal_eval(value))
+    if args.grad_input == "off":
+        import lora_studio.core.training.fast_kernels as fast_kernels
+
+        fast_kernels.GRAD_INPUT_CLASSES = ()
     batches = [int(b) for b in (args.batches or ("1,2" if tiny else "1,4,8")).split(",")]
     ckpts = [c == "on" for c in args.checkpointing.split(",")]
     paths = args.paths.split(",")
@@ -249,7 +256,7 @@ def main(argv=None) -> int:
 
     result = {"card": card_name(device), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__,
-              "tiny": tiny, "rank": args.rank, "inductor": args.inductor, "peak_tflops": args.peak_tflops, "nominal_peak_tflops":
+              "tiny": tiny, "rank": args.rank, "inductor": args.inductor, "grad_input": args.grad_input, "peak_tflops": args.peak_tflops, "nominal_peak_tflops":
               NOMINAL_PEAK_TFLOPS, "cuda_init_s": cuda_init_s, "rows": [], "setup": {}}
 
     def log(row):

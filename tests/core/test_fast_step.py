@@ -556,6 +556,42 @@ def test_compiled_blocks_with_the_engines_options_match_eager(device):
         assert float((g - e).norm() / e.norm()) < tol
 
 
+def test_compiled_blocks_build_one_graph_per_block_shape():
+    """The UNet's first transformer block gets an input without gradient (only frozen layers before it), the
+    others one with: without `compile_blocks` evening that out, the same block shape compiled twice, forward
+    and backward (SDXL: three graphs for two widths, a third of its cold setup)."""
+    from lora_studio.core.training.fast_kernels import compile_blocks, uncompile_blocks
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append([t.requires_grad for t in example_inputs if isinstance(t, torch.Tensor) and t.dim() == 3])
+        return gm.forward
+
+    unet, params = tiny_unet_with_lora(seed=4)
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    text = torch.randn(1, 5, unet.config.cross_attention_dim)
+    eager = unet(x, t, text).sample
+    eager.square().mean().backward()
+    eager_grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    assert compile_blocks(unet, backend=counting_backend, dynamic=False) == 4  # down, mid, two up
+    out = unet(x, t, text).sample
+    out.square().mean().backward()
+    # two shapes, two graphs: 8x8 latents (down and up blocks), 4x4 (the mid block); each one's hidden states
+    # require grad (the text embedding, its other 3-d input, never does)
+    assert len(graphs) == 2 and all(g[0] for g in graphs), graphs
+    with torch.no_grad():  # inference hands its inputs over as they are (nothing to differentiate)
+        unet(x, t, text)
+    uncompile_blocks(unet)
+    torch._dynamo.reset()
+    assert torch.allclose(out, eager, atol=1e-6)
+    for p, e in zip(params, eager_grads):
+        assert torch.allclose(p.grad, e, rtol=1e-5, atol=1e-7)
+
+
 def test_conv_lora_targets_keep_autocast():
     from peft import LoraConfig
 

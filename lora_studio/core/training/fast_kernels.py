@@ -168,24 +168,44 @@ def compile_blocks(module, class_names=COMPILE_SETS["blocks"], **compile_kwargs)
     for path, sub in module.named_modules():
         if type(sub).__name__ in class_names and not any(path.startswith(d + ".") or d == "" for d in done):
             sub.compile(**compile_kwargs)
-            sub._compiled_call_impl = _contiguous_inputs(sub._compiled_call_impl)
+            sub._compiled_call_impl = _block_inputs(sub._compiled_call_impl,
+                                                    type(sub).__name__ in GRAD_INPUT_CLASSES)
             done.append(path)
             n += 1
     return n
 
 
-def _contiguous_inputs(compiled: Callable) -> Callable:
-    """Hand the compiled block contiguous CPU tensors. With a strided view as input (SD 1.5's transformer blocks
-    get ``permute(0, 2, 3, 1).reshape(...)`` of the 1x1 proj_in output) inductor's CPU code returned a wrong
-    gradient for that input (torch 2.13: 7% off; the LoRA layers upstream of the block then trained on it) while
-    the forward was right. On CUDA the same block was exact (H100, torch 2.11, bench/NOTES.md attempt 12), so
-    GPU tensors pass as they are: the copy would cost a pass over the input for nothing.
+# Blocks whose first input is made to require a gradient when it does not (see `_block_inputs`). Only blocks
+# that hold LoRA layers themselves: their backward runs anyway, and the input's gradient is a few extra
+# products. A ResnetBlock2D has none, so for it the same would start a backward through the convolutions
+# before the first attention (SDXL: two 128x128 ResNets) that nothing needs.
+GRAD_INPUT_CLASSES = ("BasicTransformerBlock", "Transformer2DModel")
+
+
+def _block_inputs(compiled: Callable, grad_input: bool) -> Callable:
+    """Wrap a compiled block's call:
+
+    - ``grad_input``: while autograd records, a first input that does not require a gradient is handed over
+      as a detached copy that does. The first transformer block of a UNet gets its input from frozen layers
+      only (no gradient), every later one from LoRA layers: to dynamo these are two signatures, so the same
+      block width was compiled twice, forward and backward (SDXL: three graphs, two of 640 channels). With one
+      signature per width SDXL compiles two (bench/NOTES.md attempt 13). The gradient this computes for the
+      input is dropped with the step's autograd graph.
+    - CPU tensors are made contiguous. With a strided view as input (SD 1.5's transformer blocks get
+      ``permute(0, 2, 3, 1).reshape(...)`` of the 1x1 proj_in output) inductor's CPU code returned a wrong
+      gradient for that input (torch 2.13: 7% off; the LoRA layers upstream of the block then trained on it)
+      while the forward was right. On CUDA the same block was exact (H100, torch 2.11, bench/NOTES.md attempt
+      12), so GPU tensors pass as they are: the copy would cost a pass over the input for nothing.
     """
     def fix(t):
         return t.contiguous() if isinstance(t, torch.Tensor) and t.device.type == "cpu" else t
 
     def call(*args, **kwargs):
-        return compiled(*(fix(a) for a in args), **{k: fix(v) for k, v in kwargs.items()})
+        args = tuple(fix(a) for a in args)
+        if (grad_input and args and isinstance(args[0], torch.Tensor) and args[0].is_floating_point()
+                and not args[0].requires_grad and torch.is_grad_enabled()):
+            args = (args[0].detach().requires_grad_(True),) + args[1:]
+        return compiled(*args, **{k: fix(v) for k, v in kwargs.items()})
 
     return call
 
