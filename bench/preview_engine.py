@@ -121,6 +121,7 @@ VARIANTS = {  # name -> (dtype, CUDA graph, prompt cache); "head": the engine fi
     "bf16-eager": (torch.bfloat16, False, True),
     "bf16": (torch.bfloat16, True, True),
     "bf16-lowmem": (torch.bfloat16, True, True),  # low_memory=True: text encoders and snapshots on the host
+    "bf16-lowmem-int8": (torch.bfloat16, True, True),  # + int8_unet=True: the UNet's Linear weights in 8 bits
 }
 
 
@@ -166,28 +167,35 @@ def main(argv=None) -> int:
         size = 64 if tiny else M.MODELS[name][1]
         req = PreviewRequest(prompt="a photo of a red circle", negative="blurry", steps=args.steps, guidance=7.5,
                              width=size, height=size, scheduler="euler")
-        groups = []  # (dtype, the old engine?, low memory?) -> one pipeline each
+        groups = []  # (dtype, the old engine?, low memory?, 8-bit UNet?) -> one pipeline each
 
         def group_of(v):
-            return (VARIANTS[v][0] if cuda else torch.float32, v == "head", v.endswith("lowmem"))
+            return (VARIANTS[v][0] if cuda else torch.float32, v == "head", "lowmem" in v, v.endswith("int8"))
 
         for v in variants:
             if group_of(v) not in groups:
                 groups.append(group_of(v))
-        for dtype, head, low in groups:
-            todo = [v for v in variants if group_of(v) == (dtype, head, low)]
+        for dtype, head, low, int8 in groups:
+            todo = [v for v in variants if group_of(v) == (dtype, head, low, int8)]
             base_alloc = torch.cuda.memory_allocated() if cuda else 0  # what earlier groups left behind
             t0 = time.perf_counter()
             pipe = build_pipeline(name, device, dtype, tiny)
             build_s = time.perf_counter() - t0
+            if int8 and cuda:  # as the app loads it: into system memory, each layer quantised onto the GPU
+                pipe.to("cpu")
+                torch.cuda.empty_cache()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             with tempfile.TemporaryDirectory() as tmp:
                 paths = [write_lora(pipe, Path(tmp, n), seed, text_encoders=te)
                          for n, seed, te in (("a", 1, True), ("b", 2, False))]
-                kw = {} if head else {"low_memory": low}
+                kw = {} if head else {"low_memory": low, "int8_unet": int8}
                 engine = (old_engine.PreviewEngine if head else PreviewEngine)(pipe=pipe, device=device, dtype=dtype,
                                                                                  **kw)
                 engine.add_lora(paths[0], "a", 0.8)
                 engine.add_lora(paths[1], "b", 0.5)
+            # engine set-up and LoRA loading (8 bits: one 16-bit layer on the GPU at a time)
+            setup_peak = (torch.cuda.max_memory_allocated() - base_alloc) / 2**30 if cuda else None
             for variant in todo:
                 _, graph, cache = VARIANTS[variant]
                 if not head:
@@ -228,7 +236,8 @@ def main(argv=None) -> int:
                        # this group's own peak: its pipeline, adapters, snapshots, graphs and activations
                        "peak_gib": (torch.cuda.max_memory_allocated() - base_alloc) / 2**30 if cuda else None,
                        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30 if cuda else None,
-                       "low_memory": getattr(engine, "low_memory", False)}
+                       "low_memory": getattr(engine, "low_memory", False),
+                       "int8_unet": getattr(engine, "int8_unet", False), "setup_peak_gib": setup_peak}
                 print(json.dumps(row), flush=True)
                 result["rows"].append(row)
                 save(result, Path(args.out), tiny, cuda)

@@ -352,11 +352,15 @@ class PreviewTab(QWidget):
         elif isinstance(e, ev.Warning):
             self.status.setText(f"Warning: {e.msg}")
 
-    def _on_model_loaded(self, model: str, loads: int, low_memory: bool = False) -> None:
+    def _on_model_loaded(self, model: str, loads: int, low_memory: bool = False, int8_unet: bool = False) -> None:
         self.model_loads = loads
-        # Low memory (a small card): slower slider moves, so say why they are slower.
-        self.status.setText(f"Loaded {model}." + (" Low-memory preview: text encoders in system memory, "
-                                                  "so a new prompt takes a moment longer." if low_memory else ""))
+        # A small card: slower slider moves and prompts, so say why they are slower.
+        notes = []
+        if low_memory:
+            notes.append("text encoders in system memory, so a new prompt takes a moment longer")
+        if int8_unet:
+            notes.append("the UNet stored in 8 bits (pictures differ slightly from full precision)")
+        self.status.setText(f"Loaded {model}." + (f" Low-memory preview: {'; '.join(notes)}." if notes else ""))
         self.model_loaded.emit(model, loads)
 
     def _on_image(self, img, info: dict) -> None:

@@ -205,7 +205,7 @@ class PreviewWorker(QThread):
     event = Signal(object)  # core events of the running request
     image = Signal(object, dict)  # (PIL image, request info)
     grid = Signal(object, dict)
-    model_loaded = Signal(str, int, bool)  # model, number of loads so far, low-memory mode
+    model_loaded = Signal(str, int, bool, bool)  # model, number of loads so far, low-memory mode, 8-bit UNet
     merged = Signal(str)
     error = Signal(str, str)
     busy = Signal(bool)
@@ -272,7 +272,8 @@ class PreviewWorker(QThread):
             settle_heap()
             self.model = model
             self.loads += 1
-            self.model_loaded.emit(model, self.loads, bool(getattr(self.engine, "low_memory", False)))
+            self.model_loaded.emit(model, self.loads, bool(getattr(self.engine, "low_memory", False)),
+                                   bool(getattr(self.engine, "int8_unet", False)))
         return self.engine
 
     def _do_load(self, model: str) -> None:

@@ -208,6 +208,53 @@ def test_low_memory_is_chosen_by_the_card_size(monkeypatch):
     assert not E.low_memory_default(True, "cuda")
 
 
+@pytest.mark.parametrize("model", ["demo", "demo-xl"])
+def test_int8_unet_fuses_in_eight_bits_and_restores_exactly(files, model):
+    """The 8-bit UNet: its Linear weights are int8 rows; the LoRAs load onto it (peft takes the 8-bit layer for
+    a Linear); a slider move rounds snapshot + LoRAs back to int8 in place, so a moved engine draws exactly
+    what a fresh one at those weights draws; removing the LoRAs gives back the very int8 weights it started
+    with. Images stay close to the full-precision model's (rounding only)."""
+    from lora_studio.core.training.int8_base import Int8Linear
+
+    weights = {"t": 0.8, "u": -0.5} if model == "demo" else {"xl": 0.7}
+    moved = {"t": -0.3, "u": 1.2} if model == "demo" else {"xl": -0.9}
+    engine = PreviewEngine(pipe=pipeline(model), int8_unet=True)
+    int8 = [m for m in engine.pipe.unet.modules() if isinstance(m, Int8Linear)]
+    assert engine.int8_unet and len(int8) > 50
+    start = [(m.q.clone(), m.scale.clone()) for m in int8]
+    engine.set_loras([(files[n], n) for n in weights])
+    engine.set_weights(weights)
+    first = arr(engine.generate(REQ))
+    assert any(isinstance(f.base, Int8Linear) for f in engine._fused)
+    full = arr(engine_with(files, weights, model).generate(REQ))
+    assert 0 < diff(first, full) < 2 / 255  # int8 rounding, on average under a grey level
+    engine.set_weights(moved)
+    assert diff(arr(engine.generate(REQ)), arr(engine_with(files, moved, model, int8_unet=True).generate(REQ))) == 0.0
+    engine.set_loras([])
+    assert all(torch.equal(m.q, q) and torch.equal(m.scale, s) for m, (q, s) in zip(int8, start))
+    # live adapters run on the 8-bit layers too
+    live = engine_with(files, weights, model, int8_unet=True, mode="live")
+    assert diff(arr(live.generate(REQ)), first) < 2 / 255
+
+
+def test_int8_unet_is_chosen_by_the_card_size(monkeypatch):
+    """On by itself for SDXL on cards under 10 GiB (6 and 8 GB cards), never for SD 1.5 or on the CPU."""
+    from types import SimpleNamespace
+
+    from lora_studio.core.inference import engine as E
+
+    card = {"gib": 8}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device: SimpleNamespace(total_memory=card["gib"] * 2**30))
+    assert E.int8_unet_default(True, "cuda") and not E.int8_unet_default(False, "cuda")
+    assert not E.int8_unet_default(True, "cpu")
+    card["gib"] = 6
+    assert E.int8_unet_default(True, "cuda:0") and not E.int8_unet_default(False, "cuda:0")
+    card["gib"] = 12
+    assert not E.int8_unet_default(True, "cuda") and E.low_memory_default(True, "cuda")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_low_memory_mode_on_gpu_keeps_encoders_and_snapshots_on_the_host(files):
@@ -231,7 +278,7 @@ def test_low_memory_mode_on_gpu_keeps_encoders_and_snapshots_on_the_host(files):
     assert all(p.device.type == "cpu" for te in low._text_encoders() for p in te.parameters())
     assert all(p.device.type == "cuda" for p in low.pipe.unet.parameters())
     unet_layers = {id(m) for m in low.pipe.unet.modules()}
-    snaps = [(key in unet_layers, snap) for key, (_, snap) in low._snapshots.items()]
+    snaps = [(key in unet_layers, t) for key, (_, snap) in low._snapshots.items() for t in snap]
     assert any(in_unet for in_unet, _ in snaps) and all(s.device.type == "cpu" for _, s in snaps)
     assert all(s.is_pinned() for in_unet, s in snaps if in_unet)  # copied back to the GPU on slider moves
     del low
@@ -239,3 +286,32 @@ def test_low_memory_mode_on_gpu_keeps_encoders_and_snapshots_on_the_host(files):
     for a, b in zip(low_images, full_images):
         assert diff(a, b) < 1 / 255
     assert low_peak < full_peak, (low_peak, full_peak)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_int8_unet_on_gpu_replays_its_graph_across_slider_moves(files):
+    """8 bits on the GPU, with low memory (as on a 6-8 GB card): the slider rewrites the int8 rows in place, so
+    the captured UNet graph keeps replaying and draws what a fresh, uncaptured 8-bit engine draws."""
+    from lora_studio.core.training.int8_base import Int8Linear
+
+    dtype = _default_device_dtype("cuda", None)[1]
+
+    def engine(**kw):
+        e = PreviewEngine(pipe=pipeline("demo-xl").to("cuda", dtype), device="cuda", dtype=dtype, low_memory=True, **kw)
+        e.set_loras([(files["xl"], "xl")])
+        return e
+
+    small = engine(int8_unet=True)
+    int8 = [m for m in small.pipe.unet.modules() if isinstance(m, Int8Linear)]
+    assert int8 and all(m.q.device.type == "cuda" and m.q.dtype == torch.int8 for m in int8)
+    for w in (0.7, -0.4):
+        small.set_weights({"xl": w})
+        image = arr(small.generate(REQ))
+        fresh = engine(int8_unet=True, graph=False)
+        fresh.set_weights({"xl": w})
+        assert diff(image, arr(fresh.generate(REQ))) < 1 / 255
+        full = engine(int8_unet=False)
+        full.set_weights({"xl": w})
+        assert diff(image, arr(full.generate(REQ))) < 3 / 255  # rounding to 8 bits only
+    assert small.graphed.replays > 0 and all(g is not None for g in small.graphed.graphs.values())

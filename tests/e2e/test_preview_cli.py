@@ -52,6 +52,22 @@ def test_generate_convert_inspect_merge_fuse(loras, tmp_path, capsys):
     assert Image.open(grid).width > 2 * 64
 
 
+def test_generate_with_an_8_bit_unet(loras, tmp_path, capsys):
+    """--int8: the LoRA loads onto the 8-bit UNet and the picture is the full-precision one up to rounding; a
+    LoRA of the other family is still refused by name (the file check reads the 8-bit layers' shapes)."""
+    pictures = {}
+    for flag in ("--no-int8", "--int8"):
+        out = tmp_path / f"{flag}.png"
+        assert main(["generate", "--model", "demo-xl", "--prompt", "a red circle", "--lora", f"{loras['xl']}:0.8",
+                     "--steps", "2", flag, "--out", str(out)]) == 0
+        pictures[flag] = np.asarray(Image.open(out), np.float64) / 255
+    assert 0 < np.abs(pictures["--int8"] - pictures["--no-int8"]).mean() < 2 / 255
+    rc = main(["generate", "--model", "demo-xl", "--prompt", "x", "--lora", str(loras["a"]), "--steps", "1", "--int8",
+               "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "SDXL" in err and "SD 1.x" in err and "Traceback" not in err
+
+
 @pytest.mark.parametrize("model,lora", [("demo-xl", "a"), ("demo", "xl")])
 def test_wrong_family_fails_cleanly(loras, tmp_path, capsys, model, lora):
     rc = main(["generate", "--model", model, "--prompt", "x", "--lora", str(loras[lora]), "--steps", "1",

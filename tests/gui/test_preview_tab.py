@@ -88,8 +88,11 @@ def test_merge_dialog_writes_one_lora_file(qtbot, make_window, tiny_loras, tmp_p
 def test_status_says_when_the_preview_runs_in_low_memory(qtbot, make_window):
     """The worker reports the engine's mode with the load; a small card's slower moves are explained."""
     tab = make_window().preview_tab
-    tab.worker.model_loaded.emit("big.safetensors", 1, False)
+    tab.worker.model_loaded.emit("big.safetensors", 1, False, False)
     qtbot.waitUntil(lambda: tab.status.text() == "Loaded big.safetensors.", timeout=5000)
-    tab.worker.model_loaded.emit("big.safetensors", 2, True)
+    tab.worker.model_loaded.emit("big.safetensors", 2, True, False)
     qtbot.waitUntil(lambda: "Low-memory preview" in tab.status.text(), timeout=5000)
-    assert tab.model_loads == 2
+    assert "8 bits" not in tab.status.text()
+    tab.worker.model_loaded.emit("xl.safetensors", 3, True, True)  # a 6-8 GB card with an SDXL model
+    qtbot.waitUntil(lambda: "UNet stored in 8 bits" in tab.status.text(), timeout=5000)
+    assert "text encoders in system memory" in tab.status.text() and tab.model_loads == 3

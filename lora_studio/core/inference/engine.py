@@ -25,6 +25,11 @@ encoders stay in system memory and visit the GPU only to encode a prompt the cac
 snapshots of the LoRA layers' original weights stay in (pinned) system memory, and the VAE decodes in tiles.
 The UNet stays on the GPU, so the denoising loop and its CUDA graph are unchanged.
 
+8-bit UNet (``int8_unet``; on by itself for SDXL on cards under 10 GiB): the UNet's large Linear weights are
+stored as int8 rows with a scale each (`int8_base.PeftInt8Linear`, dequantised inside each forward), SDXL's
+UNet 4.8 -> 2.7 GiB. Fusing then writes int8 too: a slider move dequantises each changed layer's snapshot,
+adds the LoRAs and rounds the sum back to int8 in place (the CUDA graph stays valid).
+
 Driven from a GUI thread-worker: ``generate(request, emit, stop)`` reports per-step progress through the
 typed events and honours ``stop()`` at each step boundary.
 """
@@ -95,6 +100,10 @@ class _Cancelled(Exception):
 # GPU memory (GiB) under which the preview runs in low-memory mode by itself. Full mode measured on an H100
 # (bench/results/preview_engine_h100_cudnn_on.md, bf16, two LoRAs): SDXL 1024 11.7 GiB allocated, SD 1.5 512 3.0.
 LOW_MEMORY_BELOW_GIB = {"sdxl": 16.0, "sd": 6.0}
+# An 8-bit UNet for SDXL on 6-8 GB cards: low memory alone peaks at 6.9 GiB allocated, 7.7 reserved (H100,
+# bench/NOTES.md attempt 12), more than an 8 GB card has left beside its CUDA context. SD 1.5's UNet is mostly
+# convolutions (8 bits would save 0.25 of its 1.6 GiB): never on by itself.
+INT8_UNET_BELOW_GIB = {"sdxl": 10.0}
 
 
 def low_memory_default(sdxl: bool, device) -> bool:
@@ -105,6 +114,15 @@ def low_memory_default(sdxl: bool, device) -> bool:
         return False
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
     return total < LOW_MEMORY_BELOW_GIB["sdxl" if sdxl else "sd"]
+
+
+def int8_unet_default(sdxl: bool, device) -> bool:
+    """Whether a preview of this model family on this device should store its UNet in 8 bits."""
+    import torch
+
+    if not sdxl or not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30 < INT8_UNET_BELOW_GIB["sdxl"]
 
 
 def tile_vae(vae) -> None:
@@ -134,13 +152,32 @@ def _default_device_dtype(device, dtype):
 
 
 class _FusedLayer:
-    """One LoRA layer in fused mode: its base weight, the snapshot, per-adapter factors, what it holds now."""
+    """One LoRA layer in fused mode: its base layer, the snapshot, per-adapter factors, what it holds now."""
 
-    __slots__ = ("layer", "weight", "snapshot", "factors", "state")
+    __slots__ = ("layer", "base", "snapshot", "factors", "state")
 
-    def __init__(self, layer, weight, snapshot, factors):
-        self.layer, self.weight, self.snapshot, self.factors = layer, weight, snapshot, factors
-        self.state: tuple = ()  # ((adapter, weight), ...) fused into ``weight`` right now; () = the snapshot
+    def __init__(self, layer, snapshot, factors):
+        self.layer, self.base, self.snapshot, self.factors = layer, layer.get_base_layer(), snapshot, factors
+        self.state: tuple = ()  # ((adapter, weight), ...) fused into the base right now; () = the snapshot
+
+
+def _base_tensors(base) -> tuple:
+    """The tensors that hold a base layer's weight: ``(weight,)``, or ``(q, scale)`` for an 8-bit one."""
+    from lora_studio.core.training.int8_base import Int8Linear
+
+    return (base.q, base.scale) if isinstance(base, Int8Linear) else (base.weight,)
+
+
+def _snapshot_weight(base, snapshot, device):
+    """The snapshot as an fp32 weight on `device` (a fresh tensor: fusing adds to it)."""
+    import torch
+
+    from lora_studio.core.training.int8_base import Int8Linear, dequantize
+
+    if isinstance(base, Int8Linear):
+        q, scale = (t.to(device) for t in snapshot)
+        return dequantize(q, scale, torch.float32)
+    return snapshot[0].to(device=device, dtype=torch.float32, copy=True)
 
 
 def _factors(layer, name):
@@ -160,7 +197,7 @@ class PreviewEngine:
     """``PreviewEngine(model)`` loads the base once; LoRAs and weights change without reloading it."""
 
     def __init__(self, model=None, device=None, dtype=None, mode: str = "fused", pipe=None, *, graph: bool = True,
-                 prompt_cache: bool = True, low_memory: bool | None = None):
+                 prompt_cache: bool = True, low_memory: bool | None = None, int8_unet: bool | None = None):
         from lora_studio.core.models.loader import load_pipeline, resolve_model
 
         if mode not in ("fused", "live"):
@@ -174,17 +211,30 @@ class PreviewEngine:
         self.base_loads = 0
         self.adapter_loads = 0
         ref = resolve_model(model) if pipe is None else None  # read once: the family decides the placement
+        sdxl = _prompt_style(pipe) == "xl" if pipe is not None else ref.family == "sdxl"
         if low_memory is None:
-            sdxl = _prompt_style(pipe) == "xl" if pipe is not None else ref.family == "sdxl"
             low_memory = low_memory_default(sdxl, self.device)
+        if int8_unet is None:
+            int8_unet = int8_unet_default(sdxl, self.device)
         self.low_memory = bool(low_memory)  # on the CPU it changes no placement, only the code paths
+        self.int8_unet = bool(int8_unet)
+        staged = False  # loaded into system memory first, placed below
         if pipe is None:
-            # Low memory: nothing is loaded onto the GPU that does not stay there.
-            pipe = load_pipeline(ref, torch_dtype=self.dtype, device="cpu" if self.low_memory else self.device)
+            # Low memory or 8 bits: nothing is loaded onto the GPU that does not stay there.
+            staged = self.low_memory or self.int8_unet
+            pipe = load_pipeline(ref, torch_dtype=self.dtype, device="cpu" if staged else self.device)
             self.base_loads += 1
         self.pipe = pipe
+        if self.int8_unet:
+            from lora_studio.core.training.int8_base import PeftInt8Linear, quantize_frozen_linears
+
+            # Each layer quantised on the device it will run on, one 16-bit layer there at a time.
+            pipe.unet.requires_grad_(False)  # nothing here trains (a loaded model's weights want gradients)
+            quantize_frozen_linears(pipe.unet, cls=PeftInt8Linear, device=self.device)
         if self.low_memory:
             self._place_low_memory()
+        elif staged:
+            pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self._base_scheduler_config = dict(pipe.scheduler.config)
         self._schedulers: dict[str, object] = {}
@@ -330,23 +380,28 @@ class PreviewEngine:
 
         with torch.no_grad():
             for layer, snap in self._snapshots.values():
-                layer.get_base_layer().weight.copy_(snap)
+                for tensor, saved in zip(_base_tensors(layer.get_base_layer()), snap):
+                    tensor.copy_(saved)
         for fused in self._fused or ():
             fused.state = ()
         self._applied = {}
 
-    def _snapshot(self, layer):
-        """The layer's original base weight (taken once, before any LoRA was fused into it)."""
+    def _snapshot(self, layer) -> tuple:
+        """The layer's original base weight (taken once, before any LoRA was fused into it): the tensors of
+        `_base_tensors` (an 8-bit base: its int8 rows and scales)."""
         import torch
 
         entry = self._snapshots.get(id(layer))
         if entry is None or entry[0] is not layer:
-            weight = layer.get_base_layer().weight.detach()
-            if self.low_memory and weight.device.type == "cuda":  # kept in pinned host memory: fast to copy back
-                snap = torch.empty(weight.shape, dtype=weight.dtype, device="cpu", pin_memory=True).copy_(weight)
-            else:
-                snap = weight.clone()
-            entry = self._snapshots[id(layer)] = (layer, snap)
+            snap = []
+            for tensor in _base_tensors(layer.get_base_layer()):
+                tensor = tensor.detach()
+                if self.low_memory and tensor.device.type == "cuda":  # in pinned host memory: fast to copy back
+                    snap.append(torch.empty(tensor.shape, dtype=tensor.dtype, device="cpu",
+                                            pin_memory=True).copy_(tensor))
+                else:
+                    snap.append(tensor.clone())
+            entry = self._snapshots[id(layer)] = (layer, tuple(snap))
         return entry[1]
 
     def _fused_plan(self) -> list[_FusedLayer]:
@@ -354,7 +409,7 @@ class PreviewEngine:
             plan = []
             for layer in self._lora_layers():
                 layer.enable_adapters(False)  # the fused weights carry the LoRAs; no per-step adapter cost
-                plan.append(_FusedLayer(layer, layer.get_base_layer().weight, self._snapshot(layer),
+                plan.append(_FusedLayer(layer, self._snapshot(layer),
                                         {name: _factors(layer, name) for name in layer.lora_A}))
             # Weights hold the snapshots here: every add/remove restores the base before changing modules.
             self._fused = plan
@@ -384,17 +439,23 @@ class PreviewEngine:
                 want = tuple((name, active[name]) for name in fused.factors if name in active)
                 if want == fused.state:
                     continue  # this layer already holds exactly these weights
+                targets = _base_tensors(fused.base)
                 if want:
-                    acc = fused.snapshot.to(device=fused.weight.device, dtype=torch.float32, copy=True)
+                    acc = _snapshot_weight(fused.base, fused.snapshot, targets[0].device)
                     for name, w in want:
                         factors = fused.factors[name]
                         if factors is None:
                             acc.add_(fused.layer.get_delta_weight(name).float(), alpha=w)
                         else:
                             acc.addmm_(factors[0], factors[1], alpha=w)
-                    fused.weight.copy_(acc)  # in place: captured graphs read this very tensor
+                    # in place: captured graphs read these very tensors
+                    if hasattr(fused.base, "requantize_"):  # 8 bits: rounded back per row
+                        fused.base.requantize_(acc)
+                    else:
+                        targets[0].copy_(acc)
                 else:
-                    fused.weight.copy_(fused.snapshot)
+                    for tensor, saved in zip(targets, fused.snapshot):
+                        tensor.copy_(saved)
                 fused.state = want
                 changed += 1
         self._applied = dict(active)
