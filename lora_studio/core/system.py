@@ -18,6 +18,18 @@ RECORD_ENV = "LORA_STUDIO_INSTALL_RECORD"
 REINSTALL = "run the LoRA Studio installer again (it repairs the environment and picks the torch build for your GPU)"
 
 
+# torch's CUDA allocator settings for this app, unless the user set their own: growable segments instead of
+# fixed-size ones, so memory freed between the preview's and the trainer's differently sized tensors is not
+# stranded in half-used blocks. On a small card that is the margin (SDXL preview in 8 bits: 5.5 GiB reserved
+# for 4.8 allocated with fixed segments; bench/NOTES.md attempt 13). Read when CUDA starts: set before that.
+ALLOCATOR_SETTINGS = "expandable_segments:True"
+
+
+def allocator_defaults(environ=os.environ) -> None:
+    if "PYTORCH_ALLOC_CONF" not in environ and "PYTORCH_CUDA_ALLOC_CONF" not in environ:
+        environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_SETTINGS
+
+
 @dataclass(frozen=True)
 class GpuInfo:
     name: str

@@ -88,3 +88,13 @@ def test_the_app_finds_only_its_own_environments_record(tmp_path):
     record(prefix, build="cpu", device="cpu", env=str(env))
     assert ask("print(s.find_install_record()); print(s.torch_check().expected)").split() == [
         str(prefix / "install.json"), "cpu"]
+
+
+def test_allocator_defaults_leave_a_users_setting_alone():
+    env = {}
+    system.allocator_defaults(env)
+    assert env == {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    for key in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
+        env = {key: "backend:cudaMallocAsync"}
+        system.allocator_defaults(env)
+        assert env == {key: "backend:cudaMallocAsync"}
