@@ -233,7 +233,7 @@ class PreviewEngine:
             quantize_frozen_linears(pipe.unet, cls=PeftInt8Linear, device=self.device)
         if self.low_memory:
             self._place_low_memory()
-        elif staged:
+        elif staged or self.int8_unet:  # (8 bits: its quantised layers are on the device already)
             pipe.to(self.device)
         self.pipe.set_progress_bar_config(disable=True)
         self._base_scheduler_config = dict(pipe.scheduler.config)
