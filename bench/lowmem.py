@@ -77,7 +77,9 @@ def measure(name, spec, *, int8, fast, device, args, rank=32):
     row = {"model": name, "int8": int8, "fast": fast, "rank": rank, "first_loss": loss0,
            "ms": timing["ms"], "n": timing["n"], "setup_s": setup_s, "int8_bytes_saved": saved,
            "resident_gib": setup_alloc, "peak_build_gib": peak_build,
-           "peak_train_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None}
+           "peak_train_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None,
+           # what the allocator held at most (fixed segments strand freed memory; see PYTORCH_CUDA_ALLOC_CONF)
+           "peak_reserved_gib": torch.cuda.max_memory_reserved() / GIB if cuda else None}
     if fast:
         row["captured"] = any(v is not None for v in step.graphs.values())
     row["peak_gib"] = max(row["peak_build_gib"] or 0, row["peak_train_gib"] or 0) if cuda else None
@@ -104,7 +106,10 @@ def main(argv=None) -> int:
     specs = M.tiny_models() if tiny else M.MODELS
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
+    import os
+
     result = {"card": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "tiny": tiny,
+              "alloc_conf": os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "rows": []}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -138,14 +143,17 @@ def render(result) -> str:
              "'peak in training' is max_memory_allocated from the first step on (everything the run keeps, the "
              "graph pool included); 'from empty' adds building the model (int8 rows build and quantise it on the "
              "host first, as the engine does).", "",
-             "| model | variant | peak in training GiB | peak from empty GiB | resident GiB | ms/step | first loss |",
-             "|---|---|---|---|---|---|---|"]
+             f"Allocator settings: {result.get('alloc_conf') or 'torch defaults'}.", "",
+             "| model | variant | peak in training GiB | reserved in training GiB | peak from empty GiB | resident GiB | "
+             "ms/step | first loss |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['variant']} | OOM | | | | {r['error']} |")
+            lines.append(f"| {r['model']} | {r['variant']} | OOM | | | | | {r['error']} |")
             continue
         f = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
-        lines.append(f"| {r['model']} | {r['variant']} | {f(r['peak_train_gib'], '.2f')} | {f(r['peak_gib'], '.2f')} | "
+        lines.append(f"| {r['model']} | {r['variant']} | {f(r['peak_train_gib'], '.2f')} | "
+                     f"{f(r.get('peak_reserved_gib'), '.2f')} | {f(r['peak_gib'], '.2f')} | "
                      f"{f(r['resident_gib'], '.2f')} | {r['ms']:.1f} | {r['first_loss']:.5f} |")
     return "\n".join(lines) + "\n"
 
