@@ -104,7 +104,8 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         compiling = bool(kernels["compile"])
         if compiling:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
-            cold_cache(f"{name}_{path}")
+            if not args.cache_dir:  # else: the given cache, warm from an earlier process (a user's second run)
+                cold_cache(f"{name}_{path}")
         if pure:
             prepare_fast_kernels(unet, None, **kernels)
         step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
@@ -213,6 +214,8 @@ def main(argv=None) -> int:
     ap.add_argument("--grad-input", choices=("on", "off"), default="on",
                     help="off: compiled blocks take their inputs as they come (before attempt 13, SDXL compiled three "
                     "graphs instead of two); on: as the engine does (fast_kernels.GRAD_INPUT_CLASSES)")
+    ap.add_argument("--cache-dir", default=None, help="use this inductor/Triton cache for every compiling row "
+                    "instead of a fresh one per row (run twice to time a warm cache, as a user's second run)")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed steps per row")
     ap.add_argument("--min-steps", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=60)
@@ -231,6 +234,11 @@ def main(argv=None) -> int:
         for item in args.inductor:
             key, _, value = item.partition("=")
             setattr(inductor_config, key, ast.literal_eval(value))
+    if args.cache_dir:
+        import os
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.cache_dir
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(args.cache_dir, "triton")
     if args.grad_input == "off":
         import lora_studio.core.training.fast_kernels as fast_kernels
 
@@ -256,7 +264,7 @@ def main(argv=None) -> int:
 
     result = {"card": card_name(device), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__,
-              "tiny": tiny, "rank": args.rank, "inductor": args.inductor, "grad_input": args.grad_input, "peak_tflops": args.peak_tflops, "nominal_peak_tflops":
+              "tiny": tiny, "rank": args.rank, "inductor": args.inductor, "grad_input": args.grad_input, "cache_dir": args.cache_dir, "peak_tflops": args.peak_tflops, "nominal_peak_tflops":
               NOMINAL_PEAK_TFLOPS, "cuda_init_s": cuda_init_s, "rows": [], "setup": {}}
 
     def log(row):

@@ -50,9 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         args = parser.parse_args(["gui", *(argv or [])])
-    from lora_studio.core.system import allocator_defaults
+    from lora_studio.core.system import allocator_defaults, compile_cache_defaults
 
     allocator_defaults()  # before any command starts CUDA (its workers and `accelerate launch` inherit it)
+    compile_cache_defaults()
     try:
         return int(args._module.run(args) or 0)
     except KeyboardInterrupt:

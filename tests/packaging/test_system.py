@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,3 +99,17 @@ def test_allocator_defaults_leave_a_users_setting_alone():
         env = {key: "backend:cudaMallocAsync"}
         system.allocator_defaults(env)
         assert env == {key: "backend:cudaMallocAsync"}
+
+
+@pytest.mark.parametrize("platform,env,expected", [
+    ("linux", {"HOME": "/home/ann"}, "/home/ann/.cache/lora-studio/torchinductor"),
+    ("linux", {"HOME": "/home/ann", "XDG_CACHE_HOME": "/data/cache"}, "/data/cache/lora-studio/torchinductor"),
+    ("darwin", {"HOME": "/Users/ann"}, "/Users/ann/Library/Caches/lora-studio/torchinductor"),
+    ("win32", {"USERPROFILE": "C:/Users/ann", "LOCALAPPDATA": "D:/Local"}, "D:/Local/lora-studio/torchinductor"),
+])
+def test_the_compile_cache_lives_in_the_users_cache_folder(platform, env, expected):
+    system.compile_cache_defaults(env, platform)
+    assert Path(env["TORCHINDUCTOR_CACHE_DIR"]) == Path(expected)
+    mine = {"HOME": "/home/ann", "TORCHINDUCTOR_CACHE_DIR": "/fast/disk"}
+    system.compile_cache_defaults(mine, platform)
+    assert mine["TORCHINDUCTOR_CACHE_DIR"] == "/fast/disk"
