@@ -42,12 +42,20 @@ def user_cache_dir(environ=os.environ, platform: str = sys.platform) -> Path:
     return base / "lora-studio"
 
 
-def compile_cache_defaults(environ=os.environ, platform: str = sys.platform) -> None:
-    """Keep torch.compile's cache (SDXL's compiled blocks: 17-21 s to build cold on an H100 host) in the app's
-    cache folder instead of the temp folder, which many systems empty at boot: a later run with the same
-    bucket shapes then loads the compiled code. The user's own setting wins."""
-    if "TORCHINDUCTOR_CACHE_DIR" not in environ:
-        environ["TORCHINDUCTOR_CACHE_DIR"] = str(user_cache_dir(environ, platform) / "torchinductor")
+def compile_cache_defaults(environ=os.environ, platform: str = sys.platform, create: bool = True) -> None:
+    """Keep torch.compile's cache (SDXL's compiled blocks: 17-27 s to build cold on H100 hosts, 13 s warm) in
+    the app's cache folder instead of the temp folder, which many systems empty at boot: a later run with the
+    same bucket shapes then loads the compiled code. The user's own setting wins; a folder that cannot be
+    made (a read-only home) leaves torch's default."""
+    if "TORCHINDUCTOR_CACHE_DIR" in environ:
+        return
+    path = user_cache_dir(environ, platform) / "torchinductor"
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            return
+    environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
 
 
 @dataclass(frozen=True)

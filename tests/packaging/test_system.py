@@ -108,8 +108,19 @@ def test_allocator_defaults_leave_a_users_setting_alone():
     ("win32", {"USERPROFILE": "C:/Users/ann", "LOCALAPPDATA": "D:/Local"}, "D:/Local/lora-studio/torchinductor"),
 ])
 def test_the_compile_cache_lives_in_the_users_cache_folder(platform, env, expected):
-    system.compile_cache_defaults(env, platform)
+    system.compile_cache_defaults(env, platform, create=False)
     assert Path(env["TORCHINDUCTOR_CACHE_DIR"]) == Path(expected)
     mine = {"HOME": "/home/ann", "TORCHINDUCTOR_CACHE_DIR": "/fast/disk"}
-    system.compile_cache_defaults(mine, platform)
+    system.compile_cache_defaults(mine, platform, create=False)
     assert mine["TORCHINDUCTOR_CACHE_DIR"] == "/fast/disk"
+
+
+def test_the_compile_cache_folder_is_made_or_left_to_torch(tmp_path):
+    env = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    system.compile_cache_defaults(env, "linux")
+    assert Path(env["TORCHINDUCTOR_CACHE_DIR"]).is_dir()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    env = {"HOME": str(tmp_path), "XDG_CACHE_HOME": str(blocked)}  # cannot be made: torch's default stays
+    system.compile_cache_defaults(env, "linux")
+    assert "TORCHINDUCTOR_CACHE_DIR" not in env
