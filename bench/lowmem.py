@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -106,8 +107,6 @@ def main(argv=None) -> int:
     specs = M.tiny_models() if tiny else M.MODELS
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
-    import os
-
     result = {"card": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "tiny": tiny,
               "alloc_conf": os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF"),
               "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "rows": []}

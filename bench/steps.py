@@ -136,10 +136,16 @@ _CACHES: dict[str, str] = {}
 def cold_cache(key: str) -> None:
     """A fresh inductor/Triton cache per key (model and path or variant): its first row's setup is a user's
     first run (cold); its later batch sizes reuse what it compiled, as a user's second bucket shape would."""
-    import os
     import tempfile
 
     if key not in _CACHES:
         _CACHES[key] = tempfile.mkdtemp(prefix=f"inductor_{key}_")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _CACHES[key]
-    os.environ["TRITON_CACHE_DIR"] = os.path.join(_CACHES[key], "triton")
+    use_cache(_CACHES[key])
+
+
+def use_cache(folder: str) -> None:
+    """Point inductor's and Triton's caches at `folder` (read when a compile starts)."""
+    import os
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(folder, "triton")

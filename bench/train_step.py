@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
-                         matmul_peak_tflops, time_steps)
+                         matmul_peak_tflops, time_steps, use_cache)
 from lora_studio.core.training.fast_kernels import (compile_choice, prepare_fast_kernels,  # noqa: E402
                                                     uncompile_blocks, uninstall_fast_lora)
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
@@ -235,10 +235,7 @@ def main(argv=None) -> int:
             key, _, value = item.partition("=")
             setattr(inductor_config, key, ast.literal_eval(value))
     if args.cache_dir:
-        import os
-
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = args.cache_dir
-        os.environ["TRITON_CACHE_DIR"] = os.path.join(args.cache_dir, "triton")
+        use_cache(args.cache_dir)
     if args.grad_input == "off":
         import lora_studio.core.training.fast_kernels as fast_kernels
 
@@ -264,8 +261,8 @@ def main(argv=None) -> int:
 
     result = {"card": card_name(device), "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__,
-              "tiny": tiny, "rank": args.rank, "inductor": args.inductor, "grad_input": args.grad_input, "cache_dir": args.cache_dir, "peak_tflops": args.peak_tflops, "nominal_peak_tflops":
-              NOMINAL_PEAK_TFLOPS, "cuda_init_s": cuda_init_s, "rows": [], "setup": {}}
+              "tiny": tiny, "rank": args.rank, "inductor": args.inductor, "grad_input": args.grad_input,
+              "cache_dir": args.cache_dir, "peak_tflops": args.peak_tflops, "nominal_peak_tflops": NOMINAL_PEAK_TFLOPS, "cuda_init_s": cuda_init_s, "rows": [], "setup": {}}
 
     def log(row):
         keys = ("model", "path", "batch", "checkpointing", "ms", "peak_gib", "first_step_s", "error", "captured",

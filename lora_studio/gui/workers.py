@@ -272,8 +272,7 @@ class PreviewWorker(QThread):
             settle_heap()
             self.model = model
             self.loads += 1
-            self.model_loaded.emit(model, self.loads, bool(getattr(self.engine, "low_memory", False)),
-                                   bool(getattr(self.engine, "int8_unet", False)))
+            self.model_loaded.emit(model, self.loads, self.engine.low_memory, self.engine.int8_unet)
         return self.engine
 
     def _do_load(self, model: str) -> None:

@@ -585,6 +585,7 @@ def test_compiled_blocks_build_one_graph_per_block_shape():
     assert len(graphs) == 2 and all(g[0] for g in graphs), graphs
     with torch.no_grad():  # inference hands its inputs over as they are (nothing to differentiate)
         unet(x, t, text)
+    assert len(graphs) > 2 and not any(g[0] for g in graphs[2:]), graphs  # no-grad graphs, inputs untouched
     uncompile_blocks(unet)
     torch._dynamo.reset()
     assert torch.allclose(out, eager, atol=1e-6)

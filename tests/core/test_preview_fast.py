@@ -190,16 +190,22 @@ def test_low_memory_tiles_are_half_the_native_size():
     assert demo.use_tiling and (demo.tile_sample_min_size, demo.tile_latent_min_size) == (64, 8)
 
 
-def test_low_memory_is_chosen_by_the_card_size(monkeypatch):
-    """SDXL goes low-memory under 16 GiB, SD 1.5 under 6 GiB; the CPU never (a faked card, on any machine)."""
+@pytest.fixture
+def card(monkeypatch):
+    """A faked CUDA card of ``card["gib"]`` GiB (8 to start), on any machine."""
     from types import SimpleNamespace
 
-    from lora_studio.core.inference import engine as E
-
-    card = {"gib": 8}
+    size = {"gib": 8}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device: SimpleNamespace(total_memory=card["gib"] * 2**30))
+                        lambda device: SimpleNamespace(total_memory=size["gib"] * 2**30))
+    return size
+
+
+def test_low_memory_is_chosen_by_the_card_size(card):
+    """SDXL goes low-memory under 16 GiB, SD 1.5 under 6 GiB; the CPU never."""
+    from lora_studio.core.inference import engine as E
+
     assert E.low_memory_default(True, "cpu") is False
     assert E.low_memory_default(True, "cuda") and not E.low_memory_default(False, "cuda")  # an 8 GB card
     card["gib"] = 4
@@ -237,16 +243,10 @@ def test_int8_unet_fuses_in_eight_bits_and_restores_exactly(files, model):
     assert diff(arr(live.generate(REQ)), first) < 2 / 255
 
 
-def test_int8_unet_is_chosen_by_the_card_size(monkeypatch):
+def test_int8_unet_is_chosen_by_the_card_size(card):
     """On by itself for SDXL on cards under 10 GiB (6 and 8 GB cards), never for SD 1.5 or on the CPU."""
-    from types import SimpleNamespace
-
     from lora_studio.core.inference import engine as E
 
-    card = {"gib": 8}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_properties",
-                        lambda device: SimpleNamespace(total_memory=card["gib"] * 2**30))
     assert E.int8_unet_default(True, "cuda") and not E.int8_unet_default(False, "cuda")
     assert not E.int8_unet_default(True, "cpu")
     card["gib"] = 6

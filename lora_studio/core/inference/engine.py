@@ -106,23 +106,25 @@ LOW_MEMORY_BELOW_GIB = {"sdxl": 16.0, "sd": 6.0}
 INT8_UNET_BELOW_GIB = {"sdxl": 10.0}
 
 
-def low_memory_default(sdxl: bool, device) -> bool:
-    """Whether a preview of this model family on this device should run in low-memory mode."""
+def _card_gib(device) -> float | None:
+    """The CUDA card's memory in GiB, or None for anything else (nothing to save there)."""
     import torch
 
     if not str(device).startswith("cuda") or not torch.cuda.is_available():
-        return False
-    total = torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
-    return total < LOW_MEMORY_BELOW_GIB["sdxl" if sdxl else "sd"]
+        return None
+    return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30
+
+
+def low_memory_default(sdxl: bool, device) -> bool:
+    """Whether a preview of this model family on this device should run in low-memory mode."""
+    gib = _card_gib(device)
+    return gib is not None and gib < LOW_MEMORY_BELOW_GIB["sdxl" if sdxl else "sd"]
 
 
 def int8_unet_default(sdxl: bool, device) -> bool:
     """Whether a preview of this model family on this device should store its UNet in 8 bits."""
-    import torch
-
-    if not sdxl or not str(device).startswith("cuda") or not torch.cuda.is_available():
-        return False
-    return torch.cuda.get_device_properties(torch.device(device)).total_memory / 2**30 < INT8_UNET_BELOW_GIB["sdxl"]
+    gib = _card_gib(device)
+    return sdxl and gib is not None and gib < INT8_UNET_BELOW_GIB["sdxl"]
 
 
 def tile_vae(vae) -> None:
@@ -161,23 +163,40 @@ class _FusedLayer:
         self.state: tuple = ()  # ((adapter, weight), ...) fused into the base right now; () = the snapshot
 
 
-def _base_tensors(base) -> tuple:
-    """The tensors that hold a base layer's weight: ``(weight,)``, or ``(q, scale)`` for an 8-bit one."""
+# A base layer's weight is held by `_base_tensors(base)`: ``(weight,)``, or ``(q, scale)`` for an 8-bit layer.
+# Snapshots are copies of those tensors; the helpers below are the only places that tell the two apart.
+def _is_int8(base) -> bool:
     from lora_studio.core.training.int8_base import Int8Linear
 
-    return (base.q, base.scale) if isinstance(base, Int8Linear) else (base.weight,)
+    return isinstance(base, Int8Linear)
 
 
-def _snapshot_weight(base, snapshot, device):
-    """The snapshot as an fp32 weight on `device` (a fresh tensor: fusing adds to it)."""
+def _base_tensors(base) -> tuple:
+    return (base.q, base.scale) if _is_int8(base) else (base.weight,)
+
+
+def _fp32_weight(base, snapshot, device):
+    """The snapshot's weight in fp32 on `device`, a fresh tensor (fusing adds to it)."""
     import torch
 
-    from lora_studio.core.training.int8_base import Int8Linear, dequantize
+    from lora_studio.core.training.int8_base import dequantize
 
-    if isinstance(base, Int8Linear):
+    if _is_int8(base):
         q, scale = (t.to(device) for t in snapshot)
         return dequantize(q, scale, torch.float32)
     return snapshot[0].to(device=device, dtype=torch.float32, copy=True)
+
+
+def _store_weight(base, weight=None, snapshot=None) -> None:
+    """Write a fused fp32 `weight` (8 bits: rounded back per row), or copy a `snapshot` back, in place:
+    captured CUDA graphs read these very tensors."""
+    if snapshot is not None:
+        for tensor, saved in zip(_base_tensors(base), snapshot):
+            tensor.copy_(saved)
+    elif _is_int8(base):
+        base.requantize_(weight)
+    else:
+        base.weight.copy_(weight)
 
 
 def _factors(layer, name):
@@ -380,8 +399,7 @@ class PreviewEngine:
 
         with torch.no_grad():
             for layer, snap in self._snapshots.values():
-                for tensor, saved in zip(_base_tensors(layer.get_base_layer()), snap):
-                    tensor.copy_(saved)
+                _store_weight(layer.get_base_layer(), snapshot=snap)
         for fused in self._fused or ():
             fused.state = ()
         self._applied = {}
@@ -439,23 +457,17 @@ class PreviewEngine:
                 want = tuple((name, active[name]) for name in fused.factors if name in active)
                 if want == fused.state:
                     continue  # this layer already holds exactly these weights
-                targets = _base_tensors(fused.base)
                 if want:
-                    acc = _snapshot_weight(fused.base, fused.snapshot, targets[0].device)
+                    acc = _fp32_weight(fused.base, fused.snapshot, _base_tensors(fused.base)[0].device)
                     for name, w in want:
                         factors = fused.factors[name]
                         if factors is None:
                             acc.add_(fused.layer.get_delta_weight(name).float(), alpha=w)
                         else:
                             acc.addmm_(factors[0], factors[1], alpha=w)
-                    # in place: captured graphs read these very tensors
-                    if hasattr(fused.base, "requantize_"):  # 8 bits: rounded back per row
-                        fused.base.requantize_(acc)
-                    else:
-                        targets[0].copy_(acc)
+                    _store_weight(fused.base, acc)
                 else:
-                    for tensor, saved in zip(targets, fused.snapshot):
-                        tensor.copy_(saved)
+                    _store_weight(fused.base, snapshot=fused.snapshot)
                 fused.state = want
                 changed += 1
         self._applied = dict(active)
