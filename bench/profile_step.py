@@ -16,7 +16,9 @@ elementwise, optimizer, Triton), then times variants of the captured step, each 
               FeedForward / BasicTransformerBlock, + channels-last
   bf16_blocks_res(_cl), bf16_regions(_cl), bf16_unet_cl   + compiled blocks and ResnetBlock2D / every
               Transformer2DModel and ResnetBlock2D (+ channels-last) / the whole UNet, channels-last
-  bf16_qkv, bf16_blocks_qkv   + self-attention's q/k/v and LoRA A factors fused (fast_qkv), + compiled blocks
+  bf16_qkv, bf16_blocks_qkv   + self-attention's q/k/v and LoRA A factors fused (fast_qkv), + compiled blocks;
+              any other variant name ending in _qkv: that variant with fast_qkv; ending in _proj: with
+              fast_proj (Transformer2DModel's projections without layout copies), e.g. bf16_qkv_proj
 Compiled variants start from an empty inductor/Triton cache (a user's first run) and report setup time.
 Writes profile_<card>.json / .md under --out after every variant.
 """
@@ -94,6 +96,10 @@ def build(spec, device, rank):
 
 
 def variant_options(name: str, best_sdpa: str | None) -> dict:
+    if name.endswith("_proj"):  # any variant + copy-free Transformer2DModel projections
+        return {**variant_options(name.removesuffix("_proj"), best_sdpa), "proj": True}
+    if name.endswith("_qkv") and name not in ("bf16_qkv", "bf16_blocks_qkv"):  # any variant + fused q/k/v
+        return {**variant_options(name.removesuffix("_qkv"), best_sdpa), "qkv": True}
     o = {"sdpa": None, "lora": False, "pure": False, "compile": ()}
     if name in ("flash", "cudnn", "efficient"):
         o["sdpa"] = name
@@ -143,6 +149,10 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
         from lora_studio.core.training.fast_qkv import install_fused_qkv
 
         row["fused_qkv"] = install_fused_qkv(unet)
+    if opts.get("proj"):
+        from lora_studio.core.training.fast_proj import install_fast_proj
+
+        row["fast_proj"] = install_fast_proj(unet)
     if opts["compile"]:
         row["compiled_blocks"] = fk.compile_blocks(unet, opts["compile"], dynamic=False)  # as the engine
     data = M.make_batch(spec, batch, device, generator=torch.Generator().manual_seed(batch))

@@ -29,6 +29,7 @@ from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_ste
                          matmul_peak_tflops, time_steps, use_cache)
 from lora_studio.core.training.fast_kernels import (compile_choice, prepare_fast_kernels,  # noqa: E402
                                                     uncompile_blocks, uninstall_fast_lora)
+from lora_studio.core.training.fast_proj import uninstall_fast_proj  # noqa: E402
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
 
@@ -100,7 +101,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
             kernels = {"compile": compile_choice(name == "sdxl", ckpt), "fuse_qkv": True}
         else:
             kernels = {"compile": next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None),
-                       "fuse_qkv": "qkv" in words}
+                       "fuse_qkv": "qkv" in words, "fast_proj": "proj" in words}
         compiling = bool(kernels["compile"])
         if compiling:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
@@ -151,6 +152,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         uninstall_fast_lora(unet)
         uncompile_blocks(unet)
         uninstall_fused_qkv(unet)
+        uninstall_fast_proj(unet)
         if channels_last:
             unet.to(memory_format=torch.contiguous_format)
         free(device)
@@ -206,7 +208,7 @@ def main(argv=None) -> int:
                     "engine.make_optimizer sets it up for the model), fast (LoRA forward + pure bf16), graph "
                     "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
                     "other fast_* names combine the words compiled / res / regions / unet (compiled sets), cl, qkv "
-                    "(fused self-attention q/k/v), e.g. fast_regions_cl, fast_compiled_qkv")
+                    "(fused self-attention q/k/v), proj (copy-free Transformer2DModel projections), e.g. fast_regions_cl, fast_compiled_qkv")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",

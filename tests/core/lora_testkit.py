@@ -78,7 +78,7 @@ def diff(a, b) -> float:
 
 
 def tiny_unet_with_lora(seed=0, device="cpu", dtype=torch.float32, channels=(32, 32), targets=("to_q", "to_v"),
-                        alpha=4.0):
+                        alpha=4.0, **unet_kwargs):
     """A two-level UNet (cross-attention down and up, 8x8 latents) with a rank-4 peft LoRA whose B is not zero,
     so the adapter changes the output from the first step and gradients reach A too. Frozen base."""
     from diffusers import UNet2DConditionModel
@@ -88,7 +88,7 @@ def tiny_unet_with_lora(seed=0, device="cpu", dtype=torch.float32, channels=(32,
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
                                 block_out_channels=channels, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=16,
-                                attention_head_dim=8, norm_num_groups=8).to(device=device, dtype=dtype)
+                                attention_head_dim=8, norm_num_groups=8, **unet_kwargs).to(device=device, dtype=dtype)
     unet.requires_grad_(False)
     unet.add_adapter(LoraConfig(r=4, lora_alpha=alpha, init_lora_weights=False, target_modules=list(targets)))
     return unet, [p for p in unet.parameters() if p.requires_grad]

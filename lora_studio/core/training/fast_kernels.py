@@ -234,7 +234,8 @@ def compile_choice(is_sdxl: bool, checkpointing: bool, compile_unet: str = "auto
 
 
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
-                         compile: str | None = None, fuse_qkv: bool = True, sdpa: str | None = None,
+                         compile: str | None = None, fuse_qkv: bool = True, fast_proj: bool = True,
+                         sdpa: str | None = None,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
     """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
 
@@ -247,7 +248,9 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
     - ``compile``: a `COMPILE_SETS` name ("blocks": the repeated transformer blocks, as the engine does for SDXL;
       setup cost and speed of each in bench/NOTES.md), None: nothing compiled;
     - ``fuse_qkv``: self-attention's q/k/v and their LoRA A factors as one product each (`fast_qkv`; on in the
-      engine: SDXL b4 186.9 -> 184.5 ms on an H100).
+      engine: SDXL b4 186.9 -> 184.5 ms on an H100);
+    - ``fast_proj``: Transformer2DModel's projections in and out of its token layout without layout copies
+      (`fast_proj`; bench/NOTES.md attempt 15).
     `compile_choice` gives the engine's ``compile``.
     The returned fallback undoes the compilation if the first step fails to build it, and says so.
     """
@@ -265,6 +268,10 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
         from lora_studio.core.training.fast_qkv import install_fused_qkv
 
         install_fused_qkv(unet)
+    if fast_proj:
+        from lora_studio.core.training.fast_proj import install_fast_proj
+
+        install_fast_proj(unet)
     if compile:
         compile_blocks(unet, COMPILE_SETS[compile], **COMPILE_OPTIONS)
     # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)
