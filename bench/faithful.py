@@ -7,7 +7,8 @@ from one seed), so any difference is the step's arithmetic. Three runs per model
   eager      the engine's step (fused capturable AdamW, autocast, peft's LoRA forward) run eagerly,
   fast       the engine's fast path: FastStep (CUDA graphs, two bucket shapes interleaved) over the step
              with prepare_fast_kernels' changes as the engine makes them (LoRA forward without peft's extra
-             passes, pure bf16, fused self-attention q/k/v; demo-xl also compiled transformer blocks),
+             passes, pure bf16, fused self-attention q/k/v, copy-free projections, channels-last maps with
+             fast_norm's GroupNorm where Triton is; demo-xl also compiled transformer blocks),
   reference  the reference recipe's foreach AdamW, eagerly.
 Pass: the fast loss curve stays within 1% of eager (10-step moving average, every window), and the
 per-step and final-weight differences are reported too.
@@ -29,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.steps import alphas_cumprod, make_step  # noqa: E402
-from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels  # noqa: E402
+from lora_studio.core.training.fast_kernels import (channels_last_unet, compile_choice,  # noqa: E402
+                                                    prepare_fast_kernels)
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw  # noqa: E402
 
 PROMPTS = ["a photo of a red circle", "a blue square on a white background", "a green triangle",
@@ -92,9 +94,12 @@ def run(unet, params, batches, kind, device, lr=1e-4, sdxl=False):
     else:
         opt = capturable_adamw(params, lr=lr, weight_decay=1e-2, device=device)
     pure = kind == "fast" and device != "cpu"
+    channels_last = False
     if pure:  # the engine's fast path as engine.make_optimizer sets it up + graphs
         prepare_fast_kernels(unet, None, compile=compile_choice(sdxl, checkpointing=False))
-    step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure)
+        channels_last = channels_last_unet(unet)
+    step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure,
+                     channels_last=channels_last)
     warnings = []
     if kind == "fast":
         step = FastStep(step, device=device, params=params, on_warning=warnings.append)

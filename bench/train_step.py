@@ -27,8 +27,9 @@ import torch  # noqa: E402
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
                          matmul_peak_tflops, time_steps, use_cache)
-from lora_studio.core.training.fast_kernels import (compile_choice, prepare_fast_kernels,  # noqa: E402
-                                                    uncompile_blocks, uninstall_fast_lora)
+from lora_studio.core.training.fast_kernels import (channels_last_unet, compile_choice,  # noqa: E402
+                                                    prepare_fast_kernels, uncompile_blocks, uninstall_fast_lora)
+from lora_studio.core.training.fast_norm import install_nhwc_group_norm, uninstall_nhwc_group_norm  # noqa: E402
 from lora_studio.core.training.fast_proj import uninstall_fast_proj  # noqa: E402
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
@@ -109,6 +110,10 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
                 cold_cache(f"{name}_{path}")
         if pure:
             prepare_fast_kernels(unet, None, **kernels)
+            if path == "engine" and cuda:  # as prepare_fast_kernels does with the engine's step object
+                channels_last = channels_last_unet(unet)
+        if "gn" in words:  # with cl: fast_norm's GroupNorm on channels-last maps
+            install_nhwc_group_norm(unet)
         step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
                                   autocast=not pure or not cuda),
                         device=device, params=params, on_warning=warnings.append)
@@ -153,6 +158,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         uncompile_blocks(unet)
         uninstall_fused_qkv(unet)
         uninstall_fast_proj(unet)
+        uninstall_nhwc_group_norm(unet)
         if channels_last:
             unet.to(memory_format=torch.contiguous_format)
         free(device)
@@ -208,7 +214,7 @@ def main(argv=None) -> int:
                     "engine.make_optimizer sets it up for the model), fast (LoRA forward + pure bf16), graph "
                     "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
                     "other fast_* names combine the words compiled / res / regions / unet (compiled sets), cl, qkv "
-                    "(fused self-attention q/k/v), proj (copy-free Transformer2DModel projections), e.g. fast_regions_cl, fast_compiled_qkv")
+                    "(fused self-attention q/k/v), proj (copy-free Transformer2DModel projections), gn (with cl: fast_norm's channels-last GroupNorm), e.g. fast_regions_cl, fast_compiled_qkv")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",

@@ -22,10 +22,13 @@ def _unet(dtype, linear: bool, targets=("to_q", "to_k", "to_v", "to_out.0"), dev
     return unet, params
 
 
-def _run(unet, params, autocast=False):
+def _run(unet, params, autocast=False, channels_last=False):
     g = torch.Generator().manual_seed(5)
     p0 = next(p for p in unet.parameters() if not p.requires_grad)
-    x = torch.randn(2, 4, 8, 8, generator=g).to(p0.device, p0.dtype).requires_grad_(True)
+    x = torch.randn(2, 4, 8, 8, generator=g).to(p0.device, p0.dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
     ehs = torch.randn(2, 5, 16, generator=g).to(p0.device, p0.dtype)
     with torch.autocast(p0.device.type, dtype=torch.bfloat16, enabled=autocast):
         out = unet(x, torch.tensor([20, 600], device=p0.device), ehs).sample
@@ -40,19 +43,22 @@ def _rel(a, b):
     return float((a - b).norm() / b.norm())
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("linear", [False, True], ids=["conv1x1_sd15", "linear_sdxl"])
-def test_copy_free_projections_give_the_same_training_signal_fp32(linear):
+def test_copy_free_projections_give_the_same_training_signal_fp32(linear, channels_last):
     unet, params = _unet(torch.float32, linear)
-    want = _run(unet, params)
+    if channels_last:  # the feature maps stay channels-last (fast_norm): the projections are Linears on views
+        unet.to(memory_format=torch.channels_last)
+    want = _run(unet, params, channels_last=channels_last)
     blocks = [m for m in unet.modules() if type(m).__name__ == "Transformer2DModel"]
     assert isinstance(blocks[0].proj_in, torch.nn.Linear if linear else torch.nn.Conv2d)
     assert install_fast_proj(unet) == len(blocks) > 0
-    got = _run(unet, params)
+    got = _run(unet, params, channels_last=channels_last)
     assert _rel(got[0], want[0]) <= 1e-5
     for g, w in zip(got[1], want[1]):
         assert _rel(g, w) <= 1e-5
     assert uninstall_fast_proj(unet) == len(blocks)
-    back = _run(unet, params)
+    back = _run(unet, params, channels_last=channels_last)
     assert torch.equal(back[0], want[0]) and all(torch.equal(a, b) for a, b in zip(back[1], want[1]))
 
 

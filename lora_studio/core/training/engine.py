@@ -483,7 +483,8 @@ class _Run:
                 "compiled_modules": sum(getattr(m, "_compiled_call_impl", None) is not None
                                         for m in inner.unet.modules()),
                 "fused_qkv": sum("_fused_qkv_weight" in m.__dict__ for m in inner.unet.modules()),
-                "fast_proj": sum("_fast_proj" in m.__dict__ for m in inner.unet.modules())}
+                "fast_proj": sum("_fast_proj" in m.__dict__ for m in inner.unet.modules()),
+                "channels_last": bool(getattr(inner, "channels_last", False))}
 
     def export_kohya(self, adapter: Path) -> str | None:
         try:

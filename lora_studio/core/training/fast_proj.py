@@ -10,7 +10,8 @@ Here both projections are batched matrix products that read the NCHW map as a tr
 their result straight in the layout the next layer wants: (batch, pixels, channels) going in, NCHW (plus the
 residual, in the same product) going out. Their backward does the same in reverse, so no copy is made in
 either direction and no activation is saved (the frozen weight is all the backward needs). Same arithmetic
-up to rounding.
+up to rounding. A channels-last feature map (`fast_norm`) already is the token layout: there both
+projections are plain Linears on views.
 
 Covered: continuous-input Transformer2DModels whose proj_in / proj_out are plain frozen Linears or 1x1
 convolutions (not LoRA-wrapped, not int8-stored), at call time outside autocast with the input in the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import types
 
 import torch
+import torch.nn.functional as F
 
 
 def _matrix(layer) -> torch.Tensor:
@@ -64,6 +66,10 @@ class _TokensOut(torch.autograd.Function):
         return torch.bmm(grad.transpose(1, 2), weight.expand(grad.shape[0], -1, -1)), None, None, grad
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def _covered(self, x: torch.Tensor) -> bool:
     w = self.proj_in.weight
     return not torch.is_autocast_enabled(x.device.type) and x.dtype == w.dtype and x.ndim == 4
@@ -73,7 +79,11 @@ def _operate_on_continuous_inputs(self, hidden_states):
     if not _covered(self, hidden_states):
         return type(self)._operate_on_continuous_inputs(self, hidden_states)
     b, c, height, width = hidden_states.shape
-    x = self.norm(hidden_states).reshape(b, c, height * width)
+    x = self.norm(hidden_states)
+    if _channels_last(x):  # the tokens are this memory already: a plain Linear on a view
+        tokens = x.permute(0, 2, 3, 1).reshape(b, height * width, c)
+        return F.linear(tokens, _matrix(self.proj_in), self.proj_in.bias), self.proj_out.weight.shape[1]
+    x = x.reshape(b, c, height * width)
     return _TokensIn.apply(x, _matrix(self.proj_in), self.proj_in.bias), self.proj_out.weight.shape[1]
 
 
@@ -81,6 +91,9 @@ def _get_output_for_continuous_inputs(self, hidden_states, residual, batch_size,
     if not _covered(self, residual) or not hidden_states.is_contiguous():
         return type(self)._get_output_for_continuous_inputs(self, hidden_states, residual, batch_size, height,
                                                             width, inner_dim)
+    if _channels_last(residual):  # out in the residual's channels-last layout: a view, no copy
+        out = F.linear(hidden_states, _matrix(self.proj_out), self.proj_out.bias)
+        return out.view(batch_size, height, width, -1).permute(0, 3, 1, 2) + residual
     res = residual.reshape(batch_size, residual.shape[1], height * width)
     out = _TokensOut.apply(hidden_states, _matrix(self.proj_out), self.proj_out.bias, res)
     return out.view(residual.shape)

@@ -47,6 +47,7 @@ class TrainingStep:
         # (inputs are cast to weight_dtype below; a pure bf16 step) and a fixed attention backend.
         self.autocast = True
         self.sdpa_backend = None
+        self.channels_last = False  # the latents go in channels-last (a channels-last UNet, fast_norm)
 
     # ------------------------------------------------------------------ pieces
     def _conditioning(self, part):
@@ -98,9 +99,11 @@ class TrainingStep:
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(self.weight_dtype),
                                            "time_ids": time_ids.to(self.weight_dtype)}
         amp = self.accelerator.autocast() if self.autocast else contextlib.nullcontext()
+        x = noisy.to(self.weight_dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with amp, sdpa_context(self.sdpa_backend):
-            return self.unet(noisy.to(self.weight_dtype), timesteps, embeds.to(self.weight_dtype),
-                             return_dict=False, **kwargs)[0]
+            return self.unet(x, timesteps, embeds.to(self.weight_dtype), return_dict=False, **kwargs)[0]
 
     def _unconditional_loss(self, part) -> torch.Tensor:
         """MSE between the LoRA model's and the base model's empty-prompt predictions on this batch's noisy latents.

@@ -1,0 +1,232 @@
+"""GroupNorm on channels-last feature maps without layout copies (issue 8, bench/NOTES.md attempt 15).
+
+cuDNN runs a UNet's bf16 convolutions in NHWC. On NCHW activations it transposes every input and output
+(SD 1.5 b8 on an H100: 200 transposes, 8 ms of a 68 ms step). Channels-last activations would remove them,
+but ATen's CUDA GroupNorm only works on NCHW and copies a channels-last input to NCHW and back, which made
+the channels-last step slower than the NCHW one. These Triton kernels normalise the (batch, pixels,
+channels) memory as it lies: per tile of pixels x channels a partial mean and sum of squared deviations,
+combined per (sample, group) with Chan's formula (as stable as Welford), then one pass that normalises
+and applies the affine weight. The backward is the same shape: partial sums of dy and dy * x_hat, one
+combine, one pass for dx. The frozen weight and bias get no gradient (LoRA never trains them).
+
+`install_nhwc_group_norm` gives a module's GroupNorms this path for channels-last CUDA inputs whose affine
+parameters are frozen; anything else runs ATen's GroupNorm. Needs Triton (shipped with torch's CUDA builds).
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import torch
+import torch.nn.functional as F
+
+BLOCK_P = 64  # pixels per tile
+BLOCK_C = 64  # channels per tile
+
+
+def available() -> bool:
+    try:
+        _kernels()
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def tile_moments(X, DY, MEAN, RSTD, OUT1, OUT2, P, C, NP, G, CG, GRAD: tl.constexpr,
+                     BP: tl.constexpr, BC: tl.constexpr):
+        # forward (GRAD False): per channel of the tile, mean and sum of squared deviations of x;
+        # backward: per channel, sum of dy and of dy * x_hat. OUT1/OUT2 are (B, NP, C) float32.
+        pid = tl.program_id(0)
+        b = (pid // NP).to(tl.int64)
+        pb = pid % NP
+        rows = pb * BP + tl.arange(0, BP)
+        cols = tl.program_id(1) * BC + tl.arange(0, BC)
+        cmask = cols < C
+        mask = (rows < P)[:, None] & cmask[None, :]
+        offs = b * P * C + rows[:, None] * C + cols[None, :]
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        if GRAD:
+            g = cols // CG
+            mean = tl.load(MEAN + b * G + g, mask=cmask, other=0.0)
+            rstd = tl.load(RSTD + b * G + g, mask=cmask, other=0.0)
+            dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+            xhat = tl.where(mask, (x - mean[None, :]) * rstd[None, :], 0.0)
+            s1 = tl.sum(dy, axis=0)
+            s2 = tl.sum(dy * xhat, axis=0)
+        else:
+            n = tl.minimum(P - pb * BP, BP).to(tl.float32)
+            s1 = tl.sum(x, axis=0) / n
+            d = tl.where(mask, x - s1[None, :], 0.0)
+            s2 = tl.sum(d * d, axis=0)
+        out = b * NP * C + pb * C + cols
+        tl.store(OUT1 + out, s1, mask=cmask)
+        tl.store(OUT2 + out, s2, mask=cmask)
+
+    @triton.jit
+    def group_combine(IN1, IN2, W, OUT1, OUT2, P, C, NP, G, CG, eps, GRAD: tl.constexpr, BP: tl.constexpr,
+                      BN: tl.constexpr, BG: tl.constexpr, NBLK: tl.constexpr):
+        # one program per (sample, group). Forward: Chan's combination of the tiles' means / squared
+        # deviations -> mean, 1/std. Backward: sums of w * (sum dy), w * (sum dy * x_hat) over the group / N.
+        pid = tl.program_id(0)
+        b = (pid // G).to(tl.int64)
+        g = pid % G
+        j = tl.arange(0, BG)
+        jmask = j < CG
+        total = (P * CG).to(tl.float32)
+        acc1 = tl.zeros((BN, BG), tl.float32)
+        acc2 = tl.zeros((BN, BG), tl.float32)
+        if GRAD:
+            w = tl.load(W + g * CG + j, mask=jmask, other=0.0).to(tl.float32)
+            for k in range(NBLK):
+                i = k * BN + tl.arange(0, BN)
+                mask = (i < NP)[:, None] & jmask[None, :]
+                offs = b * NP * C + i[:, None] * C + g * CG + j[None, :]
+                acc1 += tl.load(IN1 + offs, mask=mask, other=0.0) * w[None, :]
+                acc2 += tl.load(IN2 + offs, mask=mask, other=0.0) * w[None, :]
+            tl.store(OUT1 + pid, tl.sum(tl.sum(acc1, 1), 0) / total)
+            tl.store(OUT2 + pid, tl.sum(tl.sum(acc2, 1), 0) / total)
+        else:
+            for k in range(NBLK):  # the group's mean: tiles weighted by their pixel counts
+                i = k * BN + tl.arange(0, BN)
+                mask = (i < NP)[:, None] & jmask[None, :]
+                n = tl.minimum(P - i * BP, BP).to(tl.float32)
+                m = tl.load(IN1 + b * NP * C + i[:, None] * C + g * CG + j[None, :], mask=mask, other=0.0)
+                acc1 += tl.where(mask, m * n[:, None], 0.0)
+            mean = tl.sum(tl.sum(acc1, 1), 0) / total
+            for k in range(NBLK):  # squared deviations: within tiles + tiles' means from the mean
+                i = k * BN + tl.arange(0, BN)
+                mask = (i < NP)[:, None] & jmask[None, :]
+                n = tl.minimum(P - i * BP, BP).to(tl.float32)
+                offs = b * NP * C + i[:, None] * C + g * CG + j[None, :]
+                m = tl.load(IN1 + offs, mask=mask, other=0.0)
+                m2 = tl.load(IN2 + offs, mask=mask, other=0.0)
+                d = m - mean
+                acc2 += tl.where(mask, m2 + n[:, None] * d * d, 0.0)
+            var = tl.sum(tl.sum(acc2, 1), 0) / total
+            tl.store(OUT1 + pid, mean)
+            tl.store(OUT2 + pid, 1.0 / tl.sqrt(var + eps))
+
+    @triton.jit
+    def apply(X, DY, Y, W, B_, MEAN, RSTD, C1, C2, P, C, NP, G, CG, GRAD: tl.constexpr, BP: tl.constexpr,
+              BC: tl.constexpr):
+        # forward: y = x_hat * w + b; backward: dx = rstd * (w * dy - c1 - x_hat * c2).
+        pid = tl.program_id(0)
+        b = (pid // NP).to(tl.int64)
+        rows = (pid % NP) * BP + tl.arange(0, BP)
+        cols = tl.program_id(1) * BC + tl.arange(0, BC)
+        cmask = cols < C
+        mask = (rows < P)[:, None] & cmask[None, :]
+        offs = b * P * C + rows[:, None] * C + cols[None, :]
+        g = cols // CG
+        mean = tl.load(MEAN + b * G + g, mask=cmask, other=0.0)
+        rstd = tl.load(RSTD + b * G + g, mask=cmask, other=0.0)
+        w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        xhat = (x - mean[None, :]) * rstd[None, :]
+        if GRAD:
+            c1 = tl.load(C1 + b * G + g, mask=cmask, other=0.0)
+            c2 = tl.load(C2 + b * G + g, mask=cmask, other=0.0)
+            dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+            out = rstd[None, :] * (w[None, :] * dy - c1[None, :] - xhat * c2[None, :])
+        else:
+            bias = tl.load(B_ + cols, mask=cmask, other=0.0).to(tl.float32)
+            out = xhat * w[None, :] + bias[None, :]
+        tl.store(Y + offs, out.to(Y.dtype.element_ty), mask=mask)
+
+    return triton, tile_moments, group_combine, apply
+
+
+def _launch(x, dy, weight, bias, groups, eps, stats=None):
+    """x (and dy): (B, P, C) contiguous. Forward (dy None): returns y, mean, rstd; backward: dx."""
+    triton, tile_moments, group_combine, apply = _kernels()
+    bsz, p, c = x.shape
+    cg = c // groups
+    np_ = triton.cdiv(p, BLOCK_P)
+    grid = (bsz * np_, triton.cdiv(c, BLOCK_C))
+    grad = dy is not None
+    part1 = torch.empty(bsz, np_, c, device=x.device, dtype=torch.float32)
+    part2 = torch.empty_like(part1)
+    out1 = torch.empty(bsz, groups, device=x.device, dtype=torch.float32)
+    out2 = torch.empty_like(out1)
+    mean, rstd = stats if grad else (out1, out2)
+    tile_moments[grid](x, dy if grad else x, mean, rstd, part1, part2, p, c, np_, groups, cg, GRAD=grad,
+                       BP=BLOCK_P, BC=BLOCK_C)
+    bg = triton.next_power_of_2(cg)
+    bn = max(1, min(32, 2048 // bg))  # tiles combined per loop step (NBLK steps: a constant, few distinct)
+    group_combine[(bsz * groups,)](part1, part2, weight, out1, out2, p, c, np_, groups, cg, eps, GRAD=grad,
+                                   BP=BLOCK_P, BN=bn, BG=bg, NBLK=triton.cdiv(np_, bn))
+    out = torch.empty_like(x)
+    apply[grid](x, dy if grad else x, out, weight, bias if bias is not None else weight, mean, rstd, out1, out2,
+                p, c, np_, groups, cg, GRAD=grad, BP=BLOCK_P, BC=BLOCK_C)
+    return out if grad else (out, mean, rstd)
+
+
+def _tokens(t: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) channels-last -> its (B, H*W, C) memory, a view."""
+    bsz, c, h, w = t.shape
+    return t.permute(0, 2, 3, 1).reshape(bsz, h * w, c)
+
+
+class _GroupNormNHWC(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, groups, eps):
+        y, mean, rstd = _launch(_tokens(x), None, weight, bias, groups, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.groups = groups
+        bsz, c, h, w = x.shape
+        return y.view(bsz, h, w, c).permute(0, 3, 1, 2)  # channels-last, like the input
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, mean, rstd = ctx.saved_tensors
+        dy = dy.contiguous(memory_format=torch.channels_last)  # (already so when the next layer is)
+        dx = _launch(_tokens(x), _tokens(dy), weight, None, ctx.groups, 0.0, stats=(mean, rstd))
+        bsz, c, h, w = x.shape
+        return dx.view(bsz, h, w, c).permute(0, 3, 1, 2), None, None, None, None
+
+
+def group_norm_nhwc(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor | None,
+                    eps: float) -> torch.Tensor:
+    """F.group_norm for a channels-last (B, C, H, W) tensor with frozen affine weight; result channels-last."""
+    return _GroupNormNHWC.apply(x, weight, bias, groups, eps)
+
+
+def covered(norm, x: torch.Tensor) -> bool:
+    return (x.is_cuda and x.dim() == 4 and norm.affine and not norm.weight.requires_grad
+            and (norm.bias is None or not norm.bias.requires_grad)
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            and x.shape[1] % norm.num_groups == 0)
+
+
+def _forward(self, x):
+    if covered(self, x):
+        return group_norm_nhwc(x, self.num_groups, self.weight, self.bias, self.eps)
+    return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+def install_nhwc_group_norm(module) -> int:
+    """Give every nn.GroupNorm in `module` the channels-last path (if Triton is there); returns how many."""
+    if not available():
+        return 0
+    n = 0
+    for sub in module.modules():
+        if type(sub) is torch.nn.GroupNorm and "forward" not in sub.__dict__:
+            sub.forward = types.MethodType(_forward, sub)
+            n += 1
+    return n
+
+
+def uninstall_nhwc_group_norm(module) -> int:
+    n = 0
+    for sub in module.modules():
+        if type(sub) is torch.nn.GroupNorm and sub.__dict__.get("forward") is not None:
+            del sub.forward
+            n += 1
+    return n

@@ -1,0 +1,77 @@
+"""GroupNorm on channels-last maps (fast_norm's Triton kernels) against ATen's GroupNorm. Runs on a CUDA GPU, or
+on the CPU through Triton's interpreter where Triton is installed (torch's CPU build does not ship it: skipped)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before Triton is imported
+pytest.importorskip("triton")
+
+from lora_studio.core.training.fast_norm import (group_norm_nhwc, install_nhwc_group_norm,  # noqa: E402
+                                                 uninstall_nhwc_group_norm)
+
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def _rel(a, b):
+    return float((a.float() - b).norm() / b.norm())
+
+
+# (B, C, H, W, groups): pixels not a multiple of the 64-pixel tile, groups straddling 64-channel tiles,
+# SD 1.5's 10-channel groups, and a map with more tiles than one combine step takes
+@pytest.mark.parametrize("shape", [(2, 64, 9, 7, 8), (2, 320, 8, 8, 32), (1, 96, 12, 12, 32), (1, 32, 48, 48, 4)])
+def test_channels_last_group_norm_matches_aten(shape):
+    b, c, h, w, groups = shape
+    g = torch.Generator().manual_seed(0)
+    x32 = (torch.randn(b, c, h, w, generator=g) * 3 + 1.5).to(DEVICE)  # an offset mean: the variance must not cancel
+    wt, bias = torch.randn(c, generator=g).to(DEVICE), torch.randn(c, generator=g).to(DEVICE)
+    dy32 = torch.randn(b, c, h, w, generator=g).to(DEVICE)
+    ref_x = x32.clone().requires_grad_(True)
+    ref = F.group_norm(ref_x, groups, wt, bias, 1e-6)
+    (ref_dx,) = torch.autograd.grad(ref, ref_x, dy32)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        x = x32.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        dy = dy32.to(dtype).contiguous(memory_format=torch.channels_last)
+        y = group_norm_nhwc(x, groups, wt.to(dtype), bias.to(dtype), 1e-6)
+        (dx,) = torch.autograd.grad(y, x, dy)
+        assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+        assert dx.is_contiguous(memory_format=torch.channels_last)
+        assert _rel(y, ref) <= tol and _rel(dx, ref_dx) <= tol, (dtype, _rel(y, ref), _rel(dx, ref_dx))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the module path is for CUDA tensors only)")
+def test_installed_group_norm_trains_a_channels_last_unet_like_aten(monkeypatch):
+    from lora_testkit import tiny_unet_with_lora
+
+    # fp32 throughout: TF32 convolutions would pick different algorithms per layout and blur the comparison
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    unet, params = tiny_unet_with_lora(seed=2, device="cuda", channels=(32, 64), targets=("to_q", "to_k", "to_v"))
+    unet.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 8, 8, generator=g).cuda().contiguous(memory_format=torch.channels_last)
+    ehs, t = torch.randn(2, 5, 16, generator=g).cuda(), torch.tensor([10, 500], device="cuda")
+
+    def run():
+        out = unet(x, t, ehs).sample
+        out.pow(2).mean().backward()
+        grads = [p.grad.clone() for p in params]
+        for p in params:
+            p.grad = None
+        return out.detach(), grads
+
+    want = run()
+    n = install_nhwc_group_norm(unet)
+    assert n == sum(type(m) is torch.nn.GroupNorm for m in unet.modules()) > 0
+    got = run()
+    errors = [_rel(got[0], want[0])] + [_rel(a, b) for a, b in zip(got[1], want[1])]
+    assert max(errors) < 1e-4, errors
+    assert uninstall_nhwc_group_norm(unet) == n
