@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.steps import alphas_cumprod, make_step  # noqa: E402
-from lora_studio.core.training.fast_kernels import (channels_last_unet, compile_choice,  # noqa: E402
-                                                    prepare_fast_kernels)
+from lora_studio.core.training.fast_kernels import (channels_last_choice, channels_last_unet,  # noqa: E402
+                                                    compile_choice, prepare_fast_kernels)
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw  # noqa: E402
 
 PROMPTS = ["a photo of a red circle", "a blue square on a white background", "a green triangle",
@@ -97,7 +97,7 @@ def run(unet, params, batches, kind, device, lr=1e-4, sdxl=False):
     channels_last = False
     if pure:  # the engine's fast path as engine.make_optimizer sets it up + graphs
         prepare_fast_kernels(unet, None, compile=compile_choice(sdxl, checkpointing=False))
-        channels_last = channels_last_unet(unet)
+        channels_last = channels_last_choice(sdxl) and channels_last_unet(unet)
     step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure,
                      channels_last=channels_last)
     warnings = []

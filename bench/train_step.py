@@ -27,8 +27,9 @@ import torch  # noqa: E402
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
                          matmul_peak_tflops, time_steps, use_cache)
-from lora_studio.core.training.fast_kernels import (channels_last_unet, compile_choice,  # noqa: E402
-                                                    prepare_fast_kernels, uncompile_blocks, uninstall_fast_lora)
+from lora_studio.core.training.fast_kernels import (channels_last_choice, channels_last_unet,  # noqa: E402
+                                                    compile_choice, prepare_fast_kernels, uncompile_blocks,
+                                                    uninstall_fast_lora)
 from lora_studio.core.training.fast_norm import install_nhwc_group_norm, uninstall_nhwc_group_norm  # noqa: E402
 from lora_studio.core.training.fast_proj import uninstall_fast_proj  # noqa: E402
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
@@ -110,7 +111,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
                 cold_cache(f"{name}_{path}")
         if pure:
             prepare_fast_kernels(unet, None, **kernels)
-            if path == "engine" and cuda:  # as prepare_fast_kernels does with the engine's step object
+            if path == "engine" and cuda and channels_last_choice(name == "sdxl"):  # as the engine's step
                 channels_last = channels_last_unet(unet)
         if "gn" in words:  # with cl: fast_norm's GroupNorm on channels-last maps
             install_nhwc_group_norm(unet)

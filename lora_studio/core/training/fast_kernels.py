@@ -219,6 +219,16 @@ def uncompile_blocks(module) -> int:
     return n
 
 
+def channels_last_choice(is_sdxl: bool) -> bool:
+    """Whether the engine runs the pure fast step on channels-last maps (`channels_last_unet`), H100, attempt 15.
+
+    SD 1.5 family: yes (b1 23.3 -> 16.8 ms, b8 67.9 -> 61.1). SDXL: no: 183.9 -> 178.1 ms at b4 (3%), while its
+    setup before the first step already takes 20-31 s across hosts against a 30 s bar, and a fresh install's
+    first compile of the norm kernels would add to it.
+    """
+    return not is_sdxl
+
+
 def channels_last_unet(unet) -> bool:
     """Make a CUDA UNet channels-last with `fast_norm`'s GroupNorms; False (and nothing changed) without CUDA
     or Triton, where ATen's GroupNorm would copy every channels-last map to NCHW and back (slower than NCHW)."""

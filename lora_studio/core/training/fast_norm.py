@@ -25,12 +25,37 @@ BLOCK_P = 64  # pixels per tile
 BLOCK_C = 64  # channels per tile
 
 
-def available() -> bool:
+def available(device: torch.device | str | None = None) -> bool:
+    """Triton is there (and, given a device, the kernels compile and agree with ATen's GroupNorm on it)."""
     try:
         _kernels()
-    except ImportError:
+    except Exception:  # noqa: BLE001 - no Triton, or one this code does not fit: ATen's GroupNorm then
         return False
-    return True
+    return device is None or _self_check(str(torch.device(device)))
+
+
+@functools.cache
+def _self_check(device: str) -> bool:
+    """One small channels-last GroupNorm, forward and backward, against ATen's on `device`: a Triton or driver
+    that cannot build the kernels leaves the UNet on NCHW instead of failing a run."""
+    try:
+        with torch.enable_grad():
+            return _check(device)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _check(device: str) -> bool:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 64, 8, 8, generator=g).to(device)
+    w, b, dy = torch.randn(64, generator=g).to(device), torch.randn(64, generator=g).to(device), torch.randn_like(x)
+    xr = x.clone().requires_grad_(True)
+    ref = F.group_norm(xr, 8, w, b, 1e-6)
+    (ref_dx,) = torch.autograd.grad(ref, xr, dy)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    y = group_norm_nhwc(xc, 8, w, b, 1e-6)
+    (dx,) = torch.autograd.grad(y, xc, dy.contiguous(memory_format=torch.channels_last))
+    return bool(torch.allclose(y, ref, atol=1e-3) and torch.allclose(dx, ref_dx, atol=1e-3))
 
 
 @functools.cache
@@ -38,7 +63,12 @@ def _kernels():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # The sizes stay runtime values. Triton's default specialises on them (divisible by 16, equal to 1):
+    # dozens of variants for SD 1.5's norms; with that, a fresh install's first SD 1.5 step took 27 s
+    # instead of 0.6 (H100, attempt 15; the variants are cached on disk afterwards).
+    sizes = ["P", "C", "NP", "G", "CG"]
+
+    @triton.jit(do_not_specialize=sizes)
     def tile_moments(X, DY, MEAN, RSTD, OUT1, OUT2, P, C, NP, G, CG, GRAD: tl.constexpr,
                      BP: tl.constexpr, BC: tl.constexpr):
         # forward (GRAD False): per channel of the tile, mean and sum of squared deviations of x;
@@ -69,7 +99,7 @@ def _kernels():
         tl.store(OUT1 + out, s1, mask=cmask)
         tl.store(OUT2 + out, s2, mask=cmask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=sizes)
     def group_combine(IN1, IN2, W, OUT1, OUT2, P, C, NP, G, CG, eps, GRAD: tl.constexpr, BP: tl.constexpr,
                       BN: tl.constexpr, BG: tl.constexpr, NBLK: tl.constexpr):
         # one program per (sample, group). Forward: Chan's combination of the tiles' means / squared
@@ -113,7 +143,7 @@ def _kernels():
             tl.store(OUT1 + pid, mean)
             tl.store(OUT2 + pid, 1.0 / tl.sqrt(var + eps))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=sizes)
     def apply(X, DY, Y, W, B_, MEAN, RSTD, C1, C2, P, C, NP, G, CG, GRAD: tl.constexpr, BP: tl.constexpr,
               BC: tl.constexpr):
         # forward: y = x_hat * w + b; backward: dx = rstd * (w * dy - c1 - x_hat * c2).
@@ -212,8 +242,10 @@ def _forward(self, x):
 
 
 def install_nhwc_group_norm(module) -> int:
-    """Give every nn.GroupNorm in `module` the channels-last path (if Triton is there); returns how many."""
-    if not available():
+    """Give every nn.GroupNorm in `module` the channels-last path (if Triton is there and its kernels pass a
+    check on the module's device); returns how many."""
+    p = next(module.parameters(), None)
+    if not available(p.device if p is not None else None):
         return 0
     n = 0
     for sub in module.modules():
