@@ -75,3 +75,13 @@ def test_installed_group_norm_trains_a_channels_last_unet_like_aten(monkeypatch)
     errors = [_rel(got[0], want[0])] + [_rel(a, b) for a, b in zip(got[1], want[1])]
     assert max(errors) < 1e-4, errors
     assert uninstall_nhwc_group_norm(unet) == n
+
+
+def test_the_self_check_passes_and_leaves_the_random_stream_alone():
+    from lora_studio.core.training import fast_norm
+
+    fast_norm._self_check.cache_clear()
+    cpu, cuda = torch.random.get_rng_state(), (torch.cuda.get_rng_state() if CUDA else None)
+    assert fast_norm.available(DEVICE)
+    assert torch.equal(cpu, torch.random.get_rng_state())
+    assert not CUDA or torch.equal(cuda, torch.cuda.get_rng_state())
