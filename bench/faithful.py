@@ -30,8 +30,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.steps import alphas_cumprod, make_step  # noqa: E402
-from lora_studio.core.training.fast_kernels import (channels_last_choice, channels_last_unet,  # noqa: E402
-                                                    compile_choice, prepare_fast_kernels)
+from lora_studio.core.training.fast_kernels import (channels_last_choice, compile_choice,  # noqa: E402
+                                                    prepare_fast_kernels)
+from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw  # noqa: E402
 
 PROMPTS = ["a photo of a red circle", "a blue square on a white background", "a green triangle",
@@ -94,12 +95,11 @@ def run(unet, params, batches, kind, device, lr=1e-4, sdxl=False):
     else:
         opt = capturable_adamw(params, lr=lr, weight_decay=1e-2, device=device)
     pure = kind == "fast" and device != "cpu"
-    channels_last = False
     if pure:  # the engine's fast path as engine.make_optimizer sets it up + graphs
-        prepare_fast_kernels(unet, None, compile=compile_choice(sdxl, checkpointing=False))
-        channels_last = channels_last_choice(sdxl) and channels_last_unet(unet)
+        prepare_fast_kernels(unet, None, compile=compile_choice(sdxl, checkpointing=False),
+                             channels_last=channels_last_choice(sdxl))
     step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure,
-                     channels_last=channels_last)
+                     channels_last=pure and fast_norm_installed(unet))
     warnings = []
     if kind == "fast":
         step = FastStep(step, device=device, params=params, on_warning=warnings.append)

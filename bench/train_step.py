@@ -27,10 +27,10 @@ import torch  # noqa: E402
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
                          matmul_peak_tflops, time_steps, use_cache)
-from lora_studio.core.training.fast_kernels import (channels_last_choice, channels_last_unet,  # noqa: E402
-                                                    compile_choice, prepare_fast_kernels, uncompile_blocks,
-                                                    uninstall_fast_lora)
-from lora_studio.core.training.fast_norm import install_nhwc_group_norm, uninstall_nhwc_group_norm  # noqa: E402
+from lora_studio.core.training.fast_kernels import (channels_last_choice, compile_choice,  # noqa: E402
+                                                    prepare_fast_kernels, uncompile_blocks, uninstall_fast_lora)
+from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
+from lora_studio.core.training.fast_norm import uninstall_nhwc_group_norm  # noqa: E402
 from lora_studio.core.training.fast_proj import uninstall_fast_proj  # noqa: E402
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
@@ -100,10 +100,11 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step) and PATH_WORDS.
         pure = path != "graph"
         if path == "engine":  # exactly what the engine's fast path does for this model and checkpointing
-            kernels = {"compile": compile_choice(name == "sdxl", ckpt), "fuse_qkv": True}
-        else:
+            kernels = {"compile": compile_choice(name == "sdxl", ckpt), "fuse_qkv": True,
+                       "channels_last": channels_last_choice(name == "sdxl")}
+        else:  # gn (with cl): channels-last maps on fast_norm's GroupNorm, as prepare_fast_kernels makes them
             kernels = {"compile": next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None),
-                       "fuse_qkv": "qkv" in words, "fast_proj": "proj" in words}
+                       "fuse_qkv": "qkv" in words, "fast_proj": "proj" in words, "channels_last": "gn" in words}
         compiling = bool(kernels["compile"])
         if compiling:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
@@ -111,10 +112,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
                 cold_cache(f"{name}_{path}")
         if pure:
             prepare_fast_kernels(unet, None, **kernels)
-            if path == "engine" and cuda and channels_last_choice(name == "sdxl"):  # as the engine's step
-                channels_last = channels_last_unet(unet)
-        if "gn" in words:  # with cl: fast_norm's GroupNorm on channels-last maps
-            install_nhwc_group_norm(unet)
+            channels_last = channels_last or fast_norm_installed(unet)  # the latents follow the UNet's layout
         step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
                                   autocast=not pure or not cuda),
                         device=device, params=params, on_warning=warnings.append)

@@ -606,9 +606,25 @@ def test_conv_lora_targets_keep_autocast():
     unet.delete_adapters("default")  # only the conv+attention adapter is left
     assert any(type(m).__name__ == "Conv2d" and hasattr(m, "lora_A") for m in unet.modules())
     step = Step()
-    prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16)
-    # peft's conv LoRA would run in fp32 without autocast: the step keeps autocast
-    assert step.autocast is True
+    prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, channels_last=True)
+    # peft's conv LoRA would run in fp32 without autocast: the step keeps autocast, and with it NCHW maps
+    assert step.autocast is True and not hasattr(step, "channels_last")
+    assert next(m for m in unet.modules() if type(m).__name__ == "Conv2d").weight.is_contiguous()
+
+
+def test_channels_last_needs_cuda_and_leaves_a_cpu_unet_alone():
+    from lora_studio.core.training.fast_kernels import prepare_fast_kernels
+    from lora_studio.core.training.fast_norm import installed
+
+    class Step:
+        autocast, channels_last = True, False
+
+    unet, _ = tiny_unet_with_lora(dtype=torch.bfloat16, targets=("to_q", "to_k", "to_v", "to_out.0"))
+    step = Step()
+    prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, channels_last=True)
+    assert step.autocast is False  # the pure step, so channels-last was considered ...
+    assert step.channels_last is False and not installed(unet)  # ... and refused on the CPU: nothing converted
+    assert all(p.is_contiguous() for p in unet.parameters())
 
 
 # ------------------------------------------------- judged recipes on the fast path (issue 8), on a GPU

@@ -486,7 +486,7 @@ class _Run:
                                         for m in inner.unet.modules()),
                 "fused_qkv": sum("_fused_qkv_weight" in m.__dict__ for m in inner.unet.modules()),
                 "fast_proj": sum("_fast_proj" in m.__dict__ for m in inner.unet.modules()),
-                "channels_last": bool(getattr(inner, "channels_last", False))}
+                "channels_last": inner.channels_last}
 
     def export_kohya(self, adapter: Path) -> str | None:
         try:

@@ -235,7 +235,7 @@ def channels_last_unet(unet) -> bool:
     from lora_studio.core.training.fast_norm import install_nhwc_group_norm
 
     p = next(unet.parameters(), None)
-    if p is None or not p.is_cuda or not install_nhwc_group_norm(unet):
+    if p is None or not p.is_cuda or not install_nhwc_group_norm(unet):  # (the install checks its kernels)
         return False
     unet.to(memory_format=torch.channels_last)
     return True
@@ -257,7 +257,7 @@ def compile_choice(is_sdxl: bool, checkpointing: bool, compile_unet: str = "auto
 
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
                          compile: str | None = None, fuse_qkv: bool = True, fast_proj: bool = True,
-                         channels_last: bool = True, sdpa: str | None = None,
+                         channels_last: bool = False, sdpa: str | None = None,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
     """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
 
@@ -275,22 +275,25 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
       (`fast_proj`; bench/NOTES.md attempt 15);
     - ``channels_last``: with the pure step on CUDA and Triton present, the UNet's feature maps channels-last
       (cuDNN's layout: no transposes around each convolution) and its GroupNorms on `fast_norm`'s kernels
-      (``step.channels_last``; SD 1.5 b8 67.9 -> 61.0 ms, SDXL b4 183.9 -> 178.1 on an H100, attempt 15).
-    `compile_choice` gives the engine's ``compile``.
+      (``step.channels_last``, which a caller without a step object reads from `fast_norm.installed`;
+      SD 1.5 b8 67.9 -> 61.0 ms, SDXL b4 183.9 -> 178.1 on an H100, attempt 15).
+    `compile_choice` and `channels_last_choice` give the engine's ``compile`` and ``channels_last``.
     The returned fallback undoes the compilation if the first step fails to build it, and says so.
     """
     warn = on_warning or (lambda msg: None)
     fast = install_fast_lora(unet)
     # A LoRA layer left on peft's forward (convolutions, dropout, DoRA) would compute in fp32 without
     # autocast (peft casts its input to the fp32 adapter dtype): such runs keep autocast.
-    pure = pure and fast == _count_lora_layers(unet)
-    if step is not None:
-        if pure and weight_dtype in (torch.bfloat16, torch.float16) and hasattr(step, "autocast"):
-            step.autocast = False
-            if channels_last and hasattr(step, "channels_last"):
-                step.channels_last = channels_last_unet(unet)
-        if sdpa and hasattr(step, "sdpa_backend"):
-            step.sdpa_backend = sdpa
+    pure = (pure and fast == _count_lora_layers(unet) and weight_dtype in (torch.bfloat16, torch.float16)
+            and (step is None or hasattr(step, "autocast")))
+    if pure and step is not None:
+        step.autocast = False
+    if pure and channels_last and (step is None or hasattr(step, "channels_last")):
+        cl = channels_last_unet(unet)
+        if step is not None:
+            step.channels_last = cl
+    if sdpa and step is not None and hasattr(step, "sdpa_backend"):
+        step.sdpa_backend = sdpa
     if fuse_qkv:
         from lora_studio.core.training.fast_qkv import install_fused_qkv
 

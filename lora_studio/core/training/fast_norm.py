@@ -25,13 +25,13 @@ BLOCK_P = 64  # pixels per tile
 BLOCK_C = 64  # channels per tile
 
 
-def available(device: torch.device | str | None = None) -> bool:
-    """Triton is there (and, given a device, the kernels compile and agree with ATen's GroupNorm on it)."""
+def available(device: torch.device | str) -> bool:
+    """Triton is there, and the kernels compile and agree with ATen's GroupNorm on `device` (checked once)."""
     try:
         _kernels()
     except Exception:  # noqa: BLE001 - no Triton, or one this code does not fit: ATen's GroupNorm then
         return False
-    return device is None or _self_check(str(torch.device(device)))
+    return _self_check(str(torch.device(device)))
 
 
 @functools.cache
@@ -233,8 +233,7 @@ def group_norm_nhwc(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: to
 def covered(norm, x: torch.Tensor) -> bool:
     return (x.is_cuda and x.dim() == 4 and norm.affine and not norm.weight.requires_grad
             and (norm.bias is None or not norm.bias.requires_grad)
-            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-            and x.shape[1] % norm.num_groups == 0)
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
 
 
 def _forward(self, x):
@@ -243,11 +242,15 @@ def _forward(self, x):
     return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
+def _ours(sub) -> bool:
+    return type(sub) is torch.nn.GroupNorm and getattr(sub.__dict__.get("forward"), "__func__", None) is _forward
+
+
 def install_nhwc_group_norm(module) -> int:
     """Give every nn.GroupNorm in `module` the channels-last path (if Triton is there and its kernels pass a
     check on the module's device); returns how many."""
     p = next(module.parameters(), None)
-    if not available(p.device if p is not None else None):
+    if p is None or not available(p.device):
         return 0
     n = 0
     for sub in module.modules():
@@ -257,10 +260,15 @@ def install_nhwc_group_norm(module) -> int:
     return n
 
 
+def installed(module) -> bool:
+    """Whether `module`'s GroupNorms run the channels-last path (`install_nhwc_group_norm` took)."""
+    return any(_ours(sub) for sub in module.modules())
+
+
 def uninstall_nhwc_group_norm(module) -> int:
     n = 0
     for sub in module.modules():
-        if type(sub) is torch.nn.GroupNorm and sub.__dict__.get("forward") is not None:
+        if _ours(sub):
             del sub.forward
             n += 1
     return n

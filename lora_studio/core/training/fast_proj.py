@@ -3,8 +3,8 @@
 diffusers' Transformer2DModel takes an NCHW feature map, group-normalises it, projects it (a 1x1
 convolution in SD 1.5, a Linear in SDXL), and permutes it to (batch, pixels, channels) tokens with a full
 copy; on the way out it permutes back with another copy, projects, and adds the residual. cuDNN runs a
-1x1 convolution on NCHW bf16 data by transposing its input and output to NHWC: in SD 1.5's step these
-layout passes are a large share of the memory traffic (bench/NOTES.md attempt 15).
+1x1 convolution on NCHW bf16 data by transposing its input and output to NHWC. Without these passes SD 1.5's
+b8 step went from 74.2 to 67.7 ms, SDXL's b4 from 183.5 to 181.9 (H100, bench/NOTES.md attempt 15).
 
 Here both projections are batched matrix products that read the NCHW map as a transposed view and write
 their result straight in the layout the next layer wants: (batch, pixels, channels) going in, NCHW (plus the
@@ -79,12 +79,10 @@ def _operate_on_continuous_inputs(self, hidden_states):
     if not _covered(self, hidden_states):
         return type(self)._operate_on_continuous_inputs(self, hidden_states)
     b, c, height, width = hidden_states.shape
-    x = self.norm(hidden_states)
+    x, w = self.norm(hidden_states), _matrix(self.proj_in)
     if _channels_last(x):  # the tokens are this memory already: a plain Linear on a view
-        tokens = x.permute(0, 2, 3, 1).reshape(b, height * width, c)
-        return F.linear(tokens, _matrix(self.proj_in), self.proj_in.bias), self.proj_out.weight.shape[1]
-    x = x.reshape(b, c, height * width)
-    return _TokensIn.apply(x, _matrix(self.proj_in), self.proj_in.bias), self.proj_out.weight.shape[1]
+        return F.linear(x.permute(0, 2, 3, 1).reshape(b, height * width, c), w, self.proj_in.bias), w.shape[0]
+    return _TokensIn.apply(x.reshape(b, c, height * width), w, self.proj_in.bias), w.shape[0]
 
 
 def _get_output_for_continuous_inputs(self, hidden_states, residual, batch_size, height, width, inner_dim):
