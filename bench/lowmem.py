@@ -11,6 +11,8 @@ GPU (cached latents and embeddings). Variants per model:
                   dequantised on the fly in forward and backward (nothing extra saved for backward):
                   lora_studio.core.training.int8_base, quantised on the host before the move as the engine does
   int8+fast       the same through FastStep
+  bf16+engine     FastStep with the engine's kernels for a checkpointed run (prepare_fast_kernels: fast LoRA
+  int8+engine     forward, pure bf16, fused q/k/v, fast_proj, fast_geglu, channels-last maps on fast_norm)
 Peaks are torch.cuda.max_memory_allocated from an empty GPU (build included) and, separately, during
 training only (reset after setup). Targets: SDXL <= 7.5 GiB (8 GB card), stretch 5.5 GiB; SD 1.5 <= 3.5 GiB.
 """
@@ -32,13 +34,16 @@ import torch  # noqa: E402
 
 from bench import models as M  # noqa: E402
 from bench.steps import alphas_cumprod, free, make_step, time_steps  # noqa: E402
+from lora_studio.core.training.fast_kernels import (channels_last_choice, compile_choice,  # noqa: E402
+                                                    prepare_fast_kernels)
+from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
 from lora_studio.core.training.int8_base import quantize_frozen_linears  # noqa: E402
 
 GIB = 2 ** 30
 
 
-def measure(name, spec, *, int8, fast, device, args, rank=32):
+def measure(name, spec, *, int8, fast, device, args, rank=32, engine=False):
     if args.image:
         spec = (spec[0], args.image, *spec[2:])
     free(device)
@@ -64,9 +69,16 @@ def measure(name, spec, *, int8, fast, device, args, rank=32):
     # Fixed noise and timestep, so the first loss compares int8 storage against bf16 on the same input.
     data["noise"] = torch.randn(data["latents"].shape, generator=g).to(device)
     data["timesteps"] = torch.tensor([500], device=device)
-    step = make_step(unet, params, opt, acp=alphas_cumprod(device), autocast_cache=not fast)
+    cl = False
+    if engine:  # the engine's kernels as it sets them up with gradient checkpointing (nothing compiled)
+        prepare_fast_kernels(unet, None, compile=compile_choice(name == "sdxl", True),
+                             channels_last=channels_last_choice(name == "sdxl"))
+        cl = fast_norm_installed(unet)
+        torch.backends.cudnn.benchmark = cuda and not cl  # as the engine: no autotuning on channels-last maps
+    step = make_step(unet, params, opt, acp=alphas_cumprod(device), autocast_cache=not fast, channels_last=cl,
+                     autocast=not engine)
     if fast:
-        step = FastStep(step, device=device, params=params)
+        step = FastStep(step, device=device, params=params, cudnn_benchmark=not cl)
     free(device)
     setup_alloc = torch.cuda.memory_allocated() / GIB if cuda else None
     peak_build = torch.cuda.max_memory_allocated() / GIB if cuda else None
@@ -75,7 +87,8 @@ def measure(name, spec, *, int8, fast, device, args, rank=32):
     loss0 = float(step(data))
     setup_s = time.perf_counter() - t0
     timing = time_steps(lambda: step(data), device, warmup=1, budget_s=args.budget, n_min=3, n_max=20)
-    row = {"model": name, "int8": int8, "fast": fast, "rank": rank, "first_loss": loss0,
+    row = {"model": name, "int8": int8, "fast": fast, "engine": engine, "channels_last": cl, "rank": rank,
+           "first_loss": loss0,
            "ms": timing["ms"], "n": timing["n"], "setup_s": setup_s, "int8_bytes_saved": saved,
            "resident_gib": setup_alloc, "peak_build_gib": peak_build,
            "peak_train_gib": torch.cuda.max_memory_allocated() / GIB if cuda else None,
@@ -85,6 +98,7 @@ def measure(name, spec, *, int8, fast, device, args, rank=32):
         row["captured"] = any(v is not None for v in step.graphs.values())
     row["peak_gib"] = max(row["peak_build_gib"] or 0, row["peak_train_gib"] or 0) if cuda else None
     del step, opt, params, unet, data
+    torch.backends.cudnn.benchmark = cuda  # (main's setting)
     free(device)
     print(json.dumps(row), flush=True)
     return row
@@ -118,7 +132,8 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         for v in args.variants.split(","):
             try:
-                row = measure(name, specs[name], int8="int8" in v, fast="fast" in v, device=device, args=args,
+                row = measure(name, specs[name], int8="int8" in v, fast="fast" in v or "engine" in v, device=device, args=args,
+                            engine="engine" in v,
                               rank=args.rank)
             except torch.cuda.OutOfMemoryError as exc:
                 row = {"model": name, "variant": v, "error": str(exc).splitlines()[0]}

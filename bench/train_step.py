@@ -30,7 +30,8 @@ from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_ste
 from lora_studio.core.training.fast_kernels import (channels_last_choice, compile_choice,  # noqa: E402
                                                     prepare_fast_kernels, uncompile_blocks, uninstall_fast_lora)
 from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
-from lora_studio.core.training.fast_norm import uninstall_nhwc_group_norm  # noqa: E402
+from lora_studio.core.training.fast_norm import _ours_resnet, uninstall_nhwc_group_norm  # noqa: E402
+from lora_studio.core.training.fast_geglu import uninstall_fast_geglu  # noqa: E402
 from lora_studio.core.training.fast_proj import uninstall_fast_proj  # noqa: E402
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
@@ -99,12 +100,13 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         # graph: the captured step alone (attempt 1). fast*: the engine's fast path through the engine's own
         # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step) and PATH_WORDS.
         pure = path != "graph"
-        if path == "engine":  # exactly what the engine's fast path does for this model and checkpointing
+        if path.split("_")[0] == "engine":  # exactly what the engine's fast path does for this model and checkpointing
             kernels = {"compile": compile_choice(name == "sdxl", ckpt), "fuse_qkv": True,
                        "channels_last": channels_last_choice(name == "sdxl")}
         else:  # gn (with cl): channels-last maps on fast_norm's GroupNorm, as prepare_fast_kernels makes them
             kernels = {"compile": next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None),
-                       "fuse_qkv": "qkv" in words, "fast_proj": "proj" in words, "channels_last": "gn" in words}
+                       "fuse_qkv": "qkv" in words, "fast_proj": "proj" in words, "channels_last": "gn" in words,
+                       "fast_geglu": "geglu" in words}
         compiling = bool(kernels["compile"])
         if compiling:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
@@ -113,9 +115,18 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         if pure:
             prepare_fast_kernels(unet, None, **kernels)
             channels_last = channels_last or fast_norm_installed(unet)  # the latents follow the UNet's layout
+            if "nores" in words:  # fast_norm's GroupNorms without its fused ResnetBlock2D forward (attempt 16)
+                for m in unet.modules():
+                    if _ours_resnet(m):
+                        del m.forward
+        # no cuDNN autotuning in the warm-up and capture ("nobench"; the engine on channels-last maps, attempt 16)
+        autotune = "nobench" not in words and not (path.split("_")[0] == "engine" and channels_last)
+        if not autotune:
+            torch.backends.cudnn.benchmark = False
         step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
                                   autocast=not pure or not cuda),
-                        device=device, params=params, on_warning=warnings.append)
+                        device=device, params=params, on_warning=warnings.append,
+                        cudnn_benchmark=autotune)
         run = lambda: step(data)  # noqa: E731
     spent = compile_seconds()
     try:
@@ -157,7 +168,9 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         uncompile_blocks(unet)
         uninstall_fused_qkv(unet)
         uninstall_fast_proj(unet)
+        uninstall_fast_geglu(unet)
         uninstall_nhwc_group_norm(unet)
+        torch.backends.cudnn.benchmark = cuda  # (main's setting)
         if channels_last:
             unet.to(memory_format=torch.contiguous_format)
         free(device)
@@ -213,7 +226,7 @@ def main(argv=None) -> int:
                     "engine.make_optimizer sets it up for the model), fast (LoRA forward + pure bf16), graph "
                     "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
                     "other fast_* names combine the words compiled / res / regions / unet (compiled sets), cl, qkv "
-                    "(fused self-attention q/k/v), proj (copy-free Transformer2DModel projections), gn (with cl: fast_norm's channels-last GroupNorm), e.g. fast_regions_cl, fast_compiled_qkv")
+                    "(fused self-attention q/k/v), proj (copy-free Transformer2DModel projections), gn (with cl: fast_norm's channels-last GroupNorm), geglu (fast_geglu's fused GEGLU), nores (gn without its fused ResnetBlock2D), nobench (no cuDNN autotuning; also engine_nobench), e.g. fast_regions_cl, fast_compiled_qkv")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",

@@ -126,9 +126,9 @@ class TrainingConfig:
     fast_path: bool = _f(True, "Use the captured CUDA-graph training step when the run allows it.", group="memory",
                          advanced=True)
     compile_unet: str = _f("auto", "Compile parts of the UNet for a faster step (fast path only): 'blocks' compiles "
-                           "the transformer blocks (SDXL: ~10% faster for ~20 s at the start), 'regions' also the "
-                           "ResNet blocks (SDXL: ~15% faster, ~2.5 minutes at the start), per image size the first "
-                           "time; 'auto' = blocks on SDXL without gradient checkpointing.", group="memory",
+                           "the transformer blocks (SDXL: ~4% faster for 15-30 s at the start), 'regions' also the "
+                           "ResNet blocks (~2.5 minutes at the start), per image size the first time; 'auto' = "
+                           "nothing compiled (the first step starts in seconds).", group="memory",
                            choices=["auto", "off", "blocks", "regions"], advanced=True)
     dataloader_num_workers: int = _f(0, "Background data-loading processes.", group="memory", min=0, max=64,
                                      advanced=True)

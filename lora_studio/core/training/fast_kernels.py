@@ -220,13 +220,13 @@ def uncompile_blocks(module) -> int:
 
 
 def channels_last_choice(is_sdxl: bool) -> bool:
-    """Whether the engine runs the pure fast step on channels-last maps (`channels_last_unet`), H100, attempt 15.
+    """Whether the engine runs the pure fast step on channels-last maps (`channels_last_unet`), H100.
 
-    SD 1.5 family: yes (b1 23.3 -> 16.8 ms, b8 67.9 -> 61.1). SDXL: no: 183.9 -> 178.1 ms at b4 (3%), while its
-    setup before the first step already takes 20-31 s across hosts against a 30 s bar, and a fresh install's
-    first compile of the norm kernels would add to it.
+    Both families (attempt 16): with `fast_norm`'s GroupNorm + SiLU and its ResnetBlock2D forward, SD 1.5 b8
+    67.9 -> 57.7 ms, SDXL b4 188.5 -> 177.6 uncompiled (both with `fast_geglu`). Attempt 15 kept SDXL on NCHW
+    while it compiled its blocks (setup at the 30 s bar on slow hosts); it compiles nothing now.
     """
-    return not is_sdxl
+    return True
 
 
 def channels_last_unet(unet) -> bool:
@@ -242,22 +242,22 @@ def channels_last_unet(unet) -> bool:
 
 
 def compile_choice(is_sdxl: bool, checkpointing: bool, compile_unet: str = "auto") -> str | None:
-    """The `COMPILE_SETS` name the engine compiles for a model family and config (bench/NOTES.md attempts 8-11).
+    """The `COMPILE_SETS` name the engine compiles for a model family and config (bench/NOTES.md attempts 8-16).
 
     H100, one bucket shape, cold compile cache: SDXL b4 205 ms uncompiled -> 187 compiled blocks (~20 s of
-    compile) -> 184.5 with fused q/k/v (setup 24 s) -> 174 compiling whole regions (152 s of compile). SD 1.5
-    b8: 75 -> 74.4 with fused q/k/v; compiled blocks 67 ms for ~65 s, so "auto" compiles nothing there.
-    "auto" = blocks for SDXL without gradient checkpointing (recomputed blocks are not measured compiled);
-    the config has already checked that any other value is "off" or a set's name.
+    compile) -> 174 compiling whole regions (152 s of compile); attempt 16's hand-written kernels (channels-last
+    maps with fused GroupNorm + SiLU, fused GEGLU) reach 177.6 ms uncompiled, compiled blocks on top 170.9 ms
+    for 14-30 s of compile. SD 1.5 b8: 54.9 ms uncompiled. So "auto" compiles nothing (the first step starts in
+    seconds); "blocks" / "regions" are there for long runs; the config has already checked the value.
     """
     if compile_unet == "auto":
-        return "blocks" if is_sdxl and not checkpointing else None
+        return None
     return None if compile_unet == "off" else compile_unet
 
 
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
                          compile: str | None = None, fuse_qkv: bool = True, fast_proj: bool = True,
-                         channels_last: bool = False, sdpa: str | None = None,
+                         fast_geglu: bool = True, channels_last: bool = False, sdpa: str | None = None,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
     """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
 
@@ -267,16 +267,20 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
       product (measured: a third of the elementwise time). Needs a step object with an ``autocast`` flag,
       and every LoRA layer on the fast forward (Linear, no dropout); otherwise autocast stays;
     - ``sdpa``: an attention backend for the step (``step.sdpa_backend``);
-    - ``compile``: a `COMPILE_SETS` name ("blocks": the repeated transformer blocks, as the engine does for SDXL;
+    - ``compile``: a `COMPILE_SETS` name ("blocks": the repeated transformer blocks, the engine's
+      ``compile_unet = "blocks"``;
       setup cost and speed of each in bench/NOTES.md), None: nothing compiled;
     - ``fuse_qkv``: self-attention's q/k/v and their LoRA A factors as one product each (`fast_qkv`; on in the
       engine: SDXL b4 186.9 -> 184.5 ms on an H100);
     - ``fast_proj``: Transformer2DModel's projections in and out of its token layout without layout copies
       (`fast_proj`; bench/NOTES.md attempt 15);
+    - ``fast_geglu``: the feed-forwards' GEGLU as one Triton kernel forward and one backward where Triton is
+      present (`fast_geglu`; outside compiled blocks, which fuse it themselves; bench/NOTES.md attempt 16);
     - ``channels_last``: with the pure step on CUDA and Triton present, the UNet's feature maps channels-last
       (cuDNN's layout: no transposes around each convolution) and its GroupNorms on `fast_norm`'s kernels
       (``step.channels_last``, which a caller without a step object reads from `fast_norm.installed`;
-      SD 1.5 b8 67.9 -> 61.0 ms, SDXL b4 183.9 -> 178.1 on an H100, attempt 15).
+      SD 1.5 b8 67.9 -> 61.0 ms, SDXL b4 183.9 -> 178.1 on an H100, attempt 15), with each plain ResNet block's
+      GroupNorm + SiLU fused (attempt 16), and the step without cuDNN autotuning (the engine's FastStep).
     `compile_choice` and `channels_last_choice` give the engine's ``compile`` and ``channels_last``.
     The returned fallback undoes the compilation if the first step fails to build it, and says so.
     """
@@ -302,6 +306,10 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
         from lora_studio.core.training.fast_proj import install_fast_proj
 
         install_fast_proj(unet)
+    if fast_geglu:
+        from lora_studio.core.training.fast_geglu import install_fast_geglu
+
+        install_fast_geglu(unet)
     if compile:
         compile_blocks(unet, COMPILE_SETS[compile], **COMPILE_OPTIONS)
     # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)

@@ -1,4 +1,4 @@
-"""GroupNorm on channels-last feature maps without layout copies (issue 8, bench/NOTES.md attempt 15).
+"""GroupNorm on channels-last feature maps without layout copies (issue 8, bench/NOTES.md attempts 15-16).
 
 cuDNN runs a UNet's bf16 convolutions in NHWC. On NCHW activations it transposes every input and output
 (SD 1.5 b8 on an H100: 200 transposes, 8 ms of a 68 ms step). Channels-last activations would remove them,
@@ -10,7 +10,10 @@ and applies the affine weight. The backward is the same shape: partial sums of d
 combine, one pass for dx. The frozen weight and bias get no gradient (LoRA never trains them).
 
 `install_nhwc_group_norm` gives a module's GroupNorms this path for channels-last CUDA inputs whose affine
-parameters are frozen; anything else runs ATen's GroupNorm. Needs Triton (shipped with torch's CUDA builds).
+parameters are frozen; anything else runs ATen's GroupNorm. It also gives each plain ResnetBlock2D a forward
+that applies the SiLU after each of its norms inside the same kernels (a pass over the map saved forward and
+backward, and the norm's output no longer kept) and keeps its shortcut channels-last (attempt 16: SD 1.5 b8
+61.1 -> 57.7 ms on an H100). Needs Triton (shipped with torch's CUDA builds on Linux).
 """
 
 from __future__ import annotations
@@ -46,18 +49,27 @@ def _self_check(device: str) -> bool:
 
 
 def _check(device: str) -> bool:
+    # bf16 on a GPU, the dtype a run's UNet has: the check compiles the kernel variants the run then uses
+    # (an fp32 check would compile a second set on a fresh install)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-3
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 64, 8, 8, generator=g).to(device)
     # (the check's own generator: a run's random stream must not depend on whether this ran)
-    w, b = torch.randn(64, generator=g).to(device), torch.randn(64, generator=g).to(device)
-    dy = torch.randn(x.shape, generator=g).to(device)
-    xr = x.clone().requires_grad_(True)
-    ref = F.group_norm(xr, 8, w, b, 1e-6)
-    (ref_dx,) = torch.autograd.grad(ref, xr, dy)
-    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    y = group_norm_nhwc(xc, 8, w, b, 1e-6)
-    (dx,) = torch.autograd.grad(y, xc, dy.contiguous(memory_format=torch.channels_last))
-    return bool(torch.allclose(y, ref, atol=1e-3) and torch.allclose(dx, ref_dx, atol=1e-3))
+    x = torch.randn(2, 64, 8, 8, generator=g).to(device, dtype)
+    w, b = torch.randn(64, generator=g).to(device, dtype), torch.randn(64, generator=g).to(device, dtype)
+    dy = torch.randn(x.shape, generator=g).to(device, dtype)
+    ok = True
+    for silu in (False, True):
+        xr = x.float().requires_grad_(True)
+        ref = F.group_norm(xr, 8, w.float(), b.float(), 1e-6)
+        ref = F.silu(ref) if silu else ref
+        (ref_dx,) = torch.autograd.grad(ref, xr, dy.float())
+        xc = x.contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        y = group_norm_nhwc(xc, 8, w, b, 1e-6, silu=silu)
+        (dx,) = torch.autograd.grad(y, xc, dy.contiguous(memory_format=torch.channels_last))
+        ok = ok and torch.allclose(y.float(), ref, atol=tol, rtol=tol) and torch.allclose(dx.float(), ref_dx,
+                                                                                          atol=tol, rtol=tol)
+    return bool(ok)
 
 
 @functools.cache
@@ -65,16 +77,21 @@ def _kernels():
     import triton
     import triton.language as tl
 
-    # The sizes stay runtime values. Triton's default specialises on them (divisible by 16, equal to 1):
-    # dozens of variants for SD 1.5's norms; with that, a fresh install's first SD 1.5 step took 27 s
-    # instead of 0.6 (H100, attempt 15; the variants are cached on disk afterwards).
-    sizes = ["P", "C", "NP", "G", "CG"]
+    # Sizes and the GRAD / SILU switches stay runtime values, so one compiled kernel serves forward and
+    # backward, with and without SiLU, at every size: a fresh install compiles each kernel once per dtype
+    # (the combine once per group width) instead of per variant. Triton's default specialises on integer
+    # arguments (divisible by 16, equal to 1): with that and constexpr switches a fresh install's first SD 1.5
+    # step took 27-31 s instead of 0.6 (H100, attempts 15-16; the variants are cached on disk afterwards).
+    # (NBLK, the combine's loop count, stays a constant: Triton's interpreter, which the CPU tests use, cannot
+    # loop over a runtime count; it takes one to three values in SD 1.5 and SDXL.)
+    sizes = ["P", "C", "NP", "G", "CG", "GRAD", "SILU"]
 
     @triton.jit(do_not_specialize=sizes)
-    def tile_moments(X, DY, MEAN, RSTD, OUT1, OUT2, P, C, NP, G, CG, GRAD: tl.constexpr,
+    def tile_moments(X, DY, MEAN, RSTD, W, B_, OUT1, OUT2, P, C, NP, G, CG, GRAD, SILU,
                      BP: tl.constexpr, BC: tl.constexpr):
         # forward (GRAD False): per channel of the tile, mean and sum of squared deviations of x;
         # backward: per channel, sum of dy and of dy * x_hat. OUT1/OUT2 are (B, NP, C) float32.
+        # SILU: the output was silu(norm(x)); dy is turned into the norm's output gradient first.
         pid = tl.program_id(0)
         b = (pid // NP).to(tl.int64)
         pb = pid % NP
@@ -90,6 +107,12 @@ def _kernels():
             rstd = tl.load(RSTD + b * G + g, mask=cmask, other=0.0)
             dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
             xhat = tl.where(mask, (x - mean[None, :]) * rstd[None, :], 0.0)
+            if SILU:
+                w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
+                bias = tl.load(B_ + cols, mask=cmask, other=0.0).to(tl.float32)
+                z = xhat * w[None, :] + bias[None, :]  # silu'(z) = s * (1 + z * (1 - s)), s = sigmoid(z)
+                sg = tl.sigmoid(z)
+                dy = dy * sg * (1.0 + z * (1.0 - sg))
             s1 = tl.sum(dy, axis=0)
             s2 = tl.sum(dy * xhat, axis=0)
         else:
@@ -102,7 +125,7 @@ def _kernels():
         tl.store(OUT2 + out, s2, mask=cmask)
 
     @triton.jit(do_not_specialize=sizes)
-    def group_combine(IN1, IN2, W, OUT1, OUT2, P, C, NP, G, CG, eps, GRAD: tl.constexpr, BP: tl.constexpr,
+    def group_combine(IN1, IN2, W, OUT1, OUT2, P, C, NP, G, CG, eps, GRAD, BP: tl.constexpr,
                       BN: tl.constexpr, BG: tl.constexpr, NBLK: tl.constexpr):
         # one program per (sample, group). Forward: Chan's combination of the tiles' means / squared
         # deviations -> mean, 1/std. Backward: sums of w * (sum dy), w * (sum dy * x_hat) over the group / N.
@@ -146,9 +169,9 @@ def _kernels():
             tl.store(OUT2 + pid, 1.0 / tl.sqrt(var + eps))
 
     @triton.jit(do_not_specialize=sizes)
-    def apply(X, DY, Y, W, B_, MEAN, RSTD, C1, C2, P, C, NP, G, CG, GRAD: tl.constexpr, BP: tl.constexpr,
-              BC: tl.constexpr):
-        # forward: y = x_hat * w + b; backward: dx = rstd * (w * dy - c1 - x_hat * c2).
+    def apply(X, DY, Y, W, B_, MEAN, RSTD, C1, C2, P, C, NP, G, CG, GRAD, SILU,
+              BP: tl.constexpr, BC: tl.constexpr):
+        # forward: y = x_hat * w + b (SILU: silu of it); backward: dx = rstd * (w * dy - c1 - x_hat * c2).
         pid = tl.program_id(0)
         b = (pid // NP).to(tl.int64)
         rows = (pid % NP) * BP + tl.arange(0, BP)
@@ -162,21 +185,28 @@ def _kernels():
         w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
         xhat = (x - mean[None, :]) * rstd[None, :]
+        bias = tl.load(B_ + cols, mask=cmask, other=0.0).to(tl.float32)
         if GRAD:
             c1 = tl.load(C1 + b * G + g, mask=cmask, other=0.0)
             c2 = tl.load(C2 + b * G + g, mask=cmask, other=0.0)
             dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+            if SILU:
+                z = xhat * w[None, :] + bias[None, :]
+                sg = tl.sigmoid(z)
+                dy = dy * sg * (1.0 + z * (1.0 - sg))
             out = rstd[None, :] * (w[None, :] * dy - c1[None, :] - xhat * c2[None, :])
         else:
-            bias = tl.load(B_ + cols, mask=cmask, other=0.0).to(tl.float32)
             out = xhat * w[None, :] + bias[None, :]
+            if SILU:
+                out = out * tl.sigmoid(out)
         tl.store(Y + offs, out.to(Y.dtype.element_ty), mask=mask)
 
     return triton, tile_moments, group_combine, apply
 
 
-def _launch(x, dy, weight, bias, groups, eps, stats=None):
-    """x (and dy): (B, P, C) contiguous. Forward (dy None): returns y, mean, rstd; backward: dx."""
+def _launch(x, dy, weight, bias, groups, eps, stats=None, silu=False):
+    """x (and dy): (B, P, C) contiguous. Forward (dy None): returns y, mean, rstd; backward: dx.
+    silu: the output is silu(group_norm(x)) (the backward needs the bias then)."""
     triton, tile_moments, group_combine, apply = _kernels()
     bsz, p, c = x.shape
     cg = c // groups
@@ -188,15 +218,17 @@ def _launch(x, dy, weight, bias, groups, eps, stats=None):
     out1 = torch.empty(bsz, groups, device=x.device, dtype=torch.float32)
     out2 = torch.empty_like(out1)
     mean, rstd = stats if grad else (out1, out2)
-    tile_moments[grid](x, dy if grad else x, mean, rstd, part1, part2, p, c, np_, groups, cg, GRAD=grad,
-                       BP=BLOCK_P, BC=BLOCK_C)
+    if bias is None:
+        bias = torch.zeros_like(weight)
+    tile_moments[grid](x, dy if grad else x, mean, rstd, weight, bias, part1, part2, p, c, np_, groups, cg,
+                       GRAD=int(grad), SILU=int(silu), BP=BLOCK_P, BC=BLOCK_C)
     bg = triton.next_power_of_2(cg)
     bn = max(1, min(32, 2048 // bg))  # tiles combined per loop step (NBLK steps: a constant, few distinct)
-    group_combine[(bsz * groups,)](part1, part2, weight, out1, out2, p, c, np_, groups, cg, eps, GRAD=grad,
+    group_combine[(bsz * groups,)](part1, part2, weight, out1, out2, p, c, np_, groups, cg, eps, GRAD=int(grad),
                                    BP=BLOCK_P, BN=bn, BG=bg, NBLK=triton.cdiv(np_, bn))
     out = torch.empty_like(x)
-    apply[grid](x, dy if grad else x, out, weight, bias if bias is not None else weight, mean, rstd, out1, out2,
-                p, c, np_, groups, cg, GRAD=grad, BP=BLOCK_P, BC=BLOCK_C)
+    apply[grid](x, dy if grad else x, out, weight, bias, mean, rstd, out1, out2, p, c, np_, groups, cg, GRAD=int(grad),
+                SILU=int(silu), BP=BLOCK_P, BC=BLOCK_C)
     return out if grad else (out, mean, rstd)
 
 
@@ -208,26 +240,27 @@ def _tokens(t: torch.Tensor) -> torch.Tensor:
 
 class _GroupNormNHWC(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, groups, eps):
-        y, mean, rstd = _launch(_tokens(x), None, weight, bias, groups, eps)
-        ctx.save_for_backward(x, weight, mean, rstd)
-        ctx.groups = groups
+    def forward(ctx, x, weight, bias, groups, eps, silu):
+        y, mean, rstd = _launch(_tokens(x), None, weight, bias, groups, eps, silu=silu)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.groups, ctx.silu = groups, silu
         bsz, c, h, w = x.shape
         return y.view(bsz, h, w, c).permute(0, 3, 1, 2)  # channels-last, like the input
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, mean, rstd = ctx.saved_tensors
+        x, weight, bias, mean, rstd = ctx.saved_tensors
         dy = dy.contiguous(memory_format=torch.channels_last)  # (already so when the next layer is)
-        dx = _launch(_tokens(x), _tokens(dy), weight, None, ctx.groups, 0.0, stats=(mean, rstd))
+        dx = _launch(_tokens(x), _tokens(dy), weight, bias, ctx.groups, 0.0, stats=(mean, rstd), silu=ctx.silu)
         bsz, c, h, w = x.shape
-        return dx.view(bsz, h, w, c).permute(0, 3, 1, 2), None, None, None, None
+        return dx.view(bsz, h, w, c).permute(0, 3, 1, 2), None, None, None, None, None
 
 
 def group_norm_nhwc(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor | None,
-                    eps: float) -> torch.Tensor:
-    """F.group_norm for a channels-last (B, C, H, W) tensor with frozen affine weight; result channels-last."""
-    return _GroupNormNHWC.apply(x, weight, bias, groups, eps)
+                    eps: float, silu: bool = False) -> torch.Tensor:
+    """F.group_norm for a channels-last (B, C, H, W) tensor with frozen affine weight; result channels-last.
+    ``silu``: F.silu of it, in the same pass (and the backward's two passes: nothing more is saved)."""
+    return _GroupNormNHWC.apply(x, weight, bias, groups, eps, silu)
 
 
 def covered(norm, x: torch.Tensor) -> bool:
@@ -246,9 +279,50 @@ def _ours(sub) -> bool:
     return type(sub) is torch.nn.GroupNorm and getattr(sub.__dict__.get("forward"), "__func__", None) is _forward
 
 
+def _resnet_forward(self, input_tensor, temb, *args, **kwargs):
+    """diffusers' ResnetBlock2D forward for the plain block (no resampling, the time embedding added before
+    norm2) with each GroupNorm and the SiLU after it in one pass. Also: in training diffusers makes the
+    shortcut's input contiguous (for DDP's gradient strides), which for a channels-last map is a copy to NCHW
+    that turns the block's output, and the next block's input, NCHW again; the shortcut conv is frozen here
+    (no gradient), so the map keeps its layout. Anything else runs diffusers' own forward."""
+    if args or kwargs or not covered(self.norm1, input_tensor) or torch.compiler.is_compiling():
+        return type(self).forward(self, input_tensor, temb, *args, **kwargs)
+    n1, n2 = self.norm1, self.norm2
+    h = self.conv1(group_norm_nhwc(input_tensor, n1.num_groups, n1.weight, n1.bias, n1.eps, silu=True))
+    if self.time_emb_proj is not None:
+        temb = self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]
+    if temb is not None:
+        h = h + temb
+    if covered(n2, h):
+        h = group_norm_nhwc(h, n2.num_groups, n2.weight, n2.bias, n2.eps, silu=True)
+    else:
+        h = self.nonlinearity(n2(h))
+    h = self.conv2(self.dropout(h))
+    if self.conv_shortcut is not None:
+        input_tensor = self.conv_shortcut(input_tensor)
+    out = input_tensor + h
+    return out if self.output_scale_factor == 1 else out / self.output_scale_factor
+
+
+def _plain_resnet(sub) -> bool:
+    try:
+        from diffusers.models.resnet import ResnetBlock2D
+    except ImportError:  # pragma: no cover - diffusers is a dependency
+        return False
+    return (type(sub) is ResnetBlock2D and sub.upsample is None and sub.downsample is None
+            and sub.time_embedding_norm == "default" and not sub.skip_time_act
+            and type(sub.nonlinearity) is torch.nn.SiLU and type(sub.norm1) is type(sub.norm2) is torch.nn.GroupNorm
+            and (sub.conv_shortcut is None or not any(p.requires_grad for p in sub.conv_shortcut.parameters())))
+
+
+def _ours_resnet(sub) -> bool:
+    return getattr(sub.__dict__.get("forward"), "__func__", None) is _resnet_forward
+
+
 def install_nhwc_group_norm(module) -> int:
     """Give every nn.GroupNorm in `module` the channels-last path (if Triton is there and its kernels pass a
-    check on the module's device); returns how many."""
+    check on the module's device), and every plain ResnetBlock2D its GroupNorm + SiLU in one pass; returns how
+    many GroupNorms."""
     p = next(module.parameters(), None)
     if p is None or not available(p.device):
         return 0
@@ -257,6 +331,8 @@ def install_nhwc_group_norm(module) -> int:
         if type(sub) is torch.nn.GroupNorm and "forward" not in sub.__dict__:
             sub.forward = types.MethodType(_forward, sub)
             n += 1
+        elif "forward" not in sub.__dict__ and _plain_resnet(sub):
+            sub.forward = types.MethodType(_resnet_forward, sub)
     return n
 
 
@@ -271,4 +347,6 @@ def uninstall_nhwc_group_norm(module) -> int:
         if _ours(sub):
             del sub.forward
             n += 1
+        elif _ours_resnet(sub):
+            del sub.forward
     return n
