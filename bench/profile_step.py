@@ -19,7 +19,8 @@ elementwise, optimizer, Triton), then times variants of the captured step, each 
   bf16_qkv, bf16_blocks_qkv   + self-attention's q/k/v and LoRA A factors fused (fast_qkv), + compiled blocks;
               any other variant name ending in _qkv: that variant with fast_qkv; ending in _proj: with
               fast_proj (Transformer2DModel's projections without layout copies), e.g. bf16_qkv_proj; ending
-              in _gn: with fast_norm's channels-last GroupNorm, e.g. bf16_cl_qkv_proj_gn
+              in _gn: with fast_norm's channels-last GroupNorm, e.g. bf16_cl_qkv_proj_gn; ending in _geglu: with
+              fast_geglu (bf16_cl_qkv_proj_gn_geglu is the engine's step since attempt 16)
 Compiled variants start from an empty inductor/Triton cache (a user's first run) and report setup time.
 Writes profile_<card>.json / .md under --out after every variant.
 """
@@ -97,6 +98,8 @@ def build(spec, device, rank):
 
 
 def variant_options(name: str, best_sdpa: str | None) -> dict:
+    if name.endswith("_geglu"):  # any variant + fast_geglu's fused GEGLU (attempt 16)
+        return {**variant_options(name.removesuffix("_geglu"), best_sdpa), "geglu": True}
     if name.endswith("_gn"):  # any channels-last variant + fast_norm's GroupNorm on channels-last maps
         return {**variant_options(name.removesuffix("_gn"), best_sdpa), "gn": True}
     if name.endswith("_proj"):  # any variant + copy-free Transformer2DModel projections
@@ -160,6 +163,10 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
         from lora_studio.core.training.fast_norm import install_nhwc_group_norm
 
         row["nhwc_group_norms"] = install_nhwc_group_norm(unet)
+    if opts.get("geglu"):
+        from lora_studio.core.training.fast_geglu import install_fast_geglu
+
+        row["fast_geglu"] = install_fast_geglu(unet)
     if opts["compile"]:
         row["compiled_blocks"] = fk.compile_blocks(unet, opts["compile"], dynamic=False)  # as the engine
     data = M.make_batch(spec, batch, device, generator=torch.Generator().manual_seed(batch))
