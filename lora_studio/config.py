@@ -126,7 +126,7 @@ class TrainingConfig:
     fast_path: bool = _f(True, "Use the captured CUDA-graph training step when the run allows it.", group="memory",
                          advanced=True)
     compile_unet: str = _f("auto", "Compile parts of the UNet for a faster step (fast path only): 'blocks' compiles "
-                           "the transformer blocks (SDXL: ~4% faster for 15-30 s at the start), 'regions' also the "
+                           "the transformer blocks (SDXL: ~1.5% faster for 10-30 s at the start), 'regions' also the "
                            "ResNet blocks (~2.5 minutes at the start), per image size the first time; 'auto' = "
                            "nothing compiled (the first step starts in seconds).", group="memory",
                            choices=["auto", "off", "blocks", "regions"], advanced=True)

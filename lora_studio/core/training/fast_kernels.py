@@ -246,8 +246,8 @@ def compile_choice(is_sdxl: bool, checkpointing: bool, compile_unet: str = "auto
 
     H100, one bucket shape, cold compile cache: SDXL b4 205 ms uncompiled -> 187 compiled blocks (~20 s of
     compile) -> 174 compiling whole regions (152 s of compile); attempt 16's hand-written kernels (channels-last
-    maps with fused GroupNorm + SiLU, fused GEGLU) reach 177.6 ms uncompiled, compiled blocks on top 170.9 ms
-    for 14-30 s of compile. SD 1.5 b8: 54.9 ms uncompiled. So "auto" compiles nothing (the first step starts in
+    maps with fused GroupNorm + SiLU, fused GEGLU) reach 173.3 ms uncompiled, compiled blocks on top 170.9 ms
+    for 10-30 s of compile. SD 1.5 b8: 54.1 ms uncompiled. So "auto" compiles nothing (the first step starts in
     seconds); "blocks" / "regions" are there for long runs; the config has already checked the value.
     """
     if compile_unet == "auto":

@@ -264,9 +264,12 @@ def group_norm_nhwc(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: to
 
 
 def covered(norm, x: torch.Tensor) -> bool:
+    # (inside a compiled region, e.g. compile_unet = "regions", inductor generates its own channels-last
+    # GroupNorm: dynamo is not made to trace a Triton launch inside an autograd Function)
     return (x.is_cuda and x.dim() == 4 and norm.affine and not norm.weight.requires_grad
             and (norm.bias is None or not norm.bias.requires_grad)
-            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+            and not torch.compiler.is_compiling())
 
 
 def _forward(self, x):
