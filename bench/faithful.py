@@ -30,8 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.steps import alphas_cumprod, make_step  # noqa: E402
-from lora_studio.core.training.fast_kernels import (channels_last_choice, compile_choice,  # noqa: E402
-                                                    prepare_fast_kernels)
+from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels  # noqa: E402
 from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw  # noqa: E402
 
@@ -96,8 +95,7 @@ def run(unet, params, batches, kind, device, lr=1e-4, sdxl=False):
         opt = capturable_adamw(params, lr=lr, weight_decay=1e-2, device=device)
     pure = kind == "fast" and device != "cpu"
     if pure:  # the engine's fast path as engine.make_optimizer sets it up + graphs
-        prepare_fast_kernels(unet, None, compile=compile_choice(sdxl, checkpointing=False),
-                             channels_last=channels_last_choice(sdxl))
+        prepare_fast_kernels(unet, None, compile=compile_choice())  # as the engine: every speed-up on
     step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure,
                      channels_last=pure and fast_norm_installed(unet))
     warnings = []
@@ -169,7 +167,7 @@ def render(result) -> str:
              "Same weights, batches, noise and timesteps. 'eager' is the engine's step run eagerly (fused capturable "
              "AdamW, bf16 autocast, peft's LoRA forward); 'fast' is the engine's fast path (CUDA graphs, pure bf16 "
              "step, fast LoRA forward, fused self-attention q/k/v, copy-free projections, fused GEGLU, channels-last "
-             "maps with fused GroupNorm + SiLU; as the engine sets it up, compile_choice / channels_last_choice); "
+             "maps with fused GroupNorm + SiLU; as the engine sets it up); "
              "'reference' uses foreach AdamW.", "",
              "| model | fast vs eager: max step rel | max 10-step MA rel | fast vs reference AdamW: max step rel "
              "| max MA rel | graphs / replays | pass (<=1%) |", "|---|---|---|---|---|---|---|"]

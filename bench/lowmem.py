@@ -34,8 +34,7 @@ import torch  # noqa: E402
 
 from bench import models as M  # noqa: E402
 from bench.steps import alphas_cumprod, free, make_step, time_steps  # noqa: E402
-from lora_studio.core.training.fast_kernels import (channels_last_choice, compile_choice,  # noqa: E402
-                                                    prepare_fast_kernels)
+from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels  # noqa: E402
 from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
 from lora_studio.core.training.int8_base import quantize_frozen_linears  # noqa: E402
@@ -71,8 +70,7 @@ def measure(name, spec, *, int8, fast, device, args, rank=32, engine=False):
     data["timesteps"] = torch.tensor([500], device=device)
     cl = False
     if engine:  # the engine's kernels as it sets them up with gradient checkpointing (nothing compiled)
-        prepare_fast_kernels(unet, None, compile=compile_choice(name == "sdxl", True),
-                             channels_last=channels_last_choice(name == "sdxl"))
+        prepare_fast_kernels(unet, None, compile=compile_choice())
         cl = fast_norm_installed(unet)
         torch.backends.cudnn.benchmark = cuda and not cl  # as the engine: no autotuning on channels-last maps
     step = make_step(unet, params, opt, acp=alphas_cumprod(device), autocast_cache=not fast, channels_last=cl,

@@ -27,10 +27,10 @@ import torch  # noqa: E402
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
                          matmul_peak_tflops, time_steps, use_cache)
-from lora_studio.core.training.fast_kernels import (channels_last_choice, compile_choice,  # noqa: E402
+from lora_studio.core.training.fast_kernels import (compile_choice,  # noqa: E402
                                                     prepare_fast_kernels, uncompile_blocks, uninstall_fast_lora)
 from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
-from lora_studio.core.training.fast_norm import _ours_resnet, uninstall_nhwc_group_norm  # noqa: E402
+from lora_studio.core.training.fast_norm import uninstall_nhwc_group_norm, uninstall_resnet_forward  # noqa: E402
 from lora_studio.core.training.fast_geglu import uninstall_fast_geglu  # noqa: E402
 from lora_studio.core.training.fast_proj import uninstall_fast_proj  # noqa: E402
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
@@ -101,8 +101,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step) and PATH_WORDS.
         pure = path != "graph"
         if path.split("_")[0] == "engine":  # exactly what the engine's fast path does for this model and checkpointing
-            kernels = {"compile": compile_choice(name == "sdxl", ckpt), "fuse_qkv": True,
-                       "channels_last": channels_last_choice(name == "sdxl")}
+            kernels = {"compile": compile_choice()}  # prepare_fast_kernels' defaults are the engine's
         else:  # gn (with cl): channels-last maps on fast_norm's GroupNorm, as prepare_fast_kernels makes them
             kernels = {"compile": next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None),
                        "fuse_qkv": "qkv" in words, "fast_proj": "proj" in words, "channels_last": "gn" in words,
@@ -116,9 +115,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
             prepare_fast_kernels(unet, None, **kernels)
             channels_last = channels_last or fast_norm_installed(unet)  # the latents follow the UNet's layout
             if "nores" in words:  # fast_norm's GroupNorms without its fused ResnetBlock2D forward (attempt 16)
-                for m in unet.modules():
-                    if _ours_resnet(m):
-                        del m.forward
+                uninstall_resnet_forward(unet)
         # no cuDNN autotuning in the warm-up and capture ("nobench"; the engine on channels-last maps, attempt 16)
         autotune = "nobench" not in words and not (path.split("_")[0] == "engine" and channels_last)
         if not autotune:

@@ -77,6 +77,22 @@ def diff(a, b) -> float:
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
 
 
+def rel(a, b) -> float:
+    """Relative difference of two tensors taken whole, |a - b| / |b|, in float32."""
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+def output_and_grads(unet, params, x, t, text):
+    """One forward and backward of mean(output^2): the output and every trainable parameter's gradient (the
+    parameters' .grad is cleared again, so calls compare)."""
+    out = unet(x, t, text).sample
+    out.pow(2).mean().backward()
+    grads = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    return out.detach(), grads
+
+
 def tiny_unet_with_lora(seed=0, device="cpu", dtype=torch.float32, channels=(32, 32), targets=("to_q", "to_v"),
                         alpha=4.0, **unet_kwargs):
     """A two-level UNet (cross-attention down and up, 8x8 latents) with a rank-4 peft LoRA whose B is not zero,

@@ -13,14 +13,12 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before Triton is imported
 pytest.importorskip("triton")
 
+from lora_testkit import rel  # noqa: E402
+
 from lora_studio.core.training import fast_geglu  # noqa: E402
 from lora_studio.core.training.fast_geglu import geglu, reference  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
-
-
-def _rel(a, b):
-    return float((a.float() - b).norm() / b.norm())
 
 
 # widths that are not multiples of the kernel's 1024-element block, a 2-D input, and one row
@@ -38,7 +36,7 @@ def test_fused_geglu_matches_eager(shape):
         y = geglu(h)
         (dh,) = torch.autograd.grad(y, h, dy32.to(dtype))
         assert y.dtype == dh.dtype == dtype and y.shape == ref.shape and dh.shape == h.shape
-        assert _rel(y, ref) <= tol and _rel(dh, ref_dh) <= tol, (dtype, _rel(y, ref), _rel(dh, ref_dh))
+        assert rel(y, ref) <= tol and rel(dh, ref_dh) <= tol, (dtype, rel(y, ref), rel(dh, ref_dh))
 
 
 def test_a_strided_incoming_gradient_is_read_right():
@@ -48,7 +46,7 @@ def test_a_strided_incoming_gradient_is_read_right():
     dy = torch.randn(2, 12, 6, generator=g).to(DEVICE).transpose(1, 2)
     (want,) = torch.autograd.grad(reference(h), h, dy)
     (got,) = torch.autograd.grad(geglu(h), h, dy)
-    assert _rel(got, want) < 1e-5
+    assert rel(got, want) < 1e-5
 
 
 def test_the_self_check_passes_and_leaves_the_random_stream_alone():
@@ -77,7 +75,7 @@ def test_install_covers_every_geglu_and_a_cpu_unet_keeps_its_arithmetic():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the module path is for CUDA tensors only)")
 def test_installed_geglu_trains_a_unet_like_eager(monkeypatch):
-    from lora_testkit import tiny_unet_with_lora
+    from lora_testkit import output_and_grads, tiny_unet_with_lora
 
     from lora_studio.core.training.fast_geglu import install_fast_geglu, uninstall_fast_geglu
 
@@ -90,18 +88,10 @@ def test_installed_geglu_trains_a_unet_like_eager(monkeypatch):
     x = torch.randn(2, 4, 8, 8, generator=g).cuda()
     ehs, t = torch.randn(2, 5, 16, generator=g).cuda(), torch.tensor([10, 500], device="cuda")
 
-    def run():
-        out = unet(x, t, ehs).sample
-        out.pow(2).mean().backward()
-        grads = [p.grad.clone() for p in params]
-        for p in params:
-            p.grad = None
-        return out.detach(), grads
-
-    want = run()
+    want = output_and_grads(unet, params, x, t, ehs)
     n = install_fast_geglu(unet)
     assert n > 0
-    got = run()
-    errors = [_rel(got[0], want[0])] + [_rel(a, b) for a, b in zip(got[1], want[1])]
+    got = output_and_grads(unet, params, x, t, ehs)
+    errors = [rel(got[0], want[0])] + [rel(a, b) for a, b in zip(got[1], want[1])]
     assert max(errors) < 1e-5, errors
     assert uninstall_fast_geglu(unet) == n

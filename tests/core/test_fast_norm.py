@@ -14,14 +14,13 @@ if not CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must be set before Triton is imported
 pytest.importorskip("triton")
 
+from lora_testkit import rel  # noqa: E402
+
+from lora_studio.core.training.fast_kernels import patched  # noqa: E402
 from lora_studio.core.training.fast_norm import (group_norm_nhwc, install_nhwc_group_norm,  # noqa: E402
                                                  uninstall_nhwc_group_norm)
 
 DEVICE = "cuda" if CUDA else "cpu"
-
-
-def _rel(a, b):
-    return float((a.float() - b).norm() / b.norm())
 
 
 # (B, C, H, W, groups): pixels not a multiple of the 64-pixel tile, groups straddling 64-channel tiles,
@@ -49,13 +48,13 @@ def _check_against_aten(x32, wt, bias, dy32, groups, silu):
         (dx,) = torch.autograd.grad(y, x, dy)
         assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
         assert dx.is_contiguous(memory_format=torch.channels_last)
-        assert _rel(y, ref) <= tol and _rel(dx, ref_dx) <= tol, (dtype, silu, _rel(y, ref), _rel(dx, ref_dx))
+        assert rel(y, ref) <= tol and rel(dx, ref_dx) <= tol, (dtype, silu, rel(y, ref), rel(dx, ref_dx))
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the module path is for CUDA tensors only)")
 def test_installed_group_norm_trains_a_channels_last_unet_like_aten(monkeypatch):
-    from lora_testkit import tiny_unet_with_lora
+    from lora_testkit import output_and_grads, tiny_unet_with_lora
 
     # fp32 throughout: TF32 convolutions would pick different algorithms per layout and blur the comparison
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -66,15 +65,7 @@ def test_installed_group_norm_trains_a_channels_last_unet_like_aten(monkeypatch)
     x = torch.randn(2, 4, 8, 8, generator=g).cuda().contiguous(memory_format=torch.channels_last)
     ehs, t = torch.randn(2, 5, 16, generator=g).cuda(), torch.tensor([10, 500], device="cuda")
 
-    def run():
-        out = unet(x, t, ehs).sample
-        out.pow(2).mean().backward()
-        grads = [p.grad.clone() for p in params]
-        for p in params:
-            p.grad = None
-        return out.detach(), grads
-
-    want = run()
+    want = output_and_grads(unet, params, x, t, ehs)
     n = install_nhwc_group_norm(unet)
     assert n == sum(type(m) is torch.nn.GroupNorm for m in unet.modules()) > 0
     # every convolution's input outside the attentions stays channels-last (no NCHW copy, e.g. the shortcuts');
@@ -83,10 +74,10 @@ def test_installed_group_norm_trains_a_channels_last_unet_like_aten(monkeypatch)
     hooks = [m.register_forward_pre_hook(lambda m, a: layouts.append(a[0].is_contiguous(
         memory_format=torch.channels_last))) for name, m in unet.named_modules()
         if isinstance(m, torch.nn.Conv2d) and ".attentions." not in name]
-    got = run()
+    got = output_and_grads(unet, params, x, t, ehs)
     for h in hooks:
         h.remove()
-    errors = [_rel(got[0], want[0])] + [_rel(a, b) for a, b in zip(got[1], want[1])]
+    errors = [rel(got[0], want[0])] + [rel(a, b) for a, b in zip(got[1], want[1])]
     assert max(errors) < 1e-4, errors
     assert layouts and all(layouts), layouts
     assert uninstall_nhwc_group_norm(unet) == n
@@ -100,7 +91,7 @@ def test_install_takes_the_plain_resnet_blocks_and_uninstall_gives_them_back():
     unet, _ = tiny_unet_with_lora(seed=3, channels=(32, 64))
     resnets = [m for m in unet.modules() if type(m).__name__ == "ResnetBlock2D"]
     assert install_nhwc_group_norm(unet) > 0  # (Triton's interpreter passes the self-check on the CPU)
-    assert resnets and all(fast_norm._ours_resnet(m) for m in resnets)
+    assert resnets and all(patched(m, fast_norm._resnet_forward) for m in resnets)
     uninstall_nhwc_group_norm(unet)
     assert not any("forward" in m.__dict__ for m in unet.modules())
 

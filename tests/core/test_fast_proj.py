@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from lora_testkit import tiny_unet_with_lora
+from lora_testkit import rel, tiny_unet_with_lora
 
 from lora_studio.core.training.fast_kernels import install_fast_lora
 from lora_studio.core.training.fast_proj import install_fast_proj, uninstall_fast_proj
@@ -39,10 +39,6 @@ def _run(unet, params, autocast=False, channels_last=False):
     return out.detach().float(), grads
 
 
-def _rel(a, b):
-    return float((a - b).norm() / b.norm())
-
-
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("linear", [False, True], ids=["conv1x1_sd15", "linear_sdxl"])
 def test_copy_free_projections_give_the_same_training_signal_fp32(linear, channels_last):
@@ -54,9 +50,9 @@ def test_copy_free_projections_give_the_same_training_signal_fp32(linear, channe
     assert isinstance(blocks[0].proj_in, torch.nn.Linear if linear else torch.nn.Conv2d)
     assert install_fast_proj(unet) == len(blocks) > 0
     got = _run(unet, params, channels_last=channels_last)
-    assert _rel(got[0], want[0]) <= 1e-5
+    assert rel(got[0], want[0]) <= 1e-5
     for g, w in zip(got[1], want[1]):
-        assert _rel(g, w) <= 1e-5
+        assert rel(g, w) <= 1e-5
     assert uninstall_fast_proj(unet) == len(blocks)
     back = _run(unet, params, channels_last=channels_last)
     assert torch.equal(back[0], want[0]) and all(torch.equal(a, b) for a, b in zip(back[1], want[1]))
@@ -75,7 +71,7 @@ def test_copy_free_projections_in_bf16_are_as_close_to_fp32_as_diffusers_code(li
     install_fast_proj(unet)
     got = _run(unet, params)
     assert not torch.equal(got[0], want[0])  # other rounding: the copy-free path ran
-    ours, theirs = zip(*[(_rel(g, t), _rel(w, t)) for g, w, t in zip([got[0], *got[1]], [want[0], *want[1]],
+    ours, theirs = zip(*[(rel(g, t), rel(w, t)) for g, w, t in zip([got[0], *got[1]], [want[0], *want[1]],
                                                                        [truth[0], *truth[1]])])
     assert max(ours) < 0.1 and sum(ours) <= 1.1 * sum(theirs)  # (a wrong layout would be ~100% off)
 

@@ -80,12 +80,10 @@ def test_fp32_compute_and_disabled_adapters_run_diffusers_processor():
 
 def test_compile_choice_follows_the_config():
     # auto: compiled transformer blocks for SDXL only, and not under gradient checkpointing
-    assert compile_choice(True, False) is None  # attempt 16: SDXL's hand-written kernels need no compile
-    assert compile_choice(True, False, "blocks") == "blocks"
-    assert compile_choice(True, True) is None
-    assert compile_choice(False, False) is None
-    assert compile_choice(False, False, "regions") == "regions"
-    assert compile_choice(True, False, "off") is None
+    assert compile_choice() is None  # attempt 16: the hand-written kernels need no compile in either family
+    assert compile_choice("blocks") == "blocks"
+    assert compile_choice("regions") == "regions"
+    assert compile_choice("off") is None
     from lora_studio.config import TrainingConfig
 
     # every other value the config accepts names a compile set

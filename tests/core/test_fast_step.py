@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lora_testkit import tiny_unet_with_lora
+from lora_testkit import output_and_grads, tiny_unet_with_lora
 
 from lora_studio.config import TrainingConfig
 from lora_studio.core.training.fast_step import (FastStep, _key, capturable_adamw, capturable_checkpointing,
@@ -537,16 +537,9 @@ def test_compiled_blocks_with_the_engines_options_match_eager(device):
     t = torch.tensor([500], device=device)
     text = torch.randn(1, 5, unet.config.cross_attention_dim, device=device)
 
-    def run():
-        for p in params:
-            p.grad = None
-        out = unet(x, t, text).sample
-        out.square().mean().backward()
-        return out.detach(), [p.grad.clone() for p in params]
-
-    eager_out, eager_grads = run()
+    eager_out, eager_grads = output_and_grads(unet, params, x, t, text)
     assert compile_blocks(unet, **COMPILE_OPTIONS) > 0
-    out, grads = run()
+    out, grads = output_and_grads(unet, params, x, t, text)
     uncompile_blocks(unet)
     # Fused kernels sum in another order (and cuDNN's convolutions use TF32 on the GPU: 1.1e-3 measured on an
     # H100): compare as whole tensors. The bug this guards against was 5-21% off.
@@ -698,7 +691,7 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
     # Transformer2DModel's projections without layout copies, where no LoRA wraps them (the recipe's TARGETS do)
     assert (res_f["fast_path"]["fast_proj"] > 0) is bool(targets)
     # the pure step (attention-only LoRA, no text encoder) on CUDA with Triton: channels-last maps (fast_norm),
-    # both families (fast_kernels.channels_last_choice); the feed-forwards' fused GEGLU on every step
+    # both families (prepare_fast_kernels' default); the feed-forwards' fused GEGLU on every step
     assert res_f["fast_path"]["channels_last"] is (not inner.autocast)
     assert res_f["fast_path"]["fast_geglu"] > 0
     # pure bf16 only with every LoRA on the fast Linear forward and no text-encoder LoRA

@@ -299,17 +299,14 @@ class _Run:
                             self.weight_dtype)
         self.step_fn = step
         if self.fast_reason is None:
-            from lora_studio.core.training.fast_kernels import (channels_last_choice, compile_choice,
-                                                                prepare_fast_kernels)
+            from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels
             from lora_studio.core.training.fast_step import FastStep
 
             # accelerate wraps the forward in autocast; the fast step decides that itself (pure bf16).
             step.unet = self.unet = acc.unwrap_model(self.unet, keep_fp32_wrapper=False)
             fallback = prepare_fast_kernels(self.unet, step, weight_dtype=self.weight_dtype,
                                             pure=not cfg.train_text_encoder,
-                                            channels_last=channels_last_choice(m.is_sdxl),
-                                            compile=compile_choice(m.is_sdxl, cfg.gradient_checkpointing,
-                                                                   cfg.compile_unet),
+                                            compile=compile_choice(cfg.compile_unet),
                                             on_warning=lambda msg: self.emit(Warning(msg)))
             # cuDNN autotuning picks nothing faster for channels-last bf16 convolutions (H100, attempt 16: SD 1.5
             # b8 55.1 ms either way, SDXL b4 177.0 / 176.9) and costs the first step seconds (SDXL b4 9.3 vs 1.6)

@@ -16,10 +16,11 @@ compiled region (inductor fuses those itself); anything else runs diffusers' own
 from __future__ import annotations
 
 import functools
-import types
 
 import torch
 import torch.nn.functional as F
+
+from lora_studio.core.training.fast_kernels import count_patched, patch_forward, unpatch
 
 BLOCK_R, BLOCK_D = 4, 256  # rows x output columns per program (SD's feed-forward widths are multiples of 256)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -142,44 +143,28 @@ def _forward(self, hidden_states, *args, **kwargs):
     return geglu(h) if covered(h) else reference(h)
 
 
-def _geglu_class():
-    try:
-        from diffusers.models.activations import GEGLU
-    except ImportError:  # pragma: no cover - diffusers is a dependency
-        return None
-    return GEGLU
-
-
-def _ours(sub) -> bool:
-    return getattr(sub.__dict__.get("forward"), "__func__", None) is _forward
-
-
 def install_fast_geglu(module) -> int:
     """Give every diffusers GEGLU in `module` the fused path (if Triton is there and its kernels pass a
     check on the module's device); returns how many."""
-    cls = _geglu_class()
+    from diffusers.models.activations import GEGLU
+
     p = next(module.parameters(), None)
-    if cls is None or p is None or not available(p.device):
+    if p is None or not available(p.device):
         return 0
     n = 0
     for sub in module.modules():
         # (exact class: a subclass may compute something else; no "approximate" GELU: diffusers' GEGLU
         # calls the exact one, and a version that adds the option is left alone)
-        if type(sub) is cls and "forward" not in sub.__dict__ and getattr(sub, "approximate", "none") == "none":
-            sub.forward = types.MethodType(_forward, sub)
+        if type(sub) is GEGLU and "forward" not in sub.__dict__ and getattr(sub, "approximate", "none") == "none":
+            patch_forward(sub, _forward)
             n += 1
     return n
 
 
 def installed(module) -> int:
     """How many of `module`'s GEGLUs run the fused path."""
-    return sum(_ours(sub) for sub in module.modules())
+    return count_patched(module, _forward)
 
 
 def uninstall_fast_geglu(module) -> int:
-    n = 0
-    for sub in module.modules():
-        if _ours(sub):
-            del sub.forward
-            n += 1
-    return n
+    return unpatch(module, _forward)

@@ -11,6 +11,7 @@ arithmetic the same up to bf16 rounding:
 from __future__ import annotations
 
 import contextlib
+import types
 from typing import Callable
 
 import torch
@@ -36,6 +37,30 @@ def sdpa_context(backend: str | None):
     # The chosen backend first, the others as fallbacks for shapes it does not support.
     order = [names[backend]] + [v for k, v in names.items() if k != backend]
     return sdpa_kernel(order, set_priority=True)
+
+
+def patch_forward(sub, fn: Callable) -> None:
+    """Give one module instance `fn` as its forward; its class and every other instance keep theirs."""
+    sub.forward = types.MethodType(fn, sub)
+
+
+def patched(sub, fn: Callable) -> bool:
+    return getattr(sub.__dict__.get("forward"), "__func__", None) is fn
+
+
+def count_patched(module, fn: Callable) -> int:
+    """How many of `module`'s submodules run `fn` as their forward (`patch_forward`)."""
+    return sum(patched(sub, fn) for sub in module.modules())
+
+
+def unpatch(module, fn: Callable) -> int:
+    """Give every submodule that runs `fn` its class's forward back; returns how many."""
+    n = 0
+    for sub in module.modules():
+        if patched(sub, fn):
+            del sub.forward
+            n += 1
+    return n
 
 
 def _fast_lora_linear(self, x, *args, **kwargs):
@@ -87,8 +112,6 @@ def install_fast_lora(module) -> int:
 
     Skipped (peft's forward kept): dropout > 0, DoRA or other variants, several adapters, non-Linear bases.
     """
-    import types
-
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:  # pragma: no cover - peft is a dependency
@@ -105,7 +128,7 @@ def install_fast_lora(module) -> int:
         if not isinstance(sub.lora_dropout[active[0]], torch.nn.Identity):
             continue
         sub._fast_lora_name = active[0]
-        sub.forward = types.MethodType(_fast_lora_linear, sub)
+        patch_forward(sub, _fast_lora_linear)
         n += 1
     return n
 
@@ -219,16 +242,6 @@ def uncompile_blocks(module) -> int:
     return n
 
 
-def channels_last_choice(is_sdxl: bool) -> bool:
-    """Whether the engine runs the pure fast step on channels-last maps (`channels_last_unet`), H100.
-
-    Both families (attempt 16): with `fast_norm`'s GroupNorm + SiLU and its ResnetBlock2D forward, SD 1.5 b8
-    67.9 -> 57.7 ms, SDXL b4 188.5 -> 177.6 uncompiled (both with `fast_geglu`). Attempt 15 kept SDXL on NCHW
-    while it compiled its blocks (setup at the 30 s bar on slow hosts); it compiles nothing now.
-    """
-    return True
-
-
 def channels_last_unet(unet) -> bool:
     """Make a CUDA UNet channels-last with `fast_norm`'s GroupNorms; False (and nothing changed) without CUDA
     or Triton, where ATen's GroupNorm would copy every channels-last map to NCHW and back (slower than NCHW)."""
@@ -241,23 +254,22 @@ def channels_last_unet(unet) -> bool:
     return True
 
 
-def compile_choice(is_sdxl: bool, checkpointing: bool, compile_unet: str = "auto") -> str | None:
-    """The `COMPILE_SETS` name the engine compiles for a model family and config (bench/NOTES.md attempts 8-16).
+def compile_choice(compile_unet: str = "auto") -> str | None:
+    """The `COMPILE_SETS` name the engine compiles for the config's ``compile_unet`` (bench/NOTES.md attempts 8-16).
 
     H100, one bucket shape, cold compile cache: SDXL b4 205 ms uncompiled -> 187 compiled blocks (~20 s of
     compile) -> 174 compiling whole regions (152 s of compile); attempt 16's hand-written kernels (channels-last
     maps with fused GroupNorm + SiLU, fused GEGLU) reach 173.3 ms uncompiled, compiled blocks on top 170.9 ms
-    for 10-30 s of compile. SD 1.5 b8: 54.1 ms uncompiled. So "auto" compiles nothing (the first step starts in
-    seconds); "blocks" / "regions" are there for long runs; the config has already checked the value.
+    for 10-30 s of compile. SD 1.5 b8: 54.1 ms uncompiled. So "auto" compiles nothing in either family (the
+    first step starts in seconds); "blocks" / "regions" are there for long runs; the config has already
+    checked the value.
     """
-    if compile_unet == "auto":
-        return None
-    return None if compile_unet == "off" else compile_unet
+    return None if compile_unet in ("auto", "off") else compile_unet
 
 
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
                          compile: str | None = None, fuse_qkv: bool = True, fast_proj: bool = True,
-                         fast_geglu: bool = True, channels_last: bool = False, sdpa: str | None = None,
+                         fast_geglu: bool = True, channels_last: bool = True, sdpa: str | None = None,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
     """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
 
@@ -280,8 +292,9 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
       (cuDNN's layout: no transposes around each convolution) and its GroupNorms on `fast_norm`'s kernels
       (``step.channels_last``, which a caller without a step object reads from `fast_norm.installed`;
       SD 1.5 b8 67.9 -> 61.0 ms, SDXL b4 183.9 -> 178.1 on an H100, attempt 15), with each plain ResNet block's
-      GroupNorm + SiLU fused (attempt 16), and the step without cuDNN autotuning (the engine's FastStep).
-    `compile_choice` and `channels_last_choice` give the engine's ``compile`` and ``channels_last``.
+      GroupNorm + SiLU fused (attempt 16: then SD 1.5 b8 57.7 ms, SDXL b4 177.6 uncompiled, so both families),
+      and the step without cuDNN autotuning (the engine's FastStep).
+    Every speed-up is on unless turned off (the engine's choice); `compile_choice` gives the engine's ``compile``.
     The returned fallback undoes the compilation if the first step fails to build it, and says so.
     """
     warn = on_warning or (lambda msg: None)

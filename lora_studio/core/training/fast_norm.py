@@ -19,10 +19,11 @@ backward, and the norm's output no longer kept) and keeps its shortcut channels-
 from __future__ import annotations
 
 import functools
-import types
 
 import torch
 import torch.nn.functional as F
+
+from lora_studio.core.training.fast_kernels import count_patched, patch_forward, unpatch
 
 BLOCK_P = 64  # pixels per tile
 BLOCK_C = 64  # channels per tile
@@ -278,17 +279,13 @@ def _forward(self, x):
     return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
-def _ours(sub) -> bool:
-    return type(sub) is torch.nn.GroupNorm and getattr(sub.__dict__.get("forward"), "__func__", None) is _forward
-
-
 def _resnet_forward(self, input_tensor, temb, *args, **kwargs):
     """diffusers' ResnetBlock2D forward for the plain block (no resampling, the time embedding added before
     norm2) with each GroupNorm and the SiLU after it in one pass. Also: in training diffusers makes the
     shortcut's input contiguous (for DDP's gradient strides), which for a channels-last map is a copy to NCHW
     that turns the block's output, and the next block's input, NCHW again; the shortcut conv is frozen here
     (no gradient), so the map keeps its layout. Anything else runs diffusers' own forward."""
-    if args or kwargs or not covered(self.norm1, input_tensor) or torch.compiler.is_compiling():
+    if args or kwargs or not covered(self.norm1, input_tensor):
         return type(self).forward(self, input_tensor, temb, *args, **kwargs)
     n1, n2 = self.norm1, self.norm2
     h = self.conv1(group_norm_nhwc(input_tensor, n1.num_groups, n1.weight, n1.bias, n1.eps, silu=True))
@@ -307,49 +304,44 @@ def _resnet_forward(self, input_tensor, temb, *args, **kwargs):
     return out if self.output_scale_factor == 1 else out / self.output_scale_factor
 
 
-def _plain_resnet(sub) -> bool:
-    try:
-        from diffusers.models.resnet import ResnetBlock2D
-    except ImportError:  # pragma: no cover - diffusers is a dependency
-        return False
-    return (type(sub) is ResnetBlock2D and sub.upsample is None and sub.downsample is None
+def _plain_resnet(sub, cls) -> bool:
+    return (type(sub) is cls and sub.upsample is None and sub.downsample is None
             and sub.time_embedding_norm == "default" and not sub.skip_time_act
             and type(sub.nonlinearity) is torch.nn.SiLU and type(sub.norm1) is type(sub.norm2) is torch.nn.GroupNorm
             and (sub.conv_shortcut is None or not any(p.requires_grad for p in sub.conv_shortcut.parameters())))
-
-
-def _ours_resnet(sub) -> bool:
-    return getattr(sub.__dict__.get("forward"), "__func__", None) is _resnet_forward
 
 
 def install_nhwc_group_norm(module) -> int:
     """Give every nn.GroupNorm in `module` the channels-last path (if Triton is there and its kernels pass a
     check on the module's device), and every plain ResnetBlock2D its GroupNorm + SiLU in one pass; returns how
     many GroupNorms."""
+    from diffusers.models.resnet import ResnetBlock2D
+
     p = next(module.parameters(), None)
     if p is None or not available(p.device):
         return 0
     n = 0
     for sub in module.modules():
-        if type(sub) is torch.nn.GroupNorm and "forward" not in sub.__dict__:
-            sub.forward = types.MethodType(_forward, sub)
+        if "forward" in sub.__dict__:
+            continue
+        if type(sub) is torch.nn.GroupNorm:
+            patch_forward(sub, _forward)
             n += 1
-        elif "forward" not in sub.__dict__ and _plain_resnet(sub):
-            sub.forward = types.MethodType(_resnet_forward, sub)
+        elif _plain_resnet(sub, ResnetBlock2D):
+            patch_forward(sub, _resnet_forward)
     return n
 
 
-def installed(module) -> bool:
-    """Whether `module`'s GroupNorms run the channels-last path (`install_nhwc_group_norm` took)."""
-    return any(_ours(sub) for sub in module.modules())
+def installed(module) -> int:
+    """How many of `module`'s GroupNorms run the channels-last path (`install_nhwc_group_norm`)."""
+    return count_patched(module, _forward)
+
+
+def uninstall_resnet_forward(module) -> int:
+    """The ResnetBlock2Ds back on diffusers' forward (their GroupNorms keep the channels-last path)."""
+    return unpatch(module, _resnet_forward)
 
 
 def uninstall_nhwc_group_norm(module) -> int:
-    n = 0
-    for sub in module.modules():
-        if _ours(sub):
-            del sub.forward
-            n += 1
-        elif _ours_resnet(sub):
-            del sub.forward
-    return n
+    uninstall_resnet_forward(module)
+    return unpatch(module, _forward)
