@@ -20,7 +20,8 @@ elementwise, optimizer, Triton), then times variants of the captured step, each 
               any other variant name ending in _qkv: that variant with fast_qkv; ending in _proj: with
               fast_proj (Transformer2DModel's projections without layout copies), e.g. bf16_qkv_proj; ending
               in _gn: with fast_norm's channels-last GroupNorm, e.g. bf16_cl_qkv_proj_gn; ending in _geglu: with
-              fast_geglu (bf16_cl_qkv_proj_gn_geglu is the engine's step since attempt 16)
+              fast_geglu (bf16_cl_qkv_proj_gn_geglu is the engine's step in attempt 16); ending in _ln: with
+              fast_layernorm + fast_block (bf16_cl_qkv_proj_gn_geglu_ln: the engine's step since attempt 17)
 Compiled variants start from an empty inductor/Triton cache (a user's first run) and report setup time.
 Writes profile_<card>.json / .md under --out after every variant.
 """
@@ -64,15 +65,27 @@ def kind_of(name: str) -> str:
     return "other"
 
 
-def profile(step, data, steps=2) -> dict:
+def profile(step, data, steps=2, ops=False) -> dict:
+    """GPU time by kernel kind and the top kernels; ``ops``: also the top ATen ops by the GPU time of the
+    kernels they launch, with their input shapes (which add or copy it is)."""
     from torch.profiler import ProfilerActivity, profile as prof_ctx
 
     step(data)
     torch.cuda.synchronize()
-    with prof_ctx(activities=[ProfilerActivity.CUDA]) as prof:
+    acts = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if ops else [])
+    with prof_ctx(activities=acts, record_shapes=ops) as prof:
         for _ in range(steps):
             step(data)
         torch.cuda.synchronize()
+    top_ops = []
+    if ops:
+        for e in prof.key_averages(group_by_input_shape=True):
+            if getattr(e, "device_type", None) != torch.autograd.DeviceType.CPU:
+                continue
+            us = getattr(e, "self_device_time_total", 0.0) or 0.0
+            if us > 0:
+                top_ops.append((us / 1e3 / steps, e.count // steps, e.key, str(e.input_shapes)[:120]))
+        top_ops.sort(reverse=True)
     by_kind: dict[str, float] = {}
     top = []
     for e in prof.key_averages():
@@ -88,7 +101,8 @@ def profile(step, data, steps=2) -> dict:
     top.sort(reverse=True)
     return {"ms_by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
             "kernel_ms": sum(by_kind.values()), "kernels_per_step": sum(t[1] for t in top),
-            "top": [{"ms": round(t[0], 3), "n": t[1], "kind": t[2], "name": t[3]} for t in top[:40]]}
+            "top": [{"ms": round(t[0], 3), "n": t[1], "kind": t[2], "name": t[3]} for t in top[:40]],
+            "top_ops": [{"ms": round(t[0], 3), "n": t[1], "op": t[2], "shapes": t[3]} for t in top_ops[:60]]}
 
 
 def build(spec, device, rank):
@@ -98,6 +112,8 @@ def build(spec, device, rank):
 
 
 def variant_options(name: str, best_sdpa: str | None) -> dict:
+    if name.endswith("_ln"):  # any variant + Triton LayerNorms with the blocks' residual adds inside (attempt 17)
+        return {**variant_options(name.removesuffix("_ln"), best_sdpa), "ln": True}
     if name.endswith("_geglu"):  # any variant + fast_geglu's fused GEGLU (attempt 16)
         return {**variant_options(name.removesuffix("_geglu"), best_sdpa), "geglu": True}
     if name.endswith("_gn"):  # any channels-last variant + fast_norm's GroupNorm on channels-last maps
@@ -167,6 +183,12 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
         from lora_studio.core.training.fast_geglu import install_fast_geglu
 
         row["fast_geglu"] = install_fast_geglu(unet)
+    if opts.get("ln"):
+        from lora_studio.core.training.fast_block import install_fast_block
+        from lora_studio.core.training.fast_layernorm import install_fast_layernorm
+
+        row["fast_layernorms"] = install_fast_layernorm(unet)
+        row["fast_blocks"] = install_fast_block(unet)
     if opts["compile"]:
         row["compiled_blocks"] = fk.compile_blocks(unet, opts["compile"], dynamic=False)  # as the engine
     data = M.make_batch(spec, batch, device, generator=torch.Generator().manual_seed(batch))
@@ -194,7 +216,7 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
         row["warnings"] = warnings
         row["peak_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
         if args.profile_variants and name in args.profile_variants:
-            row["profile"] = profile(step_fn, data)
+            row["profile"] = profile(step_fn, data, ops=args.ops)
     except Exception as exc:  # noqa: BLE001 - record and go on to the next variant
         row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
     finally:
@@ -226,6 +248,9 @@ def render(result) -> str:
         lines += [f"| {k} | {v:.1f} |" for k, v in p["ms_by_kind"].items()]
         lines += ["", "| ms | n | kind | kernel |", "|---|---|---|---|"]
         lines += [f"| {t['ms']:.2f} | {t['n']} | {t['kind']} | `{t['name']}` |" for t in p["top"][:25]]
+        if p.get("top_ops"):
+            lines += ["", "| ms | n | ATen op | input shapes |", "|---|---|---|---|"]
+            lines += [f"| {t['ms']:.2f} | {t['n']} | {t['op']} | `{t['shapes']}` |" for t in p["top_ops"][:40]]
     return "\n".join(lines) + "\n"
 
 
@@ -235,6 +260,7 @@ def main(argv=None) -> int:
     ap.add_argument("--variants", default="base,lora,bf16,bf16_ff,bf16_blocks")
     ap.add_argument("--profile-variants", default="", help="also profile these variants' kernels")
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument("--ops", action="store_true", help="profiles also list the top ATen ops with input shapes")
     ap.add_argument("--budget", type=float, default=2.0)
     ap.add_argument("--min-steps", type=int, default=6)
     ap.add_argument("--rank", type=int, default=32)

@@ -31,7 +31,9 @@ from lora_studio.core.training.fast_kernels import (compile_choice,  # noqa: E40
                                                     prepare_fast_kernels, uncompile_blocks, uninstall_fast_lora)
 from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
 from lora_studio.core.training.fast_norm import uninstall_nhwc_group_norm, uninstall_resnet_forward  # noqa: E402
+from lora_studio.core.training.fast_block import uninstall_fast_block  # noqa: E402
 from lora_studio.core.training.fast_geglu import uninstall_fast_geglu  # noqa: E402
+from lora_studio.core.training.fast_layernorm import uninstall_fast_layernorm  # noqa: E402
 from lora_studio.core.training.fast_proj import uninstall_fast_proj  # noqa: E402
 from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
@@ -105,7 +107,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         else:  # gn (with cl): channels-last maps on fast_norm's GroupNorm, as prepare_fast_kernels makes them
             kernels = {"compile": next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None),
                        "fuse_qkv": "qkv" in words, "fast_proj": "proj" in words, "channels_last": "gn" in words,
-                       "fast_geglu": "geglu" in words}
+                       "fast_geglu": "geglu" in words, "fast_ln": "ln" in words}
         compiling = bool(kernels["compile"])
         if compiling:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
@@ -166,6 +168,8 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         uninstall_fused_qkv(unet)
         uninstall_fast_proj(unet)
         uninstall_fast_geglu(unet)
+        uninstall_fast_block(unet)
+        uninstall_fast_layernorm(unet)
         uninstall_nhwc_group_norm(unet)
         torch.backends.cudnn.benchmark = cuda  # (main's setting)
         if channels_last:
@@ -223,7 +227,7 @@ def main(argv=None) -> int:
                     "engine.make_optimizer sets it up for the model), fast (LoRA forward + pure bf16), graph "
                     "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
                     "other fast_* names combine the words compiled / res / regions / unet (compiled sets), cl, qkv "
-                    "(fused self-attention q/k/v), proj (copy-free Transformer2DModel projections), gn (with cl: fast_norm's channels-last GroupNorm), geglu (fast_geglu's fused GEGLU), nores (gn without its fused ResnetBlock2D), nobench (no cuDNN autotuning; also engine_nobench), e.g. fast_regions_cl, fast_compiled_qkv")
+                    "(fused self-attention q/k/v), proj (copy-free Transformer2DModel projections), gn (with cl: fast_norm's channels-last GroupNorm), geglu (fast_geglu's fused GEGLU), ln (fast_layernorm + fast_block: Triton LayerNorms with the residual adds inside), nores (gn without its fused ResnetBlock2D), nobench (no cuDNN autotuning; also engine_nobench), e.g. fast_regions_cl, fast_compiled_qkv")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",

@@ -51,15 +51,55 @@ def _check_against_aten(x32, wt, bias, dy32, groups, silu):
         assert rel(y, ref) <= tol and rel(dx, ref_dx) <= tol, (dtype, silu, rel(y, ref), rel(dx, ref_dx))
 
 
+# a (C,) conv bias, and a (B, C) bias + time embedding
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_a_shift_read_with_the_map_is_group_norm_of_the_shifted_map(per_sample):
+    b, c, h, w, groups = 2, 96, 9, 7, 32
+    g = torch.Generator().manual_seed(5)
+    x32 = torch.randn(b, c, h, w, generator=g).to(DEVICE)
+    shift = (torch.randn(b, c, generator=g) * 4 if per_sample else torch.randn(c, generator=g) * 4).to(DEVICE)
+    wt, bias = torch.randn(c, generator=g).to(DEVICE), torch.randn(c, generator=g).to(DEVICE)
+    dy32 = torch.randn(b, c, h, w, generator=g).to(DEVICE)
+    ref_x = x32.clone().requires_grad_(True)
+    ref = F.silu(F.group_norm(ref_x + shift.view(-1, c, 1, 1), groups, wt, bias, 1e-6))
+    (ref_dx,) = torch.autograd.grad(ref, ref_x, dy32)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        x = x32.to(dtype).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+        y = group_norm_nhwc(x, groups, wt.to(dtype), bias.to(dtype), 1e-6, silu=True, shift=shift.to(dtype))
+        (dx,) = torch.autograd.grad(y, x, dy32.to(dtype).contiguous(memory_format=torch.channels_last))
+        assert rel(y, ref) <= tol and rel(dx, ref_dx) <= tol, (dtype, rel(y, ref), rel(dx, ref_dx))
+
+
+def test_the_residual_kernel_adds_two_maps_and_a_channel_bias_in_one_pass():
+    from lora_studio.core.training import fast_norm
+
+    g = torch.Generator().manual_seed(6)
+    a, b = (torch.randn(2, 300, 5, 3, generator=g).to(DEVICE).contiguous(memory_format=torch.channels_last)
+            .requires_grad_(True) for _ in range(2))
+    bias = torch.randn(300, generator=g).to(DEVICE)
+    out = fast_norm._Residual.apply(a, b, bias)  # (residual_add takes this path for CUDA maps only)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert rel(out, a + b + bias.view(1, -1, 1, 1)) < 1e-6
+    dy = torch.randn(out.shape, generator=g).to(DEVICE)
+    da, db = torch.autograd.grad(out, (a, b), dy)
+    assert torch.equal(da, dy) and torch.equal(db, dy)
+    # anything else: eager arithmetic, same result
+    assert rel(fast_norm.residual_add(a.contiguous(), b, bias), a + b + bias.view(1, -1, 1, 1)) < 1e-6
+    assert torch.equal(fast_norm.residual_add(a, b, None), a + b)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the module path is for CUDA tensors only)")
-def test_installed_group_norm_trains_a_channels_last_unet_like_aten(monkeypatch):
+# attention LoRA (the resnets' convolutions frozen: their biases join the norm and the residual add), and LoRA
+# on the resnets' own convolutions (peft's layers: run as they are)
+@pytest.mark.parametrize("targets", [("to_q", "to_k", "to_v"), ("to_q", "conv1", "conv2")])
+def test_installed_group_norm_trains_a_channels_last_unet_like_aten(monkeypatch, targets):
     from lora_testkit import output_and_grads, tiny_unet_with_lora
 
     # fp32 throughout: TF32 convolutions would pick different algorithms per layout and blur the comparison
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    unet, params = tiny_unet_with_lora(seed=2, device="cuda", channels=(32, 64), targets=("to_q", "to_k", "to_v"))
+    unet, params = tiny_unet_with_lora(seed=2, device="cuda", channels=(32, 64), targets=targets)
     unet.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 4, 8, 8, generator=g).cuda().contiguous(memory_format=torch.channels_last)
@@ -69,18 +109,42 @@ def test_installed_group_norm_trains_a_channels_last_unet_like_aten(monkeypatch)
     n = install_nhwc_group_norm(unet)
     assert n == sum(type(m) is torch.nn.GroupNorm for m in unet.modules()) > 0
     # every convolution's input outside the attentions stays channels-last (no NCHW copy, e.g. the shortcuts');
-    # a Transformer2DModel's own proj_out input is NCHW (fast_proj's business, not installed here)
-    layouts = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: layouts.append(a[0].is_contiguous(
-        memory_format=torch.channels_last))) for name, m in unet.named_modules()
-        if isinstance(m, torch.nn.Conv2d) and ".attentions." not in name]
-    got = output_and_grads(unet, params, x, t, ehs)
-    for h in hooks:
-        h.remove()
+    # a Transformer2DModel's own proj_out input is NCHW (fast_proj's business, not installed here). Watched at
+    # F.conv2d: the resnets call it directly for their frozen convolutions (biases added elsewhere).
+    with _ConvLayouts(unet) as layouts:
+        got = output_and_grads(unet, params, x, t, ehs)
     errors = [rel(got[0], want[0])] + [rel(a, b) for a, b in zip(got[1], want[1])]
     assert max(errors) < 1e-4, errors
-    assert layouts and all(layouts), layouts
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for name, m in unet.named_modules() if ".attentions." not in name)
+    assert len(layouts) == n_convs and all(layouts), layouts
     assert uninstall_nhwc_group_norm(unet) == n
+
+
+class _ConvLayouts(torch.overrides.TorchFunctionMode):
+    """Records, per F.conv2d call outside a Transformer2DModel, whether its input is channels-last."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.depth, self.layouts = 0, []
+        self.hooks = []
+        for m in unet.modules():
+            if type(m).__name__ == "Transformer2DModel":
+                self.hooks.append(m.register_forward_pre_hook(lambda *a: setattr(self, "depth", self.depth + 1)))
+                self.hooks.append(m.register_forward_hook(lambda *a: setattr(self, "depth", self.depth - 1)))
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is F.conv2d and self.depth == 0:
+            self.layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+        return func(*args, **(kwargs or {}))
+
+    def __enter__(self):
+        super().__enter__()
+        return self.layouts
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+        return super().__exit__(*exc)
 
 
 def test_install_takes_the_plain_resnet_blocks_and_uninstall_gives_them_back():

@@ -694,6 +694,8 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
     # both families (prepare_fast_kernels' default); the feed-forwards' fused GEGLU on every step
     assert res_f["fast_path"]["channels_last"] is (not inner.autocast)
     assert res_f["fast_path"]["fast_geglu"] > 0
+    # LayerNorms on Triton, each transformer block's residual adds inside them (attempt 17)
+    assert res_f["fast_path"]["fast_layernorm"] > 0 and res_f["fast_path"]["fast_block"] > 0
     # pure bf16 only with every LoRA on the fast Linear forward and no text-encoder LoRA
     assert inner.autocast is (te or targets is None)
     groups = inner.optimizer.param_groups

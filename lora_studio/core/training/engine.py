@@ -476,7 +476,9 @@ class _Run:
 
     def fast_path_stats(self) -> dict[str, Any]:
         """The CUDA-graph step's record for the result: replays, eager steps, and which kernel changes ran."""
+        from lora_studio.core.training.fast_block import installed as fast_block_count
         from lora_studio.core.training.fast_geglu import installed as fast_geglu_count
+        from lora_studio.core.training.fast_layernorm import installed as fast_layernorm_count
         from lora_studio.core.training.fast_step import FastStep
 
         if not isinstance(getattr(self, "step_fn", None), FastStep):
@@ -488,6 +490,7 @@ class _Run:
                 "fused_qkv": sum("_fused_qkv_weight" in m.__dict__ for m in inner.unet.modules()),
                 "fast_proj": sum("_fast_proj" in m.__dict__ for m in inner.unet.modules()),
                 "fast_geglu": fast_geglu_count(inner.unet),
+                "fast_layernorm": fast_layernorm_count(inner.unet), "fast_block": fast_block_count(inner.unet),
                 "channels_last": inner.channels_last}
 
     def export_kohya(self, adapter: Path) -> str | None:

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from lora_studio.core.training.fast_kernels import count_patched, patch_forward, unpatch
 
 BLOCK_R, BLOCK_D = 4, 256  # rows x output columns per program (SD's feed-forward widths are multiples of 256)
+WARPS = 4  # (the best of six settings swept by bench/kernel_tiles.py on an H100, attempt 17)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -106,7 +107,7 @@ class _GEGLU(torch.autograd.Function):
         d = h.shape[-1] // 2
         out = torch.empty(*h.shape[:-1], d, device=h.device, dtype=h.dtype)
         rows = out.numel() // d if d else 0
-        fwd[_grid(triton, rows, d)](h, out, rows, d, BR=BLOCK_R, BD=BLOCK_D)
+        fwd[_grid(triton, rows, d)](h, out, rows, d, BR=BLOCK_R, BD=BLOCK_D, num_warps=WARPS)
         ctx.save_for_backward(h)
         return out
 
@@ -118,7 +119,7 @@ class _GEGLU(torch.autograd.Function):
         dh = torch.empty_like(h)
         d = h.shape[-1] // 2
         rows = dy.numel() // d if d else 0
-        bwd[_grid(triton, rows, d)](h, dy, dh, rows, d, BR=BLOCK_R, BD=BLOCK_D)
+        bwd[_grid(triton, rows, d)](h, dy, dh, rows, d, BR=BLOCK_R, BD=BLOCK_D, num_warps=WARPS)
         return dh
 
 

@@ -269,7 +269,8 @@ def compile_choice(compile_unet: str = "auto") -> str | None:
 
 def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
                          compile: str | None = None, fuse_qkv: bool = True, fast_proj: bool = True,
-                         fast_geglu: bool = True, channels_last: bool = True, sdpa: str | None = None,
+                         fast_geglu: bool = True, fast_ln: bool = True, channels_last: bool = True,
+                         sdpa: str | None = None,
                          on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
     """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
 
@@ -288,6 +289,8 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
       (`fast_proj`; bench/NOTES.md attempt 15);
     - ``fast_geglu``: the feed-forwards' GEGLU as one Triton kernel forward and one backward where Triton is
       present (`fast_geglu`; outside compiled blocks, which fuse it themselves; bench/NOTES.md attempt 16);
+    - ``fast_ln``: LayerNorms on Triton kernels, with each transformer block's residual adds inside them
+      (`fast_layernorm`, `fast_block`; attempt 17);
     - ``channels_last``: with the pure step on CUDA and Triton present, the UNet's feature maps channels-last
       (cuDNN's layout: no transposes around each convolution) and its GroupNorms on `fast_norm`'s kernels
       (``step.channels_last``, which a caller without a step object reads from `fast_norm.installed`;
@@ -323,6 +326,12 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
         from lora_studio.core.training.fast_geglu import install_fast_geglu
 
         install_fast_geglu(unet)
+    if fast_ln:
+        from lora_studio.core.training.fast_block import install_fast_block
+        from lora_studio.core.training.fast_layernorm import install_fast_layernorm
+
+        install_fast_layernorm(unet)
+        install_fast_block(unet)
     if compile:
         compile_blocks(unet, COMPILE_SETS[compile], **COMPILE_OPTIONS)
     # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)

@@ -27,6 +27,9 @@ from lora_studio.core.training.fast_kernels import count_patched, patch_forward,
 
 BLOCK_P = 64  # pixels per tile
 BLOCK_C = 64  # channels per tile
+# warps per program: 8 on these 64 x 64 tiles made one step's GroupNorms 5.0 -> 4.5 ms (SD 1.5 b8) and
+# 8.1 -> 7.1 ms (SDXL b4); larger tiles were slower (H100, bench/kernel_tiles.py, attempt 17)
+WARPS = 8
 
 
 def available(device: torch.device | str) -> bool:
@@ -85,14 +88,15 @@ def _kernels():
     # step took 27-31 s instead of 0.6 (H100, attempts 15-16; the variants are cached on disk afterwards).
     # (NBLK, the combine's loop count, stays a constant: Triton's interpreter, which the CPU tests use, cannot
     # loop over a runtime count; it takes one to three values in SD 1.5 and SDXL.)
-    sizes = ["P", "C", "NP", "G", "CG", "GRAD", "SILU"]
+    sizes = ["P", "C", "NP", "G", "CG", "GRAD", "SILU", "SHIFT"]
 
     @triton.jit(do_not_specialize=sizes)
-    def tile_moments(X, DY, MEAN, RSTD, W, B_, OUT1, OUT2, P, C, NP, G, CG, GRAD, SILU,
+    def tile_moments(X, S, DY, MEAN, RSTD, W, B_, OUT1, OUT2, P, C, NP, G, CG, GRAD, SILU, SHIFT,
                      BP: tl.constexpr, BC: tl.constexpr):
         # forward (GRAD False): per channel of the tile, mean and sum of squared deviations of x;
         # backward: per channel, sum of dy and of dy * x_hat. OUT1/OUT2 are (B, NP, C) float32.
         # SILU: the output was silu(norm(x)); dy is turned into the norm's output gradient first.
+        # SHIFT: the input is x + S[b, c] (a (B, C) float32 shift: a conv bias plus the time embedding).
         pid = tl.program_id(0)
         b = (pid // NP).to(tl.int64)
         pb = pid % NP
@@ -102,6 +106,8 @@ def _kernels():
         mask = (rows < P)[:, None] & cmask[None, :]
         offs = b * P * C + rows[:, None] * C + cols[None, :]
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        if SHIFT:
+            x = tl.where(mask, x + tl.load(S + b * C + cols, mask=cmask, other=0.0)[None, :], 0.0)
         if GRAD:
             g = cols // CG
             mean = tl.load(MEAN + b * G + g, mask=cmask, other=0.0)
@@ -170,7 +176,7 @@ def _kernels():
             tl.store(OUT2 + pid, 1.0 / tl.sqrt(var + eps))
 
     @triton.jit(do_not_specialize=sizes)
-    def apply(X, DY, Y, W, B_, MEAN, RSTD, C1, C2, P, C, NP, G, CG, GRAD, SILU,
+    def apply(X, S, DY, Y, W, B_, MEAN, RSTD, C1, C2, P, C, NP, G, CG, GRAD, SILU, SHIFT,
               BP: tl.constexpr, BC: tl.constexpr):
         # forward: y = x_hat * w + b (SILU: silu of it); backward: dx = rstd * (w * dy - c1 - x_hat * c2).
         pid = tl.program_id(0)
@@ -185,6 +191,8 @@ def _kernels():
         rstd = tl.load(RSTD + b * G + g, mask=cmask, other=0.0)
         w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
         x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+        if SHIFT:
+            x += tl.load(S + b * C + cols, mask=cmask, other=0.0)[None, :]
         xhat = (x - mean[None, :]) * rstd[None, :]
         bias = tl.load(B_ + cols, mask=cmask, other=0.0).to(tl.float32)
         if GRAD:
@@ -202,13 +210,26 @@ def _kernels():
                 out = out * tl.sigmoid(out)
         tl.store(Y + offs, out.to(Y.dtype.element_ty), mask=mask)
 
-    return triton, tile_moments, group_combine, apply
+    @triton.jit(do_not_specialize=["rows", "C"])
+    def residual(A, B_, BIAS, OUT, rows, C, BR: tl.constexpr, BC: tl.constexpr):
+        # out = a + b + bias[c] over (rows, C) memory (channels-last maps), one rounding
+        r = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)
+        cols = tl.program_id(1) * BC + tl.arange(0, BC)
+        cmask = cols < C
+        mask = (r < rows)[:, None] & cmask[None, :]
+        offs = r[:, None] * C + cols[None, :]
+        out = tl.load(A + offs, mask=mask, other=0.0).to(tl.float32) + tl.load(B_ + offs, mask=mask, other=0.0)
+        out += tl.load(BIAS + cols, mask=cmask, other=0.0)[None, :]
+        tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
+
+    return triton, tile_moments, group_combine, apply, residual
 
 
-def _launch(x, dy, weight, bias, groups, eps, stats=None, silu=False):
+def _launch(x, dy, weight, bias, groups, eps, stats=None, silu=False, shift=None):
     """x (and dy): (B, P, C) contiguous. Forward (dy None): returns y, mean, rstd; backward: dx.
-    silu: the output is silu(group_norm(x)) (the backward needs the bias then)."""
-    triton, tile_moments, group_combine, apply = _kernels()
+    silu: the output is silu(group_norm(x)) (the backward needs the bias then); shift: a (B, C) float32
+    tensor added to x first (its gradient is not needed)."""
+    triton, tile_moments, group_combine, apply, _ = _kernels()
     bsz, p, c = x.shape
     cg = c // groups
     np_ = triton.cdiv(p, BLOCK_P)
@@ -221,15 +242,17 @@ def _launch(x, dy, weight, bias, groups, eps, stats=None, silu=False):
     mean, rstd = stats if grad else (out1, out2)
     if bias is None:
         bias = torch.zeros_like(weight)
-    tile_moments[grid](x, dy if grad else x, mean, rstd, weight, bias, part1, part2, p, c, np_, groups, cg,
-                       GRAD=int(grad), SILU=int(silu), BP=BLOCK_P, BC=BLOCK_C)
+    s = x if shift is None else shift  # (a pointer the kernels never read when SHIFT is 0)
+    tile_moments[grid](x, s, dy if grad else x, mean, rstd, weight, bias, part1, part2, p, c, np_, groups, cg,
+                       GRAD=int(grad), SILU=int(silu), SHIFT=int(shift is not None), BP=BLOCK_P, BC=BLOCK_C,
+                       num_warps=WARPS)
     bg = triton.next_power_of_2(cg)
     bn = max(1, min(32, 2048 // bg))  # tiles combined per loop step (NBLK steps: a constant, few distinct)
     group_combine[(bsz * groups,)](part1, part2, weight, out1, out2, p, c, np_, groups, cg, eps, GRAD=int(grad),
                                    BP=BLOCK_P, BN=bn, BG=bg, NBLK=triton.cdiv(np_, bn))
     out = torch.empty_like(x)
-    apply[grid](x, dy if grad else x, out, weight, bias, mean, rstd, out1, out2, p, c, np_, groups, cg, GRAD=int(grad),
-                SILU=int(silu), BP=BLOCK_P, BC=BLOCK_C)
+    apply[grid](x, s, dy if grad else x, out, weight, bias, mean, rstd, out1, out2, p, c, np_, groups, cg,
+                GRAD=int(grad), SILU=int(silu), SHIFT=int(shift is not None), BP=BLOCK_P, BC=BLOCK_C, num_warps=WARPS)
     return out if grad else (out, mean, rstd)
 
 
@@ -241,27 +264,32 @@ def _tokens(t: torch.Tensor) -> torch.Tensor:
 
 class _GroupNormNHWC(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, groups, eps, silu):
-        y, mean, rstd = _launch(_tokens(x), None, weight, bias, groups, eps, silu=silu)
-        ctx.save_for_backward(x, weight, bias, mean, rstd)
+    def forward(ctx, x, weight, bias, groups, eps, silu, shift):
+        y, mean, rstd = _launch(_tokens(x), None, weight, bias, groups, eps, silu=silu, shift=shift)
+        ctx.save_for_backward(x, weight, bias, mean, rstd, shift)
         ctx.groups, ctx.silu = groups, silu
         bsz, c, h, w = x.shape
         return y.view(bsz, h, w, c).permute(0, 3, 1, 2)  # channels-last, like the input
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, bias, mean, rstd = ctx.saved_tensors
+        x, weight, bias, mean, rstd, shift = ctx.saved_tensors
         dy = dy.contiguous(memory_format=torch.channels_last)  # (already so when the next layer is)
-        dx = _launch(_tokens(x), _tokens(dy), weight, bias, ctx.groups, 0.0, stats=(mean, rstd), silu=ctx.silu)
+        dx = _launch(_tokens(x), _tokens(dy), weight, bias, ctx.groups, 0.0, stats=(mean, rstd), silu=ctx.silu,
+                     shift=shift)
         bsz, c, h, w = x.shape
-        return dx.view(bsz, h, w, c).permute(0, 3, 1, 2), None, None, None, None, None
+        return dx.view(bsz, h, w, c).permute(0, 3, 1, 2), None, None, None, None, None, None
 
 
 def group_norm_nhwc(x: torch.Tensor, groups: int, weight: torch.Tensor, bias: torch.Tensor | None,
-                    eps: float, silu: bool = False) -> torch.Tensor:
+                    eps: float, silu: bool = False, shift: torch.Tensor | None = None) -> torch.Tensor:
     """F.group_norm for a channels-last (B, C, H, W) tensor with frozen affine weight; result channels-last.
-    ``silu``: F.silu of it, in the same pass (and the backward's two passes: nothing more is saved)."""
-    return _GroupNormNHWC.apply(x, weight, bias, groups, eps, silu)
+    ``silu``: F.silu of it, in the same pass (and the backward's two passes: nothing more is saved).
+    ``shift``: a (B, C) or (C,) tensor added to x first, per sample and channel, in float32 while the kernels
+    read x (no pass of its own; no gradient for it)."""
+    if shift is not None:
+        shift = shift.detach().float().expand(x.shape[0], x.shape[1]).contiguous()
+    return _GroupNormNHWC.apply(x, weight, bias, groups, eps, silu, shift)
 
 
 def covered(norm, x: torch.Tensor) -> bool:
@@ -279,27 +307,81 @@ def _forward(self, x):
     return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
+class _Residual(torch.autograd.Function):
+    """a + b + bias (a (C,) float32 vector) for two channels-last maps of one shape, in one pass."""
+
+    @staticmethod
+    def forward(ctx, a, b, bias):
+        triton, *_, kernel = _kernels()
+        out = torch.empty_like(b)  # channels-last like b
+        c = b.shape[1]
+        rows = b.numel() // c
+        kernel[(triton.cdiv(rows, 4), triton.cdiv(c, 256))](a, b, bias, out, rows, c, BR=4, BC=256)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        return g, g, None
+
+
+def residual_add(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``a + b + bias[None, :, None, None]``: one pass where both maps are channels-last on the GPU."""
+    if bias is None:
+        return a + b
+    if (a.shape == b.shape and a.dtype == b.dtype and a.is_cuda and b.is_cuda and not torch.compiler.is_compiling()
+            and all(t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous() for t in (a, b))):
+        return _Residual.apply(a, b, bias.detach().float().contiguous())
+    return a + b + bias.view(1, -1, 1, 1).to(b.dtype)
+
+
+def _bare(conv) -> bool:
+    """A frozen plain Conv2d: its bias can be added elsewhere (not a LoRA-wrapped or int8-stored layer)."""
+    return (type(conv) is torch.nn.Conv2d and conv.padding_mode == "zeros" and not conv.weight.requires_grad
+            and (conv.bias is None or not conv.bias.requires_grad))
+
+
+def _conv_no_bias(conv, x):
+    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def _plus(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None or b is None:
+        return b if a is None else a
+    return a.float() + b.float()
+
+
 def _resnet_forward(self, input_tensor, temb, *args, **kwargs):
     """diffusers' ResnetBlock2D forward for the plain block (no resampling, the time embedding added before
     norm2) with each GroupNorm and the SiLU after it in one pass. Also: in training diffusers makes the
     shortcut's input contiguous (for DDP's gradient strides), which for a channels-last map is a copy to NCHW
     that turns the block's output, and the next block's input, NCHW again; the shortcut conv is frozen here
-    (no gradient), so the map keeps its layout. Anything else runs diffusers' own forward."""
-    if args or kwargs or not covered(self.norm1, input_tensor):
+    (no gradient), so the map keeps its layout. And the biases of frozen plain convolutions cost no pass of
+    their own (cuDNN adds a bias as a separate pass over the map): conv1's joins the time embedding as a
+    per-channel shift that norm2's kernels add while reading, conv2's and the shortcut's join the residual
+    add (`residual_add`). Anything else runs diffusers' own forward."""
+    if args or kwargs or not covered(self.norm1, input_tensor) or (self.time_emb_proj is None and temb is not None):
         return type(self).forward(self, input_tensor, temb, *args, **kwargs)
-    n1, n2 = self.norm1, self.norm2
-    h = self.conv1(group_norm_nhwc(input_tensor, n1.num_groups, n1.weight, n1.bias, n1.eps, silu=True))
-    if self.time_emb_proj is not None:
-        temb = self.time_emb_proj(self.nonlinearity(temb))[:, :, None, None]
-    if temb is not None:
-        h = h + temb
-    if covered(n2, h):
-        h = group_norm_nhwc(h, n2.num_groups, n2.weight, n2.bias, n2.eps, silu=True)
+    n1, n2, conv1, conv2, sc = self.norm1, self.norm2, self.conv1, self.conv2, self.conv_shortcut
+    h = group_norm_nhwc(input_tensor, n1.num_groups, n1.weight, n1.bias, n1.eps, silu=True)
+    shift = None
+    if _bare(conv1):
+        h, shift = _conv_no_bias(conv1, h), conv1.bias
     else:
+        h = conv1(h)
+    if self.time_emb_proj is not None and temb is not None:
+        shift = _plus(self.time_emb_proj(self.nonlinearity(temb)), shift)
+    if covered(n2, h):
+        h = group_norm_nhwc(h, n2.num_groups, n2.weight, n2.bias, n2.eps, silu=True, shift=shift)
+    else:
+        h = h if shift is None else h + shift.view(-1, h.shape[1], 1, 1).to(h.dtype)
         h = self.nonlinearity(n2(h))
-    h = self.conv2(self.dropout(h))
-    if self.conv_shortcut is not None:
-        input_tensor = self.conv_shortcut(input_tensor)
+    h = self.dropout(h)
+    if self.output_scale_factor == 1 and _bare(conv2) and (sc is None or _bare(sc)):
+        x = input_tensor if sc is None else _conv_no_bias(sc, input_tensor)
+        return residual_add(x, _conv_no_bias(conv2, h), _plus(conv2.bias, None if sc is None else sc.bias))
+    h = conv2(h)
+    if sc is not None:
+        input_tensor = sc(input_tensor)
     out = input_tensor + h
     return out if self.output_scale_factor == 1 else out / self.output_scale_factor
 

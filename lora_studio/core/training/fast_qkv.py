@@ -4,8 +4,8 @@ In a UNet's self-attention the three projections read the same input. diffusers 
 products with N = C (and, with LoRA, three more of rank r, then three adds of the adapter outputs); the
 backward sums three input gradients with two more passes. Here the frozen weights are concatenated into
 one (3C, C) tensor — the three Linear weights become views into it, so no memory is added — and the three
-A factors into one (3r, C) product; the three B products run as one batched product. Same arithmetic up
-to rounding; on an H100 it took SDXL b4 from 186.9 to 184.5 ms (compiled blocks) and SD 1.5 b8 from 74.9 to
+A factors into one (3r, C) product, the three B into one block-diagonal product added in place. Same
+arithmetic up to rounding; on an H100 it took SDXL b4 from 186.9 to 184.5 ms (compiled blocks) and SD 1.5 b8 from 74.9 to
 74.4 ms (bench/NOTES.md attempt 11), so the engine's fast path turns it on (`prepare_fast_kernels(fuse_qkv=True)`).
 
 Covered: self-attention (no encoder states, no mask, 3-D input, no group/spatial/q/k norms) whose to_q /
@@ -30,13 +30,16 @@ def _qkv(attn, x: torch.Tensor):
     if dtype is None or not all(fast_lora_ready(layer) for layer in layers):
         return None
     a = torch.cat([layer.lora_A[layer._fast_lora_name].weight for layer in layers]).to(dtype)  # (3r, C)
-    b = torch.stack([scaled_b(layer) for layer in layers]).to(dtype)  # (3, C, r)
-    c, r = b.shape[1], b.shape[2]
-    y = F.linear(x, fused)  # (..., 3C)
-    h = F.linear(x, a)  # (..., 3r)
-    m = y.numel() // (3 * c)
-    out = torch.baddbmm(y.reshape(m, 3, c).transpose(0, 1), h.reshape(m, 3, r).transpose(0, 1), b.transpose(1, 2))
-    return [t.view(*x.shape[:-1], c) for t in out.unbind(0)]
+    # the three B factors as one block-diagonal (3C, 3r) matrix: the adapters' outputs are added in place to
+    # the (tokens, 3C) product, and q / k / v are column blocks of it. (Three batched products over a
+    # (3, tokens, C) view cost a copy of that view forward and two layout copies backward, ~1 ms of SD 1.5's
+    # b8 step; the zero blocks cost far less: rank x 3 is still a thin product.)
+    b = torch.block_diag(*(scaled_b(layer) for layer in layers)).to(dtype)
+    c = fused.shape[0] // 3
+    x2 = x.reshape(-1, fused.shape[1])
+    y = F.linear(x2, fused)  # (m, 3C)
+    y.addmm_(F.linear(x2, a), b.t())
+    return y.view(*x.shape[:-1], 3 * c).split(c, dim=-1)
 
 
 def _processor_class():
