@@ -7,8 +7,9 @@ from one seed), so any difference is the step's arithmetic. Three runs per model
   eager      the engine's step (fused capturable AdamW, autocast, peft's LoRA forward) run eagerly,
   fast       the engine's fast path: FastStep (CUDA graphs, two bucket shapes interleaved) over the step
              with prepare_fast_kernels' changes as the engine makes them (LoRA forward without peft's extra
-             passes, pure bf16, fused self-attention q/k/v, copy-free projections, fused GEGLU, channels-last
-             maps with fast_norm's GroupNorm + SiLU where Triton is; nothing compiled since attempt 16),
+             passes, pure bf16, fused self-attention q/k/v, copy-free projections, fused GEGLU, Triton
+             LayerNorms with the blocks' residual adds inside, channels-last maps with fast_norm's GroupNorm +
+             SiLU where Triton is; nothing compiled since attempt 16),
   reference  the reference recipe's foreach AdamW, eagerly.
 Pass: the fast loss curve stays within 1% of eager (10-step moving average, every window), and the
 per-step and final-weight differences are reported too.
@@ -166,7 +167,7 @@ def render(result) -> str:
     lines = [f"# Fast path faithfulness — {result['card']}, {result['date']}, {result['steps']} steps", "",
              "Same weights, batches, noise and timesteps. 'eager' is the engine's step run eagerly (fused capturable "
              "AdamW, bf16 autocast, peft's LoRA forward); 'fast' is the engine's fast path (CUDA graphs, pure bf16 "
-             "step, fast LoRA forward, fused self-attention q/k/v, copy-free projections, fused GEGLU, channels-last "
+             "step, fast LoRA forward, fused self-attention q/k/v, copy-free projections, fused GEGLU, Triton LayerNorms with the residual adds inside, channels-last "
              "maps with fused GroupNorm + SiLU; as the engine sets it up); "
              "'reference' uses foreach AdamW.", "",
              "| model | fast vs eager: max step rel | max 10-step MA rel | fast vs reference AdamW: max step rel "
