@@ -88,11 +88,43 @@ def test_the_residual_kernel_adds_two_maps_and_a_channel_bias_in_one_pass():
     assert torch.equal(fast_norm.residual_add(a, b, None), a + b)
 
 
+# LoRA on attention only (every resnet convolution frozen: biases folded), on the resnets' own convolutions (peft's
+# layers run as they are), on the time embedding's projection (its gradient must reach it: no folding)
+RESNET_TARGETS = [("to_q", "to_k", "to_v"), ("to_q", "conv1", "conv2"), ("to_q", "time_emb_proj")]
+
+
+@pytest.mark.parametrize("targets", RESNET_TARGETS)
+def test_the_resnet_forward_trains_like_diffusers_through_the_kernels(monkeypatch, targets):
+    """The fused ResnetBlock2D forward (biases and time embedding folded into the kernels), on this test's
+    device: on the CPU through Triton's interpreter, the module paths (CUDA only) let take CPU tensors."""
+    from lora_testkit import output_and_grads, tiny_unet_with_lora
+
+    from lora_studio.core.training import fast_norm
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    if not CUDA:
+        monkeypatch.setattr(fast_norm, "covered", lambda norm, x: (
+            x.dim() == 4 and not norm.weight.requires_grad and x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous()))
+    unet, params = tiny_unet_with_lora(seed=2, device=DEVICE, channels=(32, 64), targets=targets)
+    unet.to(memory_format=torch.channels_last)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 4, 8, 8, generator=g).to(DEVICE).contiguous(memory_format=torch.channels_last)
+    ehs, t = torch.randn(2, 5, 16, generator=g).to(DEVICE), torch.tensor([10, 500], device=DEVICE)
+    want = output_and_grads(unet, params, x, t, ehs)
+    install_nhwc_group_norm(unet)
+    got = output_and_grads(unet, params, x, t, ehs)
+    errors = [rel(got[0], want[0])] + [rel(a, b) for a, b in zip(got[1], want[1])]
+    assert max(errors) < 1e-4, errors
+    assert all(g.abs().sum() > 0 for g in got[1])  # every adapter (the time embedding's too) got a gradient
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (the module path is for CUDA tensors only)")
 # attention LoRA (the resnets' convolutions frozen: their biases join the norm and the residual add), and LoRA
 # on the resnets' own convolutions (peft's layers: run as they are)
-@pytest.mark.parametrize("targets", [("to_q", "to_k", "to_v"), ("to_q", "conv1", "conv2")])
+@pytest.mark.parametrize("targets", RESNET_TARGETS)
 def test_installed_group_norm_trains_a_channels_last_unet_like_aten(monkeypatch, targets):
     from lora_testkit import output_and_grads, tiny_unet_with_lora
 

@@ -370,6 +370,8 @@ def _resnet_forward(self, input_tensor, temb, *args, **kwargs):
         h = conv1(h)
     if self.time_emb_proj is not None and temb is not None:
         shift = _plus(self.time_emb_proj(self.nonlinearity(temb)), shift)
+    if shift is not None and shift.requires_grad:  # a LoRA on the time embedding: its gradient must flow
+        h, shift = h + shift.view(-1, h.shape[1], 1, 1).to(h.dtype), None
     if covered(n2, h):
         h = group_norm_nhwc(h, n2.num_groups, n2.weight, n2.bias, n2.eps, silu=True, shift=shift)
     else:
