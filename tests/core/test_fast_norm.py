@@ -96,7 +96,7 @@ RESNET_TARGETS = [("to_q", "to_k", "to_v"), ("to_q", "conv1", "conv2"), ("to_q",
 @pytest.mark.parametrize("targets", RESNET_TARGETS)
 def test_the_resnet_forward_trains_like_diffusers_through_the_kernels(monkeypatch, targets):
     """The fused ResnetBlock2D forward (biases and time embedding folded into the kernels), on this test's
-    device: on the CPU through Triton's interpreter, the module paths (CUDA only) let take CPU tensors."""
+    device: on the CPU through Triton's interpreter, with the module paths (CUDA only) taking CPU tensors too."""
     from lora_testkit import output_and_grads, tiny_unet_with_lora
 
     from lora_studio.core.training import fast_norm

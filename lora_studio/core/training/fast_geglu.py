@@ -20,7 +20,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import count_patched, patch_forward, unpatch
+from lora_studio.core.training.fast_kernels import (count_patched, patch_forward, triton_available,
+                                                     triton_self_check, unpatch)
 
 BLOCK_R, BLOCK_D = 4, 256  # rows x output columns per program (SD's feed-forward widths are multiples of 256)
 WARPS = 4  # (the best of six settings swept by bench/kernel_tiles.py on an H100, attempt 17)
@@ -29,33 +30,23 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def available(device: torch.device | str) -> bool:
     """Triton is there, and the kernels compile and agree with eager GEGLU on `device` (checked once)."""
-    try:
-        _kernels()
-    except Exception:  # noqa: BLE001 - no Triton, or one this code does not fit: diffusers' forward then
-        return False
-    return _self_check(str(torch.device(device)))
+    return triton_available(_kernels, _self_check, device)
 
 
-@functools.cache
-def _self_check(device: str) -> bool:
-    # bf16 on a GPU, the dtype a run's activations have: the check compiles the kernels the run then uses
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
-    try:
-        with torch.enable_grad():
-            g = torch.Generator().manual_seed(0)  # (its own generator: a run's random stream stays the same)
-            h = torch.randn(3, 5, 2 * 40, generator=g).to(device, dtype)
-            dy = torch.randn(3, 5, 40, generator=g).to(device, dtype)
-            ref_h = h.float().requires_grad_(True)
-            ref = reference(ref_h)
-            (ref_dh,) = torch.autograd.grad(ref, ref_h, dy.float())
-            ours_h = h.clone().requires_grad_(True)
-            y = geglu(ours_h)
-            (dh,) = torch.autograd.grad(y, ours_h, dy)
-            return bool(torch.allclose(y.float(), ref, atol=tol, rtol=tol)
-                        and torch.allclose(dh.float(), ref_dh, atol=tol, rtol=tol))
-    except Exception:  # noqa: BLE001
-        return False
+def _check(device: str, dtype: torch.dtype, tol: float) -> bool:
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 5, 2 * 40, generator=g).to(device, dtype)
+    dy = torch.randn(3, 5, 40, generator=g).to(device, dtype)
+    ref_h = h.float().requires_grad_(True)
+    ref = reference(ref_h)
+    (ref_dh,) = torch.autograd.grad(ref, ref_h, dy.float())
+    ours_h = h.clone().requires_grad_(True)
+    y = geglu(ours_h)
+    (dh,) = torch.autograd.grad(y, ours_h, dy)
+    return torch.allclose(y.float(), ref, atol=tol, rtol=tol) and torch.allclose(dh.float(), ref_dh, atol=tol, rtol=tol)
+
+
+_self_check = triton_self_check(_check)
 
 
 def reference(h: torch.Tensor) -> torch.Tensor:

@@ -11,6 +11,7 @@ arithmetic the same up to bf16 rounding:
 from __future__ import annotations
 
 import contextlib
+import functools
 import types
 from typing import Callable
 
@@ -37,6 +38,33 @@ def sdpa_context(backend: str | None):
     # The chosen backend first, the others as fallbacks for shapes it does not support.
     order = [names[backend]] + [v for k, v in names.items() if k != backend]
     return sdpa_kernel(order, set_priority=True)
+
+
+def triton_self_check(check: Callable[[str, torch.dtype, float], bool], fp32_tol: float = 1e-4) -> Callable[[str], bool]:
+    """A Triton kernel module's self-check, run once per device: ``check(device, dtype, tol)`` in the dtype a
+    run's activations have (bf16 on a GPU, so it compiles the kernel variants the run then uses; float32 on the
+    CPU, in Triton's interpreter), with gradients on. An exception counts as a failure: a Triton or driver that
+    cannot build the kernels leaves the step on eager code instead of failing a run. (Checks draw from their
+    own torch.Generator: a run's random stream must not depend on whether one ran.)"""
+    @functools.cache
+    def self_check(device: str) -> bool:
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        try:
+            with torch.enable_grad():
+                return bool(check(device, dtype, 3e-2 if dtype == torch.bfloat16 else fp32_tol))
+        except Exception:  # noqa: BLE001
+            return False
+
+    return self_check
+
+
+def triton_available(kernels: Callable, self_check: Callable[[str], bool], device) -> bool:
+    """Triton is there, ``kernels()`` builds them, and the module's `triton_self_check` passes on `device`."""
+    try:
+        kernels()
+    except Exception:  # noqa: BLE001 - no Triton, or one this code does not fit: the eager path then
+        return False
+    return self_check(str(torch.device(device)))
 
 
 def patch_forward(sub, fn: Callable) -> None:

@@ -25,7 +25,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import count_patched, patch_forward, unpatch
+from lora_studio.core.training.fast_kernels import (count_patched, patch_forward, triton_available,
+                                                     triton_self_check, unpatch)
 
 # A program holds whole rows in registers: BLOCK_M = TILE // BLOCK_C rows (at least one) of BLOCK_C =
 # next_pow2(C) columns, masked; WARPS warps up to BLOCK_C = WIDE, WIDE_WARPS beyond it (one row a program).
@@ -42,44 +43,35 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def available(device: torch.device | str) -> bool:
     """Triton is there, and the kernels compile and agree with eager LayerNorm on `device` (checked once)."""
-    try:
-        _kernels()
-    except Exception:  # noqa: BLE001 - no Triton, or one this code does not fit: F.layer_norm then
-        return False
-    return _self_check(str(torch.device(device)))
+    return triton_available(_kernels, _self_check, device)
 
 
-@functools.cache
-def _self_check(device: str) -> bool:
-    # bf16 on a GPU, the dtype a run's activations have; SD's narrowest width, so the check compiles a
-    # variant the run then uses
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
-    try:
-        with torch.enable_grad():
-            g = torch.Generator().manual_seed(0)  # (its own generator: a run's random stream stays the same)
-            x, r, dy, ds = (torch.randn(3, 5, 320, generator=g).to(device, dtype) for _ in range(4))
-            w, b = (torch.randn(320, generator=g).to(device, dtype) for _ in range(2))
-            ok = True
-            for fused in (False, True):
-                xr, rr = x.float().requires_grad_(True), r.float().requires_grad_(True)
-                xo, ro = x.clone().requires_grad_(True), r.clone().requires_grad_(True)
-                if fused:
-                    s_ref = xr + rr
-                    ref = F.layer_norm(s_ref, (320,), w.float(), b.float(), 1e-5)
-                    ref_dx, _ = torch.autograd.grad((s_ref, ref), (xr, rr), (ds.float(), dy.float()))
-                    s, y = add_layer_norm(xo, ro, w, b, 1e-5)
-                    dx, dr = torch.autograd.grad((s, y), (xo, ro), (ds, dy))
-                    ok = ok and _close(s, s_ref, tol) and _close(dr, ref_dx, tol)
-                else:
-                    ref = F.layer_norm(xr, (320,), w.float(), b.float(), 1e-5)
-                    (ref_dx,) = torch.autograd.grad(ref, xr, dy.float())
-                    y = layer_norm(xo, w, b, 1e-5)
-                    (dx,) = torch.autograd.grad(y, xo, dy)
-                ok = ok and _close(y, ref, tol) and _close(dx, ref_dx, tol)
-            return bool(ok)
-    except Exception:  # noqa: BLE001
-        return False
+def _check(device: str, dtype: torch.dtype, tol: float) -> bool:
+    # SD's narrowest width, so the check compiles a variant the run then uses
+    g = torch.Generator().manual_seed(0)
+    x, r, dy, ds = (torch.randn(3, 5, 320, generator=g).to(device, dtype) for _ in range(4))
+    w, b = (torch.randn(320, generator=g).to(device, dtype) for _ in range(2))
+    ok = True
+    for fused in (False, True):
+        xr, rr = x.float().requires_grad_(True), r.float().requires_grad_(True)
+        xo, ro = x.clone().requires_grad_(True), r.clone().requires_grad_(True)
+        if fused:
+            s_ref = xr + rr
+            ref = F.layer_norm(s_ref, (320,), w.float(), b.float(), 1e-5)
+            ref_dx, _ = torch.autograd.grad((s_ref, ref), (xr, rr), (ds.float(), dy.float()))
+            s, y = add_layer_norm(xo, ro, w, b, 1e-5)
+            dx, dr = torch.autograd.grad((s, y), (xo, ro), (ds, dy))
+            ok = ok and _close(s, s_ref, tol) and _close(dr, ref_dx, tol)
+        else:
+            ref = F.layer_norm(xr, (320,), w.float(), b.float(), 1e-5)
+            (ref_dx,) = torch.autograd.grad(ref, xr, dy.float())
+            y = layer_norm(xo, w, b, 1e-5)
+            (dx,) = torch.autograd.grad(y, xo, dy)
+        ok = ok and _close(y, ref, tol) and _close(dx, ref_dx, tol)
+    return ok
+
+
+_self_check = triton_self_check(_check)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tol: float) -> bool:

@@ -23,7 +23,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import count_patched, patch_forward, unpatch
+from lora_studio.core.training.fast_kernels import (count_patched, patch_forward, triton_available,
+                                                     triton_self_check, unpatch)
 
 BLOCK_P = 64  # pixels per tile
 BLOCK_C = 64  # channels per tile
@@ -34,31 +35,12 @@ WARPS = 8
 
 def available(device: torch.device | str) -> bool:
     """Triton is there, and the kernels compile and agree with ATen's GroupNorm on `device` (checked once)."""
-    try:
-        _kernels()
-    except Exception:  # noqa: BLE001 - no Triton, or one this code does not fit: ATen's GroupNorm then
-        return False
-    return _self_check(str(torch.device(device)))
+    return triton_available(_kernels, _self_check, device)
 
 
-@functools.cache
-def _self_check(device: str) -> bool:
-    """One small channels-last GroupNorm, forward and backward, against ATen's on `device`: a Triton or driver
-    that cannot build the kernels leaves the UNet on NCHW instead of failing a run."""
-    try:
-        with torch.enable_grad():
-            return _check(device)
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _check(device: str) -> bool:
-    # bf16 on a GPU, the dtype a run's UNet has: the check compiles the kernel variants the run then uses
-    # (an fp32 check would compile a second set on a fresh install)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    tol = 3e-2 if dtype == torch.bfloat16 else 1e-3
+def _check(device: str, dtype: torch.dtype, tol: float) -> bool:
+    """One small channels-last GroupNorm, forward and backward, with and without SiLU, against ATen's."""
     g = torch.Generator().manual_seed(0)
-    # (the check's own generator: a run's random stream must not depend on whether this ran)
     x = torch.randn(2, 64, 8, 8, generator=g).to(device, dtype)
     w, b = torch.randn(64, generator=g).to(device, dtype), torch.randn(64, generator=g).to(device, dtype)
     dy = torch.randn(x.shape, generator=g).to(device, dtype)
@@ -73,7 +55,10 @@ def _check(device: str) -> bool:
         (dx,) = torch.autograd.grad(y, xc, dy.contiguous(memory_format=torch.channels_last))
         ok = ok and torch.allclose(y.float(), ref, atol=tol, rtol=tol) and torch.allclose(dx.float(), ref_dx,
                                                                                           atol=tol, rtol=tol)
-    return bool(ok)
+    return ok
+
+
+_self_check = triton_self_check(_check, fp32_tol=1e-3)
 
 
 @functools.cache
