@@ -12,7 +12,8 @@ GPU (cached latents and embeddings). Variants per model:
                   lora_studio.core.training.int8_base, quantised on the host before the move as the engine does
   int8+fast       the same through FastStep
   bf16+engine     FastStep with the engine's kernels for a checkpointed run (prepare_fast_kernels: fast LoRA
-  int8+engine     forward, pure bf16, fused q/k/v, fast_proj, fast_geglu, channels-last maps on fast_norm)
+  int8+engine     forward, pure bf16, fused q/k/v, fast_proj, fast_geglu, fast_layernorm + fast_block,
+                  channels-last maps on fast_norm)
 Peaks are torch.cuda.max_memory_allocated from an empty GPU (build included) and, separately, during
 training only (reset after setup). Targets: SDXL <= 7.5 GiB (8 GB card), stretch 5.5 GiB; SD 1.5 <= 3.5 GiB.
 """
@@ -72,11 +73,10 @@ def measure(name, spec, *, int8, fast, device, args, rank=32, engine=False):
     if engine:  # the engine's kernels as it sets them up with gradient checkpointing (nothing compiled)
         prepare_fast_kernels(unet, None, compile=compile_choice())
         cl = fast_norm_installed(unet)
-        torch.backends.cudnn.benchmark = cuda and not cl  # as the engine: no autotuning on channels-last maps
     step = make_step(unet, params, opt, acp=alphas_cumprod(device), autocast_cache=not fast, channels_last=cl,
                      autocast=not engine)
     if fast:
-        step = FastStep(step, device=device, params=params, cudnn_benchmark=not cl)
+        step = FastStep(step, device=device, params=params)
     free(device)
     setup_alloc = torch.cuda.memory_allocated() / GIB if cuda else None
     peak_build = torch.cuda.max_memory_allocated() / GIB if cuda else None
@@ -96,7 +96,6 @@ def measure(name, spec, *, int8, fast, device, args, rank=32, engine=False):
         row["captured"] = any(v is not None for v in step.graphs.values())
     row["peak_gib"] = max(row["peak_build_gib"] or 0, row["peak_train_gib"] or 0) if cuda else None
     del step, opt, params, unet, data
-    torch.backends.cudnn.benchmark = cuda  # (main's setting)
     free(device)
     print(json.dumps(row), flush=True)
     return row
@@ -130,9 +129,8 @@ def main(argv=None) -> int:
     for name in args.models.split(","):
         for v in args.variants.split(","):
             try:
-                row = measure(name, specs[name], int8="int8" in v, fast="fast" in v or "engine" in v, device=device, args=args,
-                            engine="engine" in v,
-                              rank=args.rank)
+                row = measure(name, specs[name], int8="int8" in v, fast="fast" in v or "engine" in v,
+                              engine="engine" in v, device=device, args=args, rank=args.rank)
             except torch.cuda.OutOfMemoryError as exc:
                 row = {"model": name, "variant": v, "error": str(exc).splitlines()[0]}
             row["variant"] = v

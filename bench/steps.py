@@ -61,6 +61,7 @@ def make_step(unet, params, optimizer, *, acp, max_grad_norm: float = 1.0, autoc
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
+    step.channels_last = channels_last  # (FastStep reads it: no cuDNN autotuning on channels-last maps)
     return step
 
 

@@ -27,15 +27,9 @@ import torch  # noqa: E402
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
                          matmul_peak_tflops, time_steps, use_cache)
-from lora_studio.core.training.fast_kernels import (compile_choice,  # noqa: E402
-                                                    prepare_fast_kernels, uncompile_blocks, uninstall_fast_lora)
+from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels, undo_fast_kernels  # noqa: E402
 from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
-from lora_studio.core.training.fast_norm import uninstall_nhwc_group_norm, uninstall_resnet_forward  # noqa: E402
-from lora_studio.core.training.fast_block import uninstall_fast_block  # noqa: E402
-from lora_studio.core.training.fast_geglu import uninstall_fast_geglu  # noqa: E402
-from lora_studio.core.training.fast_layernorm import uninstall_fast_layernorm  # noqa: E402
-from lora_studio.core.training.fast_proj import uninstall_fast_proj  # noqa: E402
-from lora_studio.core.training.fast_qkv import uninstall_fused_qkv  # noqa: E402
+from lora_studio.core.training.fast_norm import uninstall_resnet_forward  # noqa: E402
 from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
 
 GIB = 2 ** 30
@@ -118,14 +112,10 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
             channels_last = channels_last or fast_norm_installed(unet)  # the latents follow the UNet's layout
             if "nores" in words:  # fast_norm's GroupNorms without its fused ResnetBlock2D forward (attempt 16)
                 uninstall_resnet_forward(unet)
-        # no cuDNN autotuning in the warm-up and capture ("nobench"; the engine on channels-last maps, attempt 16)
-        autotune = "nobench" not in words and not (path.split("_")[0] == "engine" and channels_last)
-        if not autotune:
-            torch.backends.cudnn.benchmark = False
         step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
                                   autocast=not pure or not cuda),
                         device=device, params=params, on_warning=warnings.append,
-                        cudnn_benchmark=autotune)
+                        cudnn_benchmark=False if "nobench" in words else None)  # None: FastStep's choice
         run = lambda: step(data)  # noqa: E731
     spent = compile_seconds()
     try:
@@ -163,16 +153,8 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         del step, run, opt
         for p in params:
             p.grad = None
-        uninstall_fast_lora(unet)
-        uncompile_blocks(unet)
-        uninstall_fused_qkv(unet)
-        uninstall_fast_proj(unet)
-        uninstall_fast_geglu(unet)
-        uninstall_fast_block(unet)
-        uninstall_fast_layernorm(unet)
-        uninstall_nhwc_group_norm(unet)
-        torch.backends.cudnn.benchmark = cuda  # (main's setting)
-        if channels_last:
+        undo_fast_kernels(unet)
+        if channels_last:  # (the "cl" word without fast_norm)
             unet.to(memory_format=torch.contiguous_format)
         free(device)
     log(row)
@@ -227,7 +209,7 @@ def main(argv=None) -> int:
                     "engine.make_optimizer sets it up for the model), fast (LoRA forward + pure bf16), graph "
                     "(the captured step alone), fast_cl (+ channels-last), fast_compiled (+ compiled blocks); "
                     "other fast_* names combine the words compiled / res / regions / unet (compiled sets), cl, qkv "
-                    "(fused self-attention q/k/v), proj (copy-free Transformer2DModel projections), gn (with cl: fast_norm's channels-last GroupNorm), geglu (fast_geglu's fused GEGLU), ln (fast_layernorm + fast_block: Triton LayerNorms with the residual adds inside), nores (gn without its fused ResnetBlock2D), nobench (no cuDNN autotuning; also engine_nobench), e.g. fast_regions_cl, fast_compiled_qkv")
+                    "(fused self-attention q/k/v), proj (copy-free Transformer2DModel projections), gn (with cl: fast_norm's channels-last GroupNorm), geglu (fast_geglu's fused GEGLU), ln (fast_layernorm + fast_block: Triton LayerNorms with the residual adds inside), nores (gn without its fused ResnetBlock2D), nobench (no cuDNN autotuning on NCHW maps either: channels-last steps never autotune, FastStep's default), e.g. fast_regions_cl, fast_compiled_qkv")
     ap.add_argument("--cl-batches", default="", help="also run fast_cl (channels-last) at these batches, "
                     "checkpointing off, e.g. 1,4")
     ap.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",

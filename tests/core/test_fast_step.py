@@ -495,6 +495,42 @@ def test_failed_graphed_capture_leaves_random_draws_working_on_gpu():
     g.uninstall()
 
 
+def test_cudnn_autotuning_follows_the_steps_layout_unless_told():
+    class Step:
+        channels_last = True
+
+        def __call__(self, batch):
+            return torch.zeros(())
+
+    nhwc, nchw = Step(), Step()
+    nchw.channels_last = False
+    # channels-last maps: no autotuning (it found nothing faster there and cost the first step seconds)
+    assert FastStep(nhwc, device="cpu").cudnn_benchmark is False
+    assert FastStep(nchw, device="cpu").cudnn_benchmark is True
+    assert FastStep(lambda b: torch.zeros(()), device="cpu").cudnn_benchmark is True  # (a step without the flag)
+    assert FastStep(nchw, device="cpu", cudnn_benchmark=False).cudnn_benchmark is False
+
+
+def test_undo_fast_kernels_gives_the_unet_its_own_modules_back():
+    from lora_studio.core.training.fast_kernels import prepare_fast_kernels, undo_fast_kernels
+
+    unet, params = tiny_unet_with_lora(channels=(32, 64), use_linear_projection=True,
+                                       targets=("to_q", "to_k", "to_v", "to_out.0"))
+    x, t, ehs = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 5, 16)
+    want = output_and_grads(unet, params, x, t, ehs)
+    prepare_fast_kernels(unet, None, compile="blocks")
+
+    def changed():
+        return [n for n, m in unet.named_modules() if {"forward", "_fast_lora_name", "_fused_qkv_weight", "_fast_proj"}
+                & m.__dict__.keys() or getattr(m, "_compiled_call_impl", None) is not None]
+
+    assert changed()  # (on this CPU at least the LoRA forward, fused q/k/v, projections and compiled blocks)
+    undo_fast_kernels(unet)
+    assert not changed()
+    got = output_and_grads(unet, params, x, t, ehs)
+    assert torch.equal(got[0], want[0])
+
+
 def test_prepare_fast_kernels_sets_the_step_up_and_its_fallback_undoes_compilation():
     from lora_studio.core.training.fast_kernels import prepare_fast_kernels
 

@@ -308,11 +308,8 @@ class _Run:
                                             pure=not cfg.train_text_encoder,
                                             compile=compile_choice(cfg.compile_unet),
                                             on_warning=lambda msg: self.emit(Warning(msg)))
-            # cuDNN autotuning picks nothing faster for channels-last bf16 convolutions (H100, attempt 16: SD 1.5
-            # b8 55.1 ms either way, SDXL b4 177.0 / 176.9) and costs the first step seconds (SDXL b4 9.3 vs 1.6)
             self.step_fn = FastStep(step, device=self.device, params=self.params,
-                                    on_warning=lambda msg: self.emit(Warning(msg)), fallback=fallback,
-                                    cudnn_benchmark=not step.channels_last)
+                                    on_warning=lambda msg: self.emit(Warning(msg)), fallback=fallback)
 
     def restore(self) -> tuple[int, int]:
         from lora_studio.core.training.checkpoint import latest_checkpoint, load_checkpoint

@@ -20,7 +20,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import (count_patched, patch_forward, triton_available,
+from lora_studio.core.training.fast_kernels import (count_patched, install_forward, triton_available,
                                                      triton_self_check, unpatch)
 
 BLOCK_R, BLOCK_D = 4, 256  # rows x output columns per program (SD's feed-forward widths are multiples of 256)
@@ -140,17 +140,10 @@ def install_fast_geglu(module) -> int:
     check on the module's device); returns how many."""
     from diffusers.models.activations import GEGLU
 
-    p = next(module.parameters(), None)
-    if p is None or not available(p.device):
-        return 0
-    n = 0
-    for sub in module.modules():
-        # (exact class: a subclass may compute something else; no "approximate" GELU: diffusers' GEGLU
-        # calls the exact one, and a version that adds the option is left alone)
-        if type(sub) is GEGLU and "forward" not in sub.__dict__ and getattr(sub, "approximate", "none") == "none":
-            patch_forward(sub, _forward)
-            n += 1
-    return n
+    # (exact class: a subclass may compute something else; no "approximate" GELU: diffusers' GEGLU calls the
+    # exact one, and a version that adds the option is left alone)
+    return install_forward(module, _forward, lambda sub: type(sub) is GEGLU
+                           and getattr(sub, "approximate", "none") == "none", available)
 
 
 def installed(module) -> int:

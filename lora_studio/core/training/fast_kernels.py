@@ -72,6 +72,22 @@ def patch_forward(sub, fn: Callable) -> None:
     sub.forward = types.MethodType(fn, sub)
 
 
+def install_forward(module, fn: Callable, wanted: Callable[[torch.nn.Module], bool],
+                    available: Callable[[torch.device], bool]) -> int:
+    """`patch_forward` `fn` onto every submodule of `module` that `wanted` picks and that has no per-instance
+    forward yet, if ``available(device)`` holds on the module's device (a Triton module's kernel check);
+    returns how many."""
+    p = next(module.parameters(), None)
+    if p is None or not available(p.device):
+        return 0
+    n = 0
+    for sub in module.modules():
+        if "forward" not in sub.__dict__ and wanted(sub):
+            patch_forward(sub, fn)
+            n += 1
+    return n
+
+
 def patched(sub, fn: Callable) -> bool:
     return getattr(sub.__dict__.get("forward"), "__func__", None) is fn
 
@@ -324,7 +340,7 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
       (``step.channels_last``, which a caller without a step object reads from `fast_norm.installed`;
       SD 1.5 b8 67.9 -> 61.0 ms, SDXL b4 183.9 -> 178.1 on an H100, attempt 15), with each plain ResNet block's
       GroupNorm + SiLU fused (attempt 16: then SD 1.5 b8 57.7 ms, SDXL b4 177.6 uncompiled, so both families),
-      and the step without cuDNN autotuning (the engine's FastStep).
+      and then FastStep runs no cuDNN autotuning (`step.channels_last`).
     Every speed-up is on unless turned off (the engine's choice); `compile_choice` gives the engine's ``compile``.
     The returned fallback undoes the compilation if the first step fails to build it, and says so.
     """
@@ -362,7 +378,7 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
         install_fast_block(unet)
     if compile:
         compile_blocks(unet, COMPILE_SETS[compile], **COMPILE_OPTIONS)
-    # (cuDNN autotuning: FastStep turns it on around each warm-up and capture.)
+    # (cuDNN autotuning: FastStep's, around each warm-up and capture of an NCHW step.)
 
     def fallback(exc: BaseException) -> None:
         if uncompile_blocks(unet):
@@ -372,3 +388,21 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
             raise exc
 
     return fallback
+
+
+def undo_fast_kernels(unet) -> None:
+    """Take back everything `prepare_fast_kernels` did to `unet` (its feature maps NCHW again), e.g. to set up
+    another variant on the same model."""
+    from lora_studio.core.training.fast_block import uninstall_fast_block
+    from lora_studio.core.training.fast_geglu import uninstall_fast_geglu
+    from lora_studio.core.training.fast_layernorm import uninstall_fast_layernorm
+    from lora_studio.core.training.fast_norm import uninstall_nhwc_group_norm
+    from lora_studio.core.training.fast_proj import uninstall_fast_proj
+    from lora_studio.core.training.fast_qkv import uninstall_fused_qkv
+
+    uncompile_blocks(unet)
+    for uninstall in (uninstall_fast_block, uninstall_fast_layernorm, uninstall_fast_geglu, uninstall_fast_proj,
+                      uninstall_fused_qkv, uninstall_fast_lora):
+        uninstall(unet)
+    if uninstall_nhwc_group_norm(unet):
+        unet.to(memory_format=torch.contiguous_format)

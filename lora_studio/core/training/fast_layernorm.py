@@ -25,7 +25,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import (count_patched, patch_forward, triton_available,
+from lora_studio.core.training.fast_kernels import (count_patched, install_forward, triton_available,
                                                      triton_self_check, unpatch)
 
 # A program holds whole rows in registers: BLOCK_M = TILE // BLOCK_C rows (at least one) of BLOCK_C =
@@ -252,16 +252,8 @@ def install_fast_layernorm(module) -> int:
     """Give every nn.LayerNorm in `module` the Triton path (if Triton is there and its kernels pass a check
     on the module's device); returns how many. Whether a call is covered is decided per call: a norm whose
     weight is trained keeps F.layer_norm."""
-    p = next(module.parameters(), None)
-    if p is None or not available(p.device):
-        return 0
-    n = 0
-    for sub in module.modules():
-        # (exact class: a subclass may compute something else)
-        if type(sub) is torch.nn.LayerNorm and "forward" not in sub.__dict__:
-            patch_forward(sub, _forward)
-            n += 1
-    return n
+    # (exact class: a subclass may compute something else)
+    return install_forward(module, _forward, lambda sub: type(sub) is torch.nn.LayerNorm, available)
 
 
 def installed(module) -> int:
