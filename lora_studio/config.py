@@ -14,7 +14,7 @@ from typing import Any
 
 import tomli_w
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class ConfigError(ValueError):
@@ -125,13 +125,11 @@ class TrainingConfig:
                          "on the full model.", group="memory")
     fast_path: bool = _f(True, "Use the captured CUDA-graph training step when the run allows it.", group="memory",
                          advanced=True)
-    compile_unet: str = _f("auto", "Compile parts of the UNet for a faster step (fast path only): 'blocks' compiles "
+    compile_unet: str = _f("off", "Compile parts of the UNet for a faster step (fast path only): 'blocks' compiles "
                            "the transformer blocks (SDXL: ~1.5% faster for 10-30 s at the start), 'regions' also the "
-                           "ResNet blocks (~2.5 minutes at the start), per image size the first time; 'auto' = "
+                           "ResNet blocks (~2.5 minutes at the start), per image size the first time; 'off' = "
                            "nothing compiled (the first step starts in seconds).", group="memory",
-                           choices=["auto", "off", "blocks", "regions"], advanced=True)
-    dataloader_num_workers: int = _f(0, "Background data-loading processes.", group="memory", min=0, max=64,
-                                     advanced=True)
+                           choices=["off", "blocks", "regions"], advanced=True)
 
     # Validation, checkpoints, logs
     validation_prompt: str = _f("", "Prompt for sample images during training ('' = none).", group="output")
@@ -242,7 +240,16 @@ def from_dict(data: dict[str, Any], source: str = "config") -> TrainingConfig:
 
 
 def migrate(data: dict[str, Any], version: int) -> dict[str, Any]:
-    """Bring an older file's keys up to the current schema (no older schema exists yet)."""
+    """Bring an older file's keys up to the current schema.
+
+    1 -> 2: `dataloader_num_workers` is gone (pictures are read in the training process; caching makes workers
+    pointless) and `compile_unet = "auto"` meant the same as "off".
+    """
+    if isinstance(version, int) and version < 2:
+        data.pop("dataloader_num_workers", None)
+        if data.get("compile_unet") == "auto":
+            data["compile_unet"] = "off"
+        version = 2
     data["schema_version"] = max(int(version), 1) if isinstance(version, int) else version
     return data
 

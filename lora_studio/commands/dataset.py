@@ -11,8 +11,12 @@ def add_arguments(parser) -> None:
                            description="Report bad images, caption problems and the aspect-ratio bucket plan. "
                            "Exits non-zero when a problem would stop training. Changes no file.")
     check.add_argument("dir", metavar="DIR")
-    check.add_argument("--resolution", type=int, default=512, help="training resolution (default 512)")
-    check.add_argument("--sdxl", action="store_true", help="SDXL bucket steps (32 px)")
+    check.add_argument("--model", metavar="M", default=None,
+                       help="the base model you will train on (folder, .safetensors, 'demo', 'demo-xl'): the buckets "
+                       "are then exactly the ones training uses for it, and --resolution defaults to its native size")
+    check.add_argument("--resolution", type=int, default=None,
+                       help="training resolution (default: the model's native size, else 512)")
+    check.add_argument("--sdxl", action="store_true", help="without --model: SDXL bucket steps (32 px)")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.add_argument("--no-upscale", action="store_true",
                        help="plan buckets without upscaling small images (they get smaller buckets)")
@@ -20,6 +24,8 @@ def add_arguments(parser) -> None:
                        help="smallest bucket side (default resolution/4)")
     check.add_argument("--max-side", type=int, default=None, metavar="PX",
                        help="largest bucket side (default resolution*2)")
+    check.add_argument("--no-buckets", action="store_true",
+                       help="as enable_bucket = false: every picture is cropped to the square")
 
 
 def run(args) -> int:
@@ -27,8 +33,16 @@ def run(args) -> int:
 
     from lora_studio.core.dataset import check_dataset
 
-    report = check_dataset(args.dir, args.resolution, args.sdxl, no_upscale=args.no_upscale,
-                           min_side=args.min_side, max_side=args.max_side)
+    resolution = args.resolution
+    if resolution is None:
+        resolution = 512
+        if args.model is not None:
+            from lora_studio.core.models.loader import native_resolution, resolve_model
+
+            resolution = native_resolution(resolve_model(args.model))
+    report = check_dataset(args.dir, resolution, args.sdxl, no_upscale=args.no_upscale,
+                           min_side=args.min_side, max_side=args.max_side, model=args.model,
+                           enable_bucket=not args.no_buckets)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
     else:

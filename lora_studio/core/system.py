@@ -80,6 +80,34 @@ def gpu_info(index: int = 0) -> GpuInfo | None:
     return None
 
 
+def training_device():
+    """The device a run trains on: a CUDA GPU, else Apple's MPS, else the CPU (never MPS called CUDA)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def memory_reading(device) -> tuple[int, int, int]:
+    """(used, peak, total) bytes of the training device's memory; zeros on the CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return (torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device),
+                torch.cuda.get_device_properties(device).total_memory)
+    if device.type == "mps":
+        used = torch.mps.current_allocated_memory()
+        # MPS keeps no peak; the driver's allocation (what the process holds) is the closest reading.
+        peak = max(used, torch.mps.driver_allocated_memory())
+        total = torch.mps.recommended_max_memory() if hasattr(torch.mps, "recommended_max_memory") else 0
+        return int(used), int(peak), int(total)
+    return 0, 0, 0
+
+
 @dataclass(frozen=True)
 class TorchCheck:
     ok: bool

@@ -313,7 +313,7 @@ class DatasetTab(QWidget):
         if self.job is not None and self.job.isRunning():
             self.job.request_stop()
         self.path_label.setText(f"Opening {path}…")
-        self.job = workers.open_dataset_job(str(path), self.model.resolution, self.model.sdxl)
+        self.job = workers.open_dataset_job(str(path), self.model.buckets())
         self.job.result.connect(lambda ds, p=str(path): self.set_dataset(ds, p))
         self.job.error.connect(self._error)
         self.job.start()

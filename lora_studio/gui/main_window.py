@@ -53,10 +53,12 @@ class MainWindow(QMainWindow):
         self.dataset_tab.dataset_opened.connect(self._dataset_opened)
         self.dataset_tab.dreambooth_changed.connect(self.training_tab.form.set_values)
         self.training_tab.form.changed.connect(self._form_changed)
+        self.training_tab.model_picker.changed.connect(lambda _m: self._sync_bucket_plan())
         self.training_tab.run_finished.connect(self._run_finished)
         self.training_tab.running_changed.connect(self._running_changed)
         self.dataset_tab.status.connect(lambda m: self.statusBar().showMessage(m, 6000))
 
+        self._sync_bucket_plan()
         self._build_menu()
         self.gpu_label = QLabel("Detecting GPU…")
         self.statusBar().addPermanentWidget(self.gpu_label)
@@ -238,14 +240,24 @@ class MainWindow(QMainWindow):
         if name in ("instance_prompt", "class_prompt", "class_data_dir", "num_class_images",
                     "with_prior_preservation"):
             self.dataset_tab.set_dreambooth_values(self.training_tab.form.values())
-        elif name in ("resolution", "model_family"):
-            self.dataset_tab.model.set_resolution(self.training_tab.form.value("resolution"),
-                                                  self.training_tab.model_family() == "sdxl")
+        elif name in ("resolution", "model_family", "pretrained_model_name_or_path", "enable_bucket",
+                      "bucket_no_upscale"):
+            self._sync_bucket_plan()
+
+    def _sync_bucket_plan(self) -> None:
+        """The Dataset tab's Bucket column shows the buckets of the run the Training tab would start."""
+        form = self.training_tab.form
+        self.dataset_tab.model.set_plan(self.training_tab.model_picker.model(), form.value("resolution"),
+                                        sdxl=self.training_tab.model_family() == "sdxl",
+                                        enable_bucket=form.value("enable_bucket"),
+                                        no_upscale=form.value("bucket_no_upscale"))
 
     def set_gpu(self, info: dict) -> None:
         self.gpu = info
         if info.get("cuda") and info.get("total"):
             self.gpu_label.setText(f"GPU: {info['name']} · {info['total'] / GIB:.1f} GiB")
+        elif info.get("backend") == "mps":
+            self.gpu_label.setText("Apple GPU (MPS)")
         else:
             self.gpu_label.setText("CPU (no CUDA GPU)")
         self.training_tab.set_gpu(info)

@@ -209,6 +209,10 @@ class TrainingTab(QWidget):
             self.gpu_label.setText(f"Detected {info['name']} with {gib:.0f} GiB: the {size} GB preset fits.")
             self.preset_combo.setCurrentIndex(self.preset_combo.findData(size))
             self.memory.update_memory(0, 0, total)
+        elif info.get("backend") == "mps":
+            self.gpu_label.setText("Apple GPU (MPS): training runs on it, without the CUDA-only speed-ups "
+                                   "(CUDA graphs, 8-bit base model).")
+            self.memory.update_memory(0, 0, total)  # Progress events carry MPS's readings
         else:
             self.gpu_label.setText("No CUDA GPU found: training runs on the CPU (fine for the demo model).")
             self.memory.set_cpu(info.get("name") or "CPU")

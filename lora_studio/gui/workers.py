@@ -64,21 +64,17 @@ class JobThread(QThread):
 
 # ------------------------------------------------------------------------------------------ system info
 def gpu_info() -> dict[str, Any]:
-    """{'name', 'total' (bytes), 'cuda'}; the CPU when torch sees no GPU. Imports torch: call off-thread."""
-    try:
-        from lora_studio.core import system
+    """{'name', 'total' (bytes), 'cuda', 'backend'}: 'cuda', 'mps' (Apple GPU) or 'cpu'.
 
-        info = system.gpu_info()
-    except ImportError:
-        info = None
-        import torch
+    Imports torch: call off-thread. 'cuda' is true only for CUDA, never for MPS.
+    """
+    from lora_studio.core import system
 
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            return {"name": props.name, "total": int(props.total_memory), "cuda": True}
+    info = system.gpu_info()
     if info is None:
-        return {"name": "CPU", "total": 0, "cuda": False}
-    return {"name": info.name, "total": int(info.total_memory), "cuda": True, "backend": info.backend}
+        return {"name": "CPU", "total": 0, "cuda": False, "backend": "cpu"}
+    return {"name": info.name, "total": int(info.total_memory), "cuda": info.backend == "cuda",
+            "backend": info.backend}
 
 
 def leave_a_core_for_the_gui() -> None:
@@ -159,14 +155,17 @@ def training_job(config, resume: bool = False) -> JobThread:
     return JobThread(fn)
 
 
-def open_dataset_job(path: str, resolution: int = 512, sdxl: bool = False) -> JobThread:
-    """Scan the folder and validate every image (fills sizes and problems) off the GUI thread."""
+def open_dataset_job(path: str, buckets=None) -> JobThread:
+    """Scan the folder and validate every image (fills sizes and problems) off the GUI thread.
+
+    ``buckets``: the plan the Dataset tab shows (core.dataset.plan_buckets), for the too-small warnings.
+    """
 
     def fn(emit, stop):
-        from lora_studio.core.dataset import Dataset, make_buckets, validate_dataset
+        from lora_studio.core.dataset import Dataset, validate_dataset
 
         ds = Dataset.open(path)
-        validate_dataset(ds, buckets=make_buckets(resolution, sdxl=sdxl), stop=stop)
+        validate_dataset(ds, buckets=buckets, stop=stop)
         return ds
 
     return JobThread(fn)

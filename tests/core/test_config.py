@@ -9,7 +9,7 @@ def test_defaults_validate_and_round_trip(tmp_path):
     path = tmp_path / "run.toml"
     c.save(cfg, path)
     assert c.load(path) == cfg
-    assert "schema_version = 1" in path.read_text()
+    assert f"schema_version = {c.SCHEMA_VERSION}" in path.read_text()
 
 
 def test_alpha_defaults_to_rank():
@@ -75,3 +75,16 @@ def test_preset_for_memory():
 def test_every_field_has_help():
     for name, f in c.FIELDS.items():
         assert f.metadata["help"], name
+
+
+def test_a_version_1_file_loses_its_dead_settings(tmp_path):
+    # dataloader_num_workers was shown and read by nothing; compile_unet "auto" meant "off".
+    path = tmp_path / "old.toml"
+    path.write_text('schema_version = 1\ndataloader_num_workers = 4\ncompile_unet = "auto"\n')
+    cfg = c.load(path)
+    assert cfg.compile_unet == "off" and cfg.schema_version == c.SCHEMA_VERSION
+    assert "dataloader_num_workers" not in c.FIELDS
+    with pytest.raises(c.ConfigError, match="dataloader_num_workers"):
+        c.from_dict({"schema_version": 2, "dataloader_num_workers": 4})
+    with pytest.raises(c.ConfigError, match="compile_unet"):
+        c.from_dict({"compile_unet": "auto"})

@@ -40,6 +40,9 @@ Buckets
   (step 64, or 32 for SDXL; area budget resolution**2; sides default resolution/4 .. resolution*2).
   ``Buckets.sizes`` (sorted (w, h)), ``.assign((w, h)) -> (w, h)``, ``.plan(sizes) -> {bucket: count}``,
   ``.describe()``; ``upscale_factor(size, bucket)``.
+- ``plan_buckets(model, resolution, *, enable_bucket=True, no_upscale=False, min_side=None, max_side=None)``
+  and ``training_buckets(config)``: THE buckets training uses (step from the model: its VAE and UNet downscale).
+  Training, ``dataset check --model`` and the Dataset tab's Bucket column all call these.
 
 Training-side helpers
 - ``load_training_image(path) -> PIL.Image`` (RGB, EXIF-upright, first frame, 8-bit, transparency on white;
@@ -50,7 +53,7 @@ Training-side helpers
 - ``thumbnail(path, max_side=160) -> PIL.Image | None``: a safe, cheap preview for the caption grid.
 """
 
-from .buckets import Buckets, make_buckets, upscale_factor
+from .buckets import Buckets, make_buckets, plan_buckets, training_buckets, upscale_factor
 from .check import CheckReport, check_dataset
 from .dataset import Dataset, DatasetItem, image_size
 from .images import crop_for_bucket, load_training_image, resize_to_bucket, thumbnail, to_rgb
@@ -62,5 +65,5 @@ __all__ = [
     "CAPTION_EXTENSIONS", "ERROR", "IMAGE_EXTENSIONS", "METADATA_NAME", "WARNING",
     "Buckets", "CheckReport", "Dataset", "DatasetItem", "Problem",
     "check_dataset", "check_image", "crop_for_bucket", "image_size", "iter_validate", "load_training_image",
-    "make_buckets", "resize_to_bucket", "scan", "thumbnail", "to_rgb", "upscale_factor", "validate_dataset",
+    "make_buckets", "plan_buckets", "resize_to_bucket", "training_buckets", "scan", "thumbnail", "to_rgb", "upscale_factor", "validate_dataset",
 ]

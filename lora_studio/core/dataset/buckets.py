@@ -1,7 +1,10 @@
 """Aspect-ratio buckets: train each image at a size close to its own shape within a pixel budget.
 
-The budget is resolution**2 pixels; sides are multiples of ``step`` (64, or 32 for SDXL) between
-``min_side`` and ``max_side`` (by default resolution/4 and resolution*2, i.e. 256/2048 at 1024).
+The budget is resolution**2 pixels; sides are multiples of ``step`` (what the model needs: 64 for SD 1.x,
+32 for SDXL) between ``min_side`` and ``max_side`` (by default resolution/4 and resolution*2).
+
+``plan_buckets`` / ``training_buckets`` are the one planner: training, `dataset check` and the Dataset tab's
+Bucket column all get their buckets from it, so what is shown is what trains.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def upscale_factor(size: Size, bucket: Size) -> float:
 
 
 def make_buckets(resolution: int, sdxl: bool = False, *, step: int | None = None, min_side: int | None = None,
-                 max_side: int | None = None, no_upscale: bool = False) -> Buckets:
+                 max_side: int | None = None, no_upscale: bool = False, square_only: bool = False) -> Buckets:
     step = step or (32 if sdxl else 64)
     if resolution < step:
         raise LoraStudioError(f"resolution {resolution} is smaller than the bucket step {step}.",
@@ -86,9 +89,27 @@ def make_buckets(resolution: int, sdxl: bool = False, *, step: int | None = None
                               f"of resolution {resolution}.", "keep min side <= resolution <= max side.")
     area = resolution * resolution
     sizes = {(square, square)}
+    if square_only:  # enable_bucket = false: every picture is cropped to the square
+        return Buckets(resolution, step, min_side, max_side, no_upscale, ((square, square),))
     # Walk the short side up to the square; the long side takes the rest of the budget; mirror for landscape.
     for w in range(max(step, _floor(min_side + step - 1, step)), square + 1, step):
         h = min(max_side, _floor(area / w, step))
         if h >= w:
             sizes.update({(w, h), (h, w)})
     return Buckets(resolution, step, min_side, max_side, no_upscale, tuple(sorted(sizes)))
+
+
+def plan_buckets(model: str, resolution: int, *, enable_bucket: bool = True, no_upscale: bool = False,
+                 min_side: int | None = None, max_side: int | None = None) -> Buckets:
+    """The buckets training uses for ``model`` (a path or 'demo'): its family's step, the no-upscale rule."""
+    from lora_studio.core.models.loader import resolve_model, size_multiple
+
+    ref = resolve_model(model)
+    return make_buckets(resolution, ref.family == "sdxl", step=size_multiple(ref), min_side=min_side,
+                        max_side=max_side, no_upscale=no_upscale, square_only=not enable_bucket)
+
+
+def training_buckets(config) -> Buckets:
+    """The buckets a run with this TrainingConfig trains at."""
+    return plan_buckets(config.pretrained_model_name_or_path, config.resolution,
+                        enable_bucket=config.enable_bucket, no_upscale=config.bucket_no_upscale)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .buckets import Buckets, Size, make_buckets
+from .buckets import Buckets, Size, make_buckets, plan_buckets
 from .dataset import Dataset
 from .problems import ERROR, WARNING, Problem
 from .scan import IMAGE_EXTENSIONS
@@ -90,11 +90,19 @@ class CheckReport:
 
 
 def check_dataset(path: str | os.PathLike, resolution: int = 512, sdxl: bool = False, *, no_upscale: bool = False,
-                  min_side: int | None = None, max_side: int | None = None,
-                  progress: Callable[[int, int], None] | None = None,
+                  min_side: int | None = None, max_side: int | None = None, model: str | None = None,
+                  enable_bucket: bool = True, progress: Callable[[int, int], None] | None = None,
                   stop: Callable[[], bool] | None = None) -> CheckReport:
-    """Scan, read captions, open every image and plan buckets. Changes no file."""
-    buckets = make_buckets(resolution, sdxl, min_side=min_side, max_side=max_side, no_upscale=no_upscale)
+    """Scan, read captions, open every image and plan buckets. Changes no file.
+
+    With ``model`` the buckets are exactly the ones training uses for that model (its step, not ``sdxl``'s).
+    """
+    if model is not None:
+        buckets = plan_buckets(model, resolution, enable_bucket=enable_bucket, no_upscale=no_upscale,
+                               min_side=min_side, max_side=max_side)
+    else:
+        buckets = make_buckets(resolution, sdxl, min_side=min_side, max_side=max_side, no_upscale=no_upscale,
+                               square_only=not enable_bucket)
     ds = Dataset.open(path)
     complete = validate_dataset(ds, buckets, progress, stop)
     problems = list(ds.problems)

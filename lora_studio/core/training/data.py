@@ -1,4 +1,4 @@
-"""Training examples, aspect buckets, a resumable batch order, image transforms and caches.
+"""Training examples, a resumable batch order and the per-example pixels (read through core/dataset).
 
 Randomness here is stateless: each micro-step m draws from generators seeded by (seed, m), so a run
 resumed at step m sees exactly the batches, crops, flips and noise an uninterrupted run saw.
@@ -22,6 +22,7 @@ class Example:
     caption: str
     size: tuple[int, int]  # original (width, height)
     bucket: tuple[int, int]  # training (width, height)
+    name: str = ""  # relative to the dataset folder ("" for class images)
 
 
 def step_seed(*parts: int) -> int:
@@ -78,49 +79,33 @@ class BatchOrder:
 
 
 # ------------------------------------------------------------------------------------------- images
-def open_rgb(path: Path):
-    from PIL import Image, ImageOps
+class _TorchRandom:
+    """The dataset layer's crop chooser draws from the run's per-step torch generator (stateless resume)."""
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
-        return im.convert("RGB")
+    def __init__(self, gen: torch.Generator):
+        self.gen = gen
 
-
-def crop_slack(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[int, int]:
-    """Pixels left over (x, y) after scaling an image to cover its bucket."""
-    w, h = size
-    bw, bh = bucket
-    scale = max(bw / w, bh / h)
-    return max(0, round(w * scale) - bw), max(0, round(h * scale) - bh)
+    def randint(self, low: int, high: int) -> int:  # inclusive, like random.randint
+        return int(torch.randint(low, high + 1, (1,), generator=self.gen)) if high > low else low
 
 
 def load_example(ex: Example, center_crop: bool, random_flip: bool, gen: torch.Generator | None):
-    """(pixels in [-1, 1] as CHW float tensor, crop top-left (y, x)) for one example."""
-    from PIL import Image
+    """(pixels in [-1, 1] as CHW float tensor, crop top-left (y, x)) for one example.
 
-    im = open_rgb(ex.path)
-    bw, bh = ex.bucket
-    scale = max(bw / im.width, bh / im.height)
-    new = (max(bw, round(im.width * scale)), max(bh, round(im.height * scale)))
-    if new != im.size:
-        im = im.resize(new, Image.Resampling.LANCZOS)
-    sx, sy = new[0] - bw, new[1] - bh
-    if center_crop or gen is None:
-        left, top = sx // 2, sy // 2
-    else:
-        left = int(torch.randint(0, sx + 1, (1,), generator=gen)) if sx else 0
-        top = int(torch.randint(0, sy + 1, (1,), generator=gen)) if sy else 0
-    im = im.crop((left, top, left + bw, top + bh))
+    Pictures are opened and cut only by the dataset layer (``load_training_image``, ``resize_to_bucket``): what
+    `dataset check` and the Dataset tab describe is what trains.
+    """
+    from lora_studio.core.dataset import load_training_image, resize_to_bucket
+
+    im = load_training_image(ex.path)
+    rng = None if center_crop or gen is None else _TorchRandom(gen)
+    im, crop = resize_to_bucket(im, ex.bucket, center_crop=rng is None, rng=rng, return_crop=True)
     flip = random_flip and gen is not None and bool(torch.rand((), generator=gen) < 0.5)
     arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
     if flip:
         t = t.flip(-1)
-    return t, (top, left)
+    return t, crop
 
 
 def augmentations_random(examples: list[Example], config) -> bool:
@@ -129,25 +114,6 @@ def augmentations_random(examples: list[Example], config) -> bool:
         return True
     if config.center_crop:
         return False
-    return any(crop_slack(ex.size, ex.bucket) != (0, 0) for ex in examples)
+    from lora_studio.core.dataset import crop_for_bucket
 
-
-# ------------------------------------------------------------------------------------------ buckets
-def make_buckets(resolution: int, step: int | None = None, max_ratio: float = 2.0) -> list[tuple[int, int]]:
-    """(width, height) pairs of about resolution^2 pixels, sides multiples of ``step``."""
-    step = step or (64 if resolution >= 256 else 8)
-    area = resolution * resolution
-    out = set()
-    w = step
-    while w <= resolution * max_ratio:
-        h = (area // w) // step * step
-        if h >= step and max(w / h, h / w) <= max_ratio:
-            out.add((w, h))
-        w += step
-    out.add((resolution, resolution))
-    return sorted(out)
-
-
-def pick_bucket(size: tuple[int, int], buckets: list[tuple[int, int]]) -> tuple[int, int]:
-    ratio = math.log(size[0] / size[1])
-    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+    return any(crop_for_bucket(ex.size, ex.bucket)[0] != ex.bucket for ex in examples)

@@ -102,9 +102,14 @@ class _Run:
         examples, ref = self.preflight()
         self.setup_accelerator()
         if self.accelerator.is_main_process:
+            import json
+
             from lora_studio.config import save
+            from lora_studio.core.io import write_text
 
             save(self.config, self.output_dir / "config.toml")
+            record = preflight.dataset_record(examples, self.config)
+            write_text(self.output_dir / "dataset.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
         self.load_models()
         if self.config.int8_base:
             self.add_lora()  # the LoRA goes in before the frozen weights are stored in 8 bits and moved to the GPU
@@ -129,12 +134,16 @@ class _Run:
     def preflight(self):
         cfg = self.config
         preflight.check_config(cfg)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        from lora_studio.core.system import training_device
+
+        device = training_device()
         preflight.check_precision(cfg, device)
+        preflight.check_device(cfg, device)
         preflight.check_optimizer(cfg)
         preflight.check_instance_token(cfg)
         ref = preflight.check_model(cfg)
         examples = preflight.collect_examples(cfg)
+        self.train_device = device
         if self.resume:
             from lora_studio.core.training.checkpoint import latest_checkpoint
 
@@ -161,7 +170,7 @@ class _Run:
             log_with=log_with,
             project_config=ProjectConfiguration(project_dir=str(self.output_dir),
                                                 logging_dir=str(self.output_dir / "logs")),
-            cpu=not torch.cuda.is_available(),
+            cpu=self.train_device.type == "cpu",
         )
         if getattr(self, "_emit_later", None) is not None:
             self.emit(self._emit_later)
@@ -379,10 +388,10 @@ class _Run:
             rate = (step - start_step) / spent if spent > 0 else None
         eta = (total - step) / rate if rate else 0.0
         used = peak = cap = None
-        if self.device.type == "cuda":
-            used = torch.cuda.memory_allocated(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-            cap = torch.cuda.get_device_properties(self.device).total_memory
+        if self.device.type in ("cuda", "mps"):
+            from lora_studio.core.system import memory_reading
+
+            used, peak, cap = memory_reading(self.device)
         return Progress(step=step, total=total, loss=loss, lr=float(self.lr_scheduler.get_last_lr()[0]),
                         it_per_s=rate, eta_s=float(eta), vram_used=used, vram_peak=peak, vram_total=cap)
 

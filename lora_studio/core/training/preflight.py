@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from lora_studio.config import ConfigError
-from lora_studio.core.training.data import Example, make_buckets, pick_bucket
+from lora_studio.core.training.data import Example
+from lora_studio.core.dataset import training_buckets
 from lora_studio.errors import LoraStudioError
 
 OPTIONAL_OPTIMIZERS = {"adamw8bit": ("bitsandbytes", "bitsandbytes"), "prodigy": ("prodigyopt", "prodigyopt")}
@@ -38,14 +39,31 @@ def check_model(config):
     return ref
 
 
+DEVICE_WORDS = {"cuda": "a CUDA GPU", "mps": "the Apple GPU (MPS)", "cpu": "the CPU"}
+
+
 def check_precision(config, device: torch.device) -> None:
     mp = config.mixed_precision
     if mp == "fp16" and device.type != "cuda":
-        raise LoraStudioError("mixed_precision = \"fp16\" needs a CUDA GPU; this run is on the CPU.",
+        raise LoraStudioError(f"mixed_precision = \"fp16\" needs a CUDA GPU; this run is on "
+                              f"{DEVICE_WORDS.get(device.type, device.type)}.",
                               "set mixed_precision = \"no\" (or \"bf16\") in the config.")
     if mp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise LoraStudioError(f"mixed_precision = \"bf16\": {torch.cuda.get_device_name(device)} has no bf16 support.",
                               "set mixed_precision = \"fp16\" in the config (RTX 20 series and older, GTX cards).")
+
+
+def check_device(config, device: torch.device) -> None:
+    """What a run on Apple's MPS cannot do, said plainly before any work (the CUDA graph step is CUDA-only)."""
+    if device.type != "mps":
+        return
+    if config.int8_base:
+        raise LoraStudioError("int8_base = true needs a CUDA GPU; this run is on the Apple GPU (MPS).",
+                              "set int8_base = false (use gradient_checkpointing = true and a smaller batch "
+                              "to save memory instead).")
+    if config.optimizer == "adamw8bit":
+        raise LoraStudioError("optimizer = \"adamw8bit\" (bitsandbytes) needs a CUDA GPU; this run is on the "
+                              "Apple GPU (MPS).", "set optimizer = \"adamw\".")
 
 
 def check_optimizer(config) -> None:
@@ -95,27 +113,30 @@ def collect_examples(config) -> list[Example]:
                 f"{len(missing)} of {len(ds)} image(s) in {ds.root} have no caption: {names}.",
                 "write a caption for each image (a .txt file beside it, or metadata.jsonl), or train a "
                 "DreamBooth run (mode = \"dreambooth\") with an instance prompt.")
-    buckets = make_buckets(config.resolution) if config.enable_bucket else [(config.resolution,) * 2]
+    buckets = training_buckets(config)
     examples = []
     for item in ds:
-        size = tuple(item.size)
         caption = (config.caption_prefix + item.prompt) if config.mode == "style" else config.instance_prompt
-        bucket = pick_bucket(size, buckets) if config.enable_bucket else buckets[0]
-        if config.enable_bucket and config.bucket_no_upscale and size[0] * size[1] < bucket[0] * bucket[1]:
-            bucket = _no_upscale_bucket(size, bucket)
-        examples += [Example(Path(item.path), caption, size, bucket)] * max(1, item.repeats)
+        ex = Example(Path(item.path), caption, tuple(item.size), buckets.assign(item.size), item.name)
+        examples += [ex] * max(1, item.repeats)
     return examples
-
-
-def _no_upscale_bucket(size, bucket):
-    scale = (size[0] * size[1] / (bucket[0] * bucket[1])) ** 0.5
-    step = 8
-    return max(step, int(bucket[0] * scale) // step * step), max(step, int(bucket[1] * scale) // step * step)
 
 
 def class_examples(paths: list[Path], config) -> list[Example]:
     from lora_studio.core.dataset import image_size
 
+    buckets = training_buckets(config)
     res = config.resolution
-    return [Example(Path(p), config.class_prompt, tuple(image_size(Path(p)) or (res, res)), (res, res))
-            for p in paths]
+    sizes = [tuple(image_size(Path(p)) or (res, res)) for p in paths]
+    return [Example(Path(p), config.class_prompt, size, buckets.assign(size)) for p, size in zip(paths, sizes)]
+
+
+def dataset_record(examples: list[Example], config) -> dict:
+    """What `<output_dir>/dataset.json` holds: each picture's bucket and caption as trained."""
+    buckets = training_buckets(config)
+    assignments, captions = {}, {}
+    for ex in examples:
+        assignments[ex.name] = list(ex.bucket)
+        captions[ex.name] = ex.caption
+    return {"root": str(Path(config.train_data_dir).resolve()), "resolution": config.resolution,
+            "step": buckets.step, "assignments": assignments, "captions": captions}

@@ -45,8 +45,11 @@ class CaptionTableModel(QAbstractTableModel):
         super().__init__(parent)
         self.dataset = None
         self.undo_stack = QUndoStack(self)
-        self.resolution = 512
+        self.model_name = "demo"
+        self.resolution = 64
         self.sdxl = False
+        self.enable_bucket = True
+        self.no_upscale = False
         self._buckets = None
         self._thumbs: dict[str, QPixmap] = {}
         self._pending: set[str] = set()
@@ -73,19 +76,31 @@ class CaptionTableModel(QAbstractTableModel):
         self.endResetModel()
 
     def buckets(self):
+        """The buckets training will use for the chosen model and settings (core's one planner)."""
         if self._buckets is None:
-            from lora_studio.core.dataset import make_buckets
+            from lora_studio.core.dataset import make_buckets, plan_buckets
+            from lora_studio.errors import LoraStudioError
 
-            self._buckets = make_buckets(self.resolution, sdxl=self.sdxl)
+            try:
+                self._buckets = plan_buckets(self.model_name, self.resolution, enable_bucket=self.enable_bucket,
+                                             no_upscale=self.no_upscale)
+            except LoraStudioError:  # a model path still being typed: the family's usual step
+                self._buckets = make_buckets(max(self.resolution, 64), sdxl=self.sdxl, no_upscale=self.no_upscale,
+                                             square_only=not self.enable_bucket)
         return self._buckets
 
-    def set_resolution(self, resolution: int, sdxl: bool | None = None) -> None:
-        self.resolution = resolution
-        if sdxl is not None:
-            self.sdxl = sdxl
+    def set_plan(self, model: str, resolution: int, *, sdxl: bool = False, enable_bucket: bool = True,
+                 no_upscale: bool = False) -> None:
+        """Show the buckets of a run on ``model`` at ``resolution`` (the Training tab's settings)."""
+        self.model_name, self.resolution, self.sdxl = model, resolution, sdxl
+        self.enable_bucket, self.no_upscale = enable_bucket, no_upscale
         self._buckets = None
         if self.rowCount():
             self.dataChanged.emit(self.index(0, COL_BUCKET), self.index(self.rowCount() - 1, COL_BUCKET))
+
+    def set_resolution(self, resolution: int, sdxl: bool | None = None) -> None:
+        self.set_plan(self.model_name, resolution, sdxl=self.sdxl if sdxl is None else sdxl,
+                      enable_bucket=self.enable_bucket, no_upscale=self.no_upscale)
 
     def _on_caption_saved(self, row: int) -> None:
         self.dataChanged.emit(self.index(row, COL_CAPTION), self.index(row, COL_PROBLEMS))

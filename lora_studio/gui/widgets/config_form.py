@@ -29,7 +29,7 @@ LABELS = {
     "text_encoder_lr": "Text encoder LR", "class_data_dir": "Class images folder", "num_class_images": "Class images",
     "validation_prompt": "Sample prompt", "validation_steps": "Sample every", "num_validation_images": "Samples each",
     "checkpointing_steps": "Checkpoint every", "checkpoints_total_limit": "Keep checkpoints",
-    "dataloader_num_workers": "Loader workers", "with_prior_preservation": "Prior preservation",
+    "with_prior_preservation": "Prior preservation",
     "adam_beta1": "Adam beta1", "adam_beta2": "Adam beta2", "adam_epsilon": "Adam epsilon",
     "adam_weight_decay": "Weight decay", "max_grad_norm": "Gradient clipping", "report_to": "Log to",
     "fast_path": "CUDA-graph fast path", "enable_bucket": "Aspect-ratio buckets", "instance_prompt": "Instance prompt",
