@@ -135,6 +135,7 @@ class _Run:
         preflight.check_instance_token(cfg)
         ref = preflight.check_model(cfg)
         examples = preflight.collect_examples(cfg)
+        self.config = cfg = preflight.check_trigger(cfg, self.emit)
         if self.resume:
             from lora_studio.core.training.checkpoint import latest_checkpoint
 

@@ -119,3 +119,15 @@ def class_examples(paths: list[Path], config) -> list[Example]:
     res = config.resolution
     return [Example(Path(p), config.class_prompt, tuple(image_size(Path(p)) or (res, res)), (res, res))
             for p in paths]
+
+
+def check_trigger(config, emit):
+    """Warn when captions lack the trigger word; returns the config to run, its validation prompt holding it."""
+    from lora_studio.core.dataset import trigger
+    from lora_studio.core.events import Warning
+
+    found = trigger.check_config(config)
+    if found is not None and found.count:
+        emit(Warning(found.message()))
+    prompt = trigger.validation_prompt(config)
+    return config if prompt == config.validation_prompt else config.replace(validation_prompt=prompt)
