@@ -13,13 +13,15 @@ captioner is made):
   stop)`` yields {index: text} per batch with Started/Progress/Warning events (phase "caption");
   ``plan(ds, drafts, mode, trigger, items=None) -> [(index, old, new)]``.
 - ``caption_folder(path, model, mode, trigger, emit, stop, **options) -> dict``: the CLI's whole job.
+- ``draft_all(ds, model, indices, emit, stop, **options) -> {index: text}``: the GUI worker's job; ``scope(ds, items)``:
+  the items whose caption can be rewritten.
 - Tags: ``split_tags``, ``tag_counts``, ``rename_tag``, ``remove_tag``, ``add_tag`` (tags.py).
 """
 
 from .base import MODES, Captioner, final_caption
 from .load import load_captioner
-from .run import caption_folder, draft, plan, to_draft
+from .run import caption_folder, draft, draft_all, plan, scope, to_draft
 from .tags import add_tag, remove_tag, rename_tag, split_tags, tag_counts
 
-__all__ = ["MODES", "Captioner", "add_tag", "caption_folder", "draft", "final_caption", "load_captioner", "plan",
-           "remove_tag", "rename_tag", "split_tags", "tag_counts", "to_draft"]
+__all__ = ["MODES", "Captioner", "add_tag", "caption_folder", "draft", "draft_all", "final_caption", "load_captioner",
+           "plan", "remove_tag", "rename_tag", "scope", "split_tags", "tag_counts", "to_draft"]

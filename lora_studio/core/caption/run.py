@@ -95,3 +95,15 @@ def caption_folder(path, model: str, mode: str = "empty", trigger: str = "", emi
               "seconds": time.perf_counter() - t0}
     emit(ev.Finished(result))
     return result
+
+
+def draft_all(ds, model: str, indices: Sequence[int], emit: Callable = None, stop: Callable[[], bool] | None = None,
+              **options) -> dict[int, str]:
+    """Load the captioner and draft every item in ``indices`` (until stopped): the GUI worker's job."""
+    from lora_studio.core.caption.load import load_captioner
+
+    captioner = load_captioner(model, **options)
+    drafts: dict[int, str] = {}
+    for batch in draft(ds, captioner, indices, emit, stop):
+        drafts.update(batch)
+    return drafts
