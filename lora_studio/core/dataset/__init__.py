@@ -41,6 +41,11 @@ Buckets
   ``Buckets.sizes`` (sorted (w, h)), ``.assign((w, h)) -> (w, h)``, ``.plan(sizes) -> {bucket: count}``,
   ``.describe()``; ``upscale_factor(size, bucket)``.
 
+Trigger word (``lora_studio.core.dataset.trigger``)
+- ``has_token`` / ``add_token(text, token, where)`` (whole word; ``Dataset.add_trigger`` uses it),
+  ``check_config(config) -> TriggerCheck | None`` (``count``, ``total``, ``missing`` names, ``message()``),
+  ``run_trigger(config)``, ``validation_prompt(config)`` (the trigger put in when missing).
+
 Training-side helpers
 - ``load_training_image(path) -> PIL.Image`` (RGB, EXIF-upright, first frame, 8-bit, transparency on white;
   raises LoraStudioError naming the file). ``to_rgb(pil_image)`` for an already opened image.
