@@ -35,7 +35,8 @@ def run(args) -> int:
     for name in ("threshold", "character_threshold"):
         if not 0.0 <= getattr(args, name) <= 1.0:
             flag = "--" + name.replace("_", "-")
-            raise LoraStudioError(f"{flag} {getattr(args, name)} is not a probability.", f"give {flag} between 0 and 1.")
+            raise LoraStudioError(f"{flag} {getattr(args, name)} is not a probability.",
+                                  f"give {flag} between 0 and 1.")
     display = ProgressDisplay()
     flag, restore = stop_on_interrupt()
     try:
