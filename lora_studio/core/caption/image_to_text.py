@@ -26,6 +26,14 @@ def _model_class():
                           "run `pip install -U transformers`.")
 
 
+def _dtype_key() -> str:
+    import transformers
+    from packaging.version import Version
+
+    # transformers renamed from_pretrained's torch_dtype to dtype in 4.56.
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
 class ImageToTextCaptioner(Captioner):
     batch_size = 8
 
@@ -42,7 +50,7 @@ class ImageToTextCaptioner(Captioner):
             model_cls = _model_class()
             self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-            self.model = model_cls.from_pretrained(folder, dtype=self.dtype).to(self.device).eval()
+            self.model = model_cls.from_pretrained(folder, **{_dtype_key(): self.dtype}).to(self.device).eval()
         except (OSError, ValueError, KeyError) as exc:
             raise LoraStudioError(f"{folder} could not be loaded as an image-to-text model: {exc}",
                                   "give a folder that holds config.json, the weights and the processor files "
