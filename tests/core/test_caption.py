@@ -155,3 +155,17 @@ def test_tag_edits():
     assert remove_tag("a, b", "a") == "b" and remove_tag("a", "a") == ""
     assert add_tag("a, b", "c") == "a, b, c" and add_tag("a, b", "a") == "a, b"
     assert add_tag("", "c", where="prepend") == "c"
+
+
+def test_a_repo_id_already_in_the_cache_loads_offline(tmp_path):
+    from lora_studio.core.caption.load import fetch
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-tagger"
+    build_tagger(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit, encoding="utf-8")
+    path = fetch("someone/tiny-tagger", offline=True, cache_dir=str(tmp_path / "hub"))
+    assert path == repo / "snapshots" / commit
+    with pytest.raises(LoraStudioError, match="not in the Hugging Face cache"):
+        fetch("someone/other-tagger", offline=True, cache_dir=str(tmp_path / "hub"))
