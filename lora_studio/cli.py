@@ -21,6 +21,7 @@ COMMANDS = [
     ("inspect", "show format, base architecture, rank, alpha and metadata of a LoRA or checkpoint"),
     ("convert", "convert a LoRA between diffusers and kohya formats"),
     ("dataset", "dataset tools: check a folder before training"),
+    ("caption", "draft captions with a local captioning model (or the demo captioner)"),
     ("judge", "score pictures with the demo world's judge against their prompts"),
 ]
 

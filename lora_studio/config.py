@@ -48,6 +48,8 @@ class TrainingConfig:
     instance_prompt: str = _f("", "DreamBooth prompt with a rare token for the subject, e.g. 'a photo of sks dog'.",
                               group="data")
     caption_prefix: str = _f("", "Text put before every caption (e.g. a trigger token).", group="data", advanced=True)
+    trigger_word: str = _f("", "The word that calls up the LoRA (style runs): Start warns when captions lack it, and "
+                           "it is put into the sample prompt.", group="data")
     repeats: int = _f(1, "How often each image is seen per epoch.", group="data", min=1, max=1000)
     resolution: int = _f(512, "Training resolution in pixels (512 for SD 1.5, 1024 for SDXL).", group="data",
                          min=32, max=4096)

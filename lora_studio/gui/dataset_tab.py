@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QDialog, QDialogBut
                                QMessageBox, QPlainTextEdit, QPushButton, QSpinBox, QSplitter,
                                QStyledItemDelegate, QTableView, QVBoxLayout, QWidget)
 
-from lora_studio.gui import workers
+from lora_studio.gui import caption_dialog, workers
 from lora_studio.gui.models.caption_model import (COL_BUCKET, COL_CAPTION, COL_FILE, COL_PROBLEMS, COL_SIZE,
                                                   COL_THUMB, THUMB, CaptionFilter, CaptionTableModel)
 from lora_studio.gui.widgets.config_form import PathEdit
@@ -165,6 +165,8 @@ class DatasetTab(QWidget):
         top.addWidget(self.path_label, 1)
         top.addWidget(self.search)
         top.addWidget(self.problems_only)
+        self.caption_tools = caption_dialog.CaptionTools(self)  # Caption… and Tags…
+        top.addWidget(self.caption_tools)
         top.addWidget(self.undo_btn)
         top.addWidget(self.redo_btn)
         outer.addLayout(top)
@@ -473,6 +475,7 @@ class DatasetTab(QWidget):
         dlg.open()
 
     def shutdown(self) -> None:
+        self.caption_tools.shutdown()
         self.model.shutdown()
         for job in (self.job, self.class_job):
             if job is not None and job.isRunning():

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, Q
 
 from lora_studio import config as cfgmod
 from lora_studio.core import events as ev
-from lora_studio.gui import workers
+from lora_studio.gui import trigger_dialog, workers
 from lora_studio.gui.widgets.config_form import ConfigForm
 from lora_studio.gui.widgets.loss_plot import LossPlot
 from lora_studio.gui.widgets.model_picker import ModelPicker
@@ -272,6 +272,8 @@ class TrainingTab(QWidget):
             self.show_failure(str(exc), "Fix the highlighted setting and press Start again.")
             return False
         self.form.highlight(None)
+        if not resume and not trigger_dialog.confirm_start(self, cfg):  # captions lacking the trigger word
+            return False
         if not resume:
             self.plot.clear()
             self.samples.clear()

@@ -44,6 +44,11 @@ Buckets
   and ``training_buckets(config)``: THE buckets training uses (step from the model: its VAE and UNet downscale).
   Training, ``dataset check --model`` and the Dataset tab's Bucket column all call these.
 
+Trigger word (``lora_studio.core.dataset.trigger``)
+- ``has_token`` / ``add_token(text, token, where)`` (whole word; ``Dataset.add_trigger`` uses it),
+  ``check_config(config) -> TriggerCheck | None`` (``count``, ``total``, ``missing`` names, ``message()``),
+  ``run_trigger(config)``, ``validation_prompt(config)`` (the trigger put in when missing).
+
 Training-side helpers
 - ``load_training_image(path) -> PIL.Image`` (RGB, EXIF-upright, first frame, 8-bit, transparency on white;
   raises LoraStudioError naming the file). ``to_rgb(pil_image)`` for an already opened image.

@@ -390,22 +390,15 @@ class Dataset:
             raise LoraStudioError("the trigger token is empty.", "type a token, e.g. 'sks'.")
         if where not in ("prepend", "append"):
             raise ValueError("where must be 'prepend' or 'append'")
-        present = re.compile(r"(?<!\w)" + re.escape(token) + r"(?!\w)")
+        from .trigger import add_token
+
         changes = []
         for item in self._targets(items):
             if item.caption_source is not None and not item.caption_readable:
                 continue
-            text = item.caption
-            if present.search(text):
-                continue
-            body = text.strip()
-            if not body:
-                new = token
-            else:
-                lead = text[: len(text) - len(text.lstrip())]
-                trail = text[len(text.rstrip()):]
-                new = lead + (f"{token}{separator}{body}" if where == "prepend" else f"{body}{separator}{token}") + trail
-            changes.append((item, new))
+            new = add_token(item.caption, token, where, separator)
+            if new != item.caption:
+                changes.append((item, new))
         return len(self.set_captions(changes))
 
     def find_replace(self, find: str, replace: str, items: Sequence[int | DatasetItem] | None = None,

@@ -144,6 +144,7 @@ class _Run:
         ref = preflight.check_model(cfg)
         examples = preflight.collect_examples(cfg)
         self.train_device = device
+        self.config = cfg = preflight.check_trigger(cfg, self.emit)
         if self.resume:
             from lora_studio.core.training.checkpoint import latest_checkpoint
 

@@ -140,3 +140,15 @@ def dataset_record(examples: list[Example], config) -> dict:
         captions[ex.name] = ex.caption
     return {"root": str(Path(config.train_data_dir).resolve()), "resolution": config.resolution,
             "step": buckets.step, "assignments": assignments, "captions": captions}
+
+
+def check_trigger(config, emit):
+    """Warn when captions lack the trigger word; returns the config to run, its validation prompt holding it."""
+    from lora_studio.core.dataset import trigger
+    from lora_studio.core.events import Warning
+
+    found = trigger.check_config(config)
+    if found is not None and found.count:
+        emit(Warning(found.message()))
+    prompt = trigger.validation_prompt(config)
+    return config if prompt == config.validation_prompt else config.replace(validation_prompt=prompt)
