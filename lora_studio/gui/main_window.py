@@ -49,10 +49,9 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.tabs)
 
         # one configuration, three views of it
-        self.dataset_tab.config_provider = self.training_tab.config
         self.dataset_tab.dataset_opened.connect(self._dataset_opened)
-        self.dataset_tab.dreambooth_changed.connect(self.training_tab.form.set_values)
         self.training_tab.form.changed.connect(self._form_changed)
+        self.training_tab.model_facts_changed.connect(self._buckets_changed)
         self.training_tab.run_finished.connect(self._run_finished)
         self.training_tab.running_changed.connect(self._running_changed)
         self.dataset_tab.status.connect(lambda m: self.statusBar().showMessage(m, 6000))
@@ -176,7 +175,6 @@ class MainWindow(QMainWindow):
         if ds.is_dir():
             values["train_data_dir"] = str(ds)
         self.training_tab.form.set_values(values)
-        self.dataset_tab.set_dreambooth_values(self.training_tab.form.values())
         self.preview_tab.prompt.setPlainText(prompt)
         if ds.is_dir():
             self.dataset_tab.open_folder(str(ds))
@@ -195,7 +193,6 @@ class MainWindow(QMainWindow):
             return False
         self.training_tab.set_config(cfg)
         self.preview_tab.model_picker.set_model(cfg.pretrained_model_name_or_path)
-        self.dataset_tab.set_dreambooth_values(cfg.to_dict())
         if cfg.train_data_dir and os.path.isdir(cfg.train_data_dir):
             self.dataset_tab.open_folder(cfg.train_data_dir)
         self.add_recent("config", path)
@@ -235,12 +232,12 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------------------------------- state
     def _form_changed(self, name: str) -> None:
-        if name in ("instance_prompt", "class_prompt", "class_data_dir", "num_class_images",
-                    "with_prior_preservation"):
-            self.dataset_tab.set_dreambooth_values(self.training_tab.form.values())
-        elif name in ("resolution", "model_family"):
-            self.dataset_tab.model.set_resolution(self.training_tab.form.value("resolution"),
-                                                  self.training_tab.model_family() == "sdxl")
+        if name in ("resolution", "model_family"):
+            self._buckets_changed()
+
+    def _buckets_changed(self) -> None:
+        self.dataset_tab.model.set_resolution(self.training_tab.form.value("resolution"),
+                                              self.training_tab.model_family() == "sdxl")
 
     def set_gpu(self, info: dict) -> None:
         self.gpu = info
@@ -287,6 +284,7 @@ class MainWindow(QMainWindow):
             return
         self.preview_tab.shutdown()
         self.dataset_tab.shutdown()
+        self.training_tab.shutdown()
         if self.system_probe is not None:
             self.system_probe.wait(10000)
         event.accept()

@@ -203,6 +203,10 @@ class ConfigForm(QWidget):
         if not self._loading:
             self.changed.emit(name)
 
+    def add_row(self, group: str, label: str, widget: QWidget) -> None:
+        """An extra row (buttons that act on the group's fields) at the end of a group."""
+        self._groups[group].layout().addRow(label, widget)
+
     def set_advanced_visible(self, on: bool) -> None:
         for form, editor in self._advanced_rows:
             form.setRowVisible(editor, on)
