@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QPixmap, QShortcut
 from PySide6.QtWidgets import (QCheckBox, QDialog, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QMessageBox, QPushButton, QSplitter, QVBoxLayout, QWidget)
@@ -14,6 +14,7 @@ from lora_studio.gui.dialogs.caption_editor import CaptionEditor
 from lora_studio.gui.models.caption_model import COL_CAPTION, CaptionFilter, CaptionTableModel
 from lora_studio.gui.widgets.bulk_edit import BulkEditPanel
 from lora_studio.gui.widgets.caption_table import CaptionTable
+from lora_studio.gui.widgets.elided_label import ElidedLabel
 from lora_studio.gui.widgets.folder_check import FolderCheckPanel
 
 
@@ -30,8 +31,15 @@ class DatasetTab(QWidget):
         self.job: workers.JobThread | None = None
         self.last_dialog = None
         self.path: str | None = None
+        self.mode = "style"  # the run's mode decides whether a missing caption stops Start (set by MainWindow)
         self.setAcceptDrops(True)
         self._build()
+        # counters follow every caption change (inline edits, the editor, undo), at most once per event-loop pass
+        self._summary_timer = QTimer(self)
+        self._summary_timer.setSingleShot(True)
+        self._summary_timer.setInterval(0)
+        self._summary_timer.timeout.connect(self._update_summary)
+        self.model.dataChanged.connect(lambda *_: self._summary_timer.start())
 
     # ------------------------------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -65,7 +73,7 @@ class DatasetTab(QWidget):
         open_btn = QPushButton("Open folder…")
         open_btn.setObjectName("primary")
         open_btn.clicked.connect(self._pick_folder)
-        self.path_label = QLabel("Open a folder of images, or drop one here.")
+        self.path_label = ElidedLabel("Open a folder of images, or drop one here.")
         self.path_label.setObjectName("hint")
         self.search = QLineEdit()
         self.search.setPlaceholderText("Search file names and captions…")
@@ -134,8 +142,7 @@ class DatasetTab(QWidget):
     def set_dataset(self, dataset, path: str) -> None:
         self.path = path
         self.model.set_dataset(dataset)
-        self.path_label.setText(path)
-        self.path_label.setToolTip(path)
+        self.path_label.setText(os.path.abspath(path))
         self._update_summary()
         self.dataset_opened.emit(path, len(dataset.items))
         self.status.emit(f"Opened {path}: {len(dataset.items)} images.")
@@ -144,13 +151,28 @@ class DatasetTab(QWidget):
         if self.path:
             self.open_folder(self.path)
 
+    def set_mode(self, mode: str) -> None:
+        if mode != self.mode:
+            self.mode = mode
+            self._update_summary()
+
+    def uncaptioned(self) -> list:
+        """Images that Start refuses in a style run: the same test as core/training/preflight.py (no prompt)."""
+        ds = self.model.dataset
+        return [] if ds is None or self.mode != "style" else [item for item in ds.items if not item.prompt]
+
     def _update_summary(self) -> None:
+        from lora_studio.core.dataset import ERROR, Problem
+
         ds = self.model.dataset
         if ds is None:
             return
         n = len(ds.items)
         captioned = sum(1 for it in ds.items if it.has_caption)
-        problems = ds.all_problems()
+        missing = [Problem(ERROR, "missing_caption", item.name, "has no caption: Start refuses it in a style run",
+                           "write a caption, or train DreamBooth (mode 'dreambooth') with an instance prompt",
+                           "caption") for item in self.uncaptioned()]
+        problems = missing + ds.all_problems()
         errors = sum(1 for p in problems if p.severity == "error")
         self.summary.setText(f"{n} images · {captioned} captioned · {errors} errors · "
                              f"{len(problems) - errors} warnings · captions are saved as you type")

@@ -24,6 +24,7 @@ from lora_studio.gui.widgets.result_panel import HistoryStrip, ResultPanel
 
 class PreviewTab(QWidget):
     image_ready = Signal(dict)
+    lora_added = Signal(object)  # the new LoraRow
     grid_ready = Signal(dict)
     model_loaded = Signal(str, int)
     merged = Signal(str)
@@ -140,6 +141,7 @@ class PreviewTab(QWidget):
         row.removed.connect(self.remove_lora)
         self.rows.append(row)
         self.lora_panel.show_rows(self.rows)
+        self.lora_added.emit(row)
         return row
 
     def remove_lora(self, row: LoraRow) -> None:

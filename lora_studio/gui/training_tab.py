@@ -149,9 +149,14 @@ class TrainingTab(QWidget):
         self.base_panel.model_label.setText(f"{family_name(self.facts.family)} · native size "
                                             f"{self.facts.resolution} px")
         if not self._loading_config:
-            self.form.set_values({"resolution": self.facts.resolution})
-            self._apply_preset()
+            self.follow_model()
         self.model_facts_changed.emit()
+
+    def follow_model(self) -> None:
+        """Resolution to the model's native size, then the chosen preset for its family (capped at that size)."""
+        if self.facts is not None:
+            self.form.set_values({"resolution": self.facts.resolution})
+        self._apply_preset()
 
     def model_family(self) -> str:
         """The form's explicit choice, else the family detected from the model's files."""

@@ -125,6 +125,7 @@ class ConfigForm(QWidget):
     """Editors for every user-facing TrainingConfig field, grouped, with advanced rows hidden by default."""
 
     changed = Signal(str)  # field name
+    loaded = Signal()  # a whole config was put in (set_config)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -259,6 +260,7 @@ class ConfigForm(QWidget):
                 self.set_value(name, getattr(cfg, name))
         finally:
             self._loading = False
+        self.loaded.emit()
 
     def set_values(self, values: dict[str, Any]) -> None:
         self._loading = True
