@@ -39,7 +39,7 @@ class DatasetTab(QWidget):
         self._summary_timer.setSingleShot(True)
         self._summary_timer.setInterval(0)
         self._summary_timer.timeout.connect(self._update_summary)
-        self.model.dataChanged.connect(lambda *_: self._summary_timer.start())
+        self.model.dataChanged.connect(self._data_changed)
 
     # ------------------------------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -150,6 +150,10 @@ class DatasetTab(QWidget):
     def reopen(self) -> None:
         if self.path:
             self.open_folder(self.path)
+
+    def _data_changed(self, top_left, bottom_right, *_) -> None:
+        if top_left.column() <= COL_CAPTION <= bottom_right.column():  # not a thumbnail arriving
+            self._summary_timer.start()
 
     def set_mode(self, mode: str) -> None:
         if mode != self.mode:

@@ -45,6 +45,7 @@ class TrainingTab(QWidget):
         self._t0 = 0.0
         self._replaying = False
         self._loading_config = False
+        self._kept_values = False  # True once a config was put in (remembered settings, a file, a run)
         self._build()
         self._model_changed(self.model_picker.model())
 
@@ -127,7 +128,10 @@ class TrainingTab(QWidget):
             gib = total / GIB
             size = cfgmod.preset_for_memory(gib)
             self.gpu_label.setText(f"Detected {info['name']} with {gib:.0f} GiB: the {size} GB preset fits.")
-            self.preset_combo.setCurrentIndex(self.preset_combo.findData(size))
+            if self._kept_values:  # remembered or loaded settings win; the preset is one click away
+                self.gpu_label.setText(self.gpu_label.text() + " Your settings are kept: pick it to apply it.")
+            else:
+                self.preset_combo.setCurrentIndex(self.preset_combo.findData(size))
             self.memory.update_memory(0, 0, total)
         else:
             self.gpu_label.setText("No CUDA GPU found: training runs on the CPU.")
@@ -191,6 +195,7 @@ class TrainingTab(QWidget):
         self.preset_combo.blockSignals(True)
         self.preset_combo.setCurrentIndex(0)
         self.preset_combo.blockSignals(False)
+        self._kept_values = True
         self._loading_config = True  # a loaded config keeps its own resolution
         try:
             self.model_picker.set_model(cfg.pretrained_model_name_or_path)

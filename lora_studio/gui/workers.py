@@ -381,12 +381,10 @@ class ThumbnailTask(QRunnable):
     def run(self) -> None:
         from lora_studio.core.dataset import thumbnail
 
+        from PIL.ImageQt import ImageQt
+
         small = thumbnail(self.path, self.size)
-        if small is None:
-            img = QImage()
-        else:
-            data = small.convert("RGB").tobytes("raw", "RGB")
-            img = QImage(data, small.width, small.height, 3 * small.width, QImage.Format_RGB888).copy()
+        img = QImage() if small is None else QImage(ImageQt(small)).copy()
         self.signals.done.emit(self.path, img)
 
 

@@ -174,6 +174,8 @@ def test_settings_survive_a_restart_and_reset_brings_back_the_defaults(qtbot, ma
     assert (form.value("resolution"), form.value("max_train_steps"), form.value("validation_prompt")) == \
         (96, 123, "a photo of sks cat")
     assert second.preview_tab.prompt.toPlainText() == "a sks cat on a sofa" and second.preview_tab.steps.value() == 7
+    second.set_gpu({"name": "A card", "total": 8 * 1024**3, "cuda": True})  # the start-up probe's answer
+    assert form.value("resolution") == 96  # the detected card's preset does not overwrite remembered settings
 
     second.reset_settings()
     defaults = cfgmod.TrainingConfig()
