@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QDialogButtonBox, QFileDialog
 from lora_studio.gui.widgets.image_view import ImageView
 from lora_studio.gui.widgets.lora_row import LoraRow
 from lora_studio.gui.widgets.open_folder import OpenFolderButton
+from lora_studio.gui.widgets.wheel_guard import guard_wheel
 
 
 def _numbers(text: str, cast):
@@ -45,6 +46,7 @@ class GridDialog(QDialog):
         buttons.accepted.connect(self._ok)
         buttons.rejected.connect(self.reject)
         form.addRow(buttons)
+        guard_wheel(self)
 
     def checkpoints(self, row: LoraRow) -> list[tuple[str, str]]:
         folder = Path(row.path).parent / "checkpoints"

@@ -8,6 +8,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QLabel, QLineEdit, QMessageBox,
                                QPushButton, QRadioButton, QSpinBox, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
+from lora_studio.gui.widgets.wheel_guard import guard_wheel
+
 
 class MergeDialog(QDialog):
     """Selected LoRAs with weights -> one merged LoRA file, or a fused full model folder."""
@@ -55,6 +57,7 @@ class MergeDialog(QDialog):
         buttons.rejected.connect(self.reject)
         lay.addWidget(buttons)
         self.model = model
+        guard_wheel(self)
 
     def _browse(self) -> None:
         if self.as_model.isChecked():
