@@ -50,23 +50,14 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.preview_tab, "Preview")
         self.setCentralWidget(self.tabs)
 
-        # one configuration, three views of it
-        self.dataset_tab.dataset_opened.connect(self._dataset_opened)
-        self.training_tab.form.changed.connect(self._form_changed)
-        self.training_tab.form.loaded.connect(self._form_loaded)
-        self.training_tab.model_facts_changed.connect(self._buckets_changed)
-        self.preview_tab.lora_added.connect(guard_wheel)
-        self.training_tab.run_finished.connect(self._run_finished)
-        self.training_tab.run_started.connect(self._run_started)
-        self.training_tab.running_changed.connect(self._running_changed)
-        self.dataset_tab.status.connect(lambda m: self.statusBar().showMessage(m, 6000))
-
+        self._connect_tabs()
         self._build_menu()
         self.gpu_label = QLabel("Detecting GPU…")
         self.statusBar().addPermanentWidget(self.gpu_label)
         self.statusBar().showMessage("Ready.", 3000)
 
         guard_wheel(self)
+        self._form_loaded()  # the Bucket column and the caption check follow the form from the start
         self.system_probe = None
         self._set_ready(not probe_gpu)
         if probe_gpu:
@@ -81,6 +72,18 @@ class MainWindow(QMainWindow):
             self.settings.setValue("first_run_done", True)
         else:
             self.restore_settings()
+
+    def _connect_tabs(self) -> None:
+        """One configuration, three views of it."""
+        self.dataset_tab.dataset_opened.connect(self._dataset_opened)
+        self.training_tab.form.changed.connect(self._form_changed)
+        self.training_tab.form.loaded.connect(self._form_loaded)
+        self.training_tab.model_facts_changed.connect(self._buckets_changed)
+        self.preview_tab.lora_added.connect(guard_wheel)
+        self.training_tab.run_finished.connect(self._run_finished)
+        self.training_tab.run_started.connect(self._run_started)
+        self.training_tab.running_changed.connect(self._running_changed)
+        self.dataset_tab.status.connect(lambda m: self.statusBar().showMessage(m, 6000))
 
     def _set_ready(self, ready: bool) -> None:
         """Job buttons wait for the start-up thread's heavy imports (two threads importing them at once fail)."""

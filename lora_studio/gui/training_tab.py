@@ -20,7 +20,7 @@ from lora_studio.gui.widgets.base_model_panel import BaseModelPanel
 from lora_studio.gui.widgets.class_images_panel import ClassImagesPanel
 from lora_studio.gui.widgets.config_form import ConfigForm
 from lora_studio.gui.widgets.loss_plot import LossPlot
-from lora_studio.gui.widgets.memory_meter import GIB, MemoryMeter, fmt_gib  # noqa: F401 - re-exported
+from lora_studio.gui.widgets.memory_meter import GIB, MemoryMeter
 from lora_studio.gui.widgets.run_panel import RunPanel, fmt_duration
 from lora_studio.gui.widgets.samples_strip import SamplesStrip
 
