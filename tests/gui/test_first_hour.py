@@ -31,7 +31,7 @@ RACE = textwrap.dedent("""
     w = MainWindow(settings=QSettings(sys.argv[1], QSettings.IniFormat), first_run=False, probe_gpu=True)
     if hasattr(w.preview_tab, "ready"):
         print("READY_AT_START", w.preview_tab.generate_btn.isEnabled(), w.training_tab.start_btn.isEnabled(),
-              w.statusBar().currentMessage())
+              w.training_tab.class_images.gen_btn.isEnabled(), w.statusBar().currentMessage())
     tab = w.preview_tab
     errors = []
     tab.worker.error.connect(lambda m, a: errors.append(m))
@@ -42,7 +42,8 @@ RACE = textwrap.dedent("""
     wait_until(lambda: w.system_probe.isFinished(), 300, app)
     print("IMAGES", tab.images_made, "ERRORS", errors)
     app.processEvents()
-    print("READY_AFTER", tab.generate_btn.isEnabled(), w.training_tab.start_btn.isEnabled())
+    print("READY_AFTER", tab.generate_btn.isEnabled(), w.training_tab.start_btn.isEnabled(),
+          w.training_tab.class_images.gen_btn.isEnabled())
     tab.shutdown()
 """)
 
@@ -55,8 +56,8 @@ def test_generate_pressed_while_the_probe_imports_works_and_buttons_wait(tmp_pat
     assert "IMAGES" in lines, out.stdout + out.stderr
     assert lines["IMAGES"] == "IMAGES 1 ERRORS []", out.stdout + out.stderr[-3000:]
     # the job buttons are off (and say why) until the imports are done, then on
-    assert lines["READY_AT_START"].startswith("READY_AT_START False False Loading the training libraries")
-    assert lines["READY_AFTER"] == "READY_AFTER True True"
+    assert lines["READY_AT_START"].startswith("READY_AT_START False False False Loading the training libraries")
+    assert lines["READY_AFTER"] == "READY_AFTER True True True"
 
 
 def _wheel(widget, notches=-3):

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QToolButton, QWidget
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QToolButton, QWidget
 from superqt import QLabeledDoubleSlider
+
+from lora_studio.gui.widgets.elided_label import ElidedLabel
 
 WEIGHT_RANGE = (-2.0, 2.0)
 
@@ -25,8 +27,8 @@ class LoraRow(QWidget):
         self.enabled = QCheckBox()
         self.enabled.setChecked(True)
         self.enabled.setToolTip("Use this LoRA")
-        self.name = QLabel(self.display_name(path))
-        self.name.setToolTip(path)
+        self.name = ElidedLabel(self.display_name(path), mode=Qt.ElideRight)
+        self.name.setToolTip(path)  # the whole path; the label shows the run's or file's name
         self.name.setMinimumWidth(110)
         self.name.setMaximumWidth(170)
         # the slider and its editable number are one widget (superqt): no hand-synced spin box
