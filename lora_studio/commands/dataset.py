@@ -37,7 +37,8 @@ def run(args) -> int:
     if resolution is None:
         resolution = 512
         if args.model is not None:
-            from lora_studio.core.models.loader import native_resolution, resolve_model
+            from lora_studio.core.models.loader import resolve_model
+            from lora_studio.core.models.native import native_resolution
 
             resolution = native_resolution(resolve_model(args.model))
     report = check_dataset(args.dir, resolution, args.sdxl, no_upscale=args.no_upscale,

@@ -11,10 +11,11 @@ from PySide6.QtWidgets import QFileDialog, QLabel, QMainWindow, QMessageBox, QTa
 
 from lora_studio import __version__
 from lora_studio import config as cfgmod
-from lora_studio.gui import theme, workers
+from lora_studio.gui import settings_store, theme, workers
 from lora_studio.gui.dataset_tab import DatasetTab
 from lora_studio.gui.preview_tab import PreviewTab
 from lora_studio.gui.training_tab import GIB, TrainingTab
+from lora_studio.gui.widgets.wheel_guard import guard_wheel
 
 TABS = {"dataset": 0, "training": 1, "preview": 2}
 MAX_RECENT = 8
@@ -36,6 +37,7 @@ class MainWindow(QMainWindow):
         self.setWindowIcon(theme.app_icon())
         self.resize(1400, 900)
         self._closing = False
+        self._form_owner: str | None = None  # dataset whose settings the form already holds (demo, a config)
         self.gpu: dict = {"name": "CPU", "total": 0, "cuda": False}
 
         self.tabs = QTabWidget()
@@ -48,23 +50,16 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.preview_tab, "Preview")
         self.setCentralWidget(self.tabs)
 
-        # one configuration, three views of it
-        self.dataset_tab.config_provider = self.training_tab.config
-        self.dataset_tab.dataset_opened.connect(self._dataset_opened)
-        self.dataset_tab.dreambooth_changed.connect(self.training_tab.form.set_values)
-        self.training_tab.form.changed.connect(self._form_changed)
-        self.training_tab.model_picker.changed.connect(lambda _m: self._sync_bucket_plan())
-        self.training_tab.run_finished.connect(self._run_finished)
-        self.training_tab.running_changed.connect(self._running_changed)
-        self.dataset_tab.status.connect(lambda m: self.statusBar().showMessage(m, 6000))
-
-        self._sync_bucket_plan()
+        self._connect_tabs()
         self._build_menu()
         self.gpu_label = QLabel("Detecting GPU…")
         self.statusBar().addPermanentWidget(self.gpu_label)
         self.statusBar().showMessage("Ready.", 3000)
 
+        guard_wheel(self)
+        self._form_loaded()  # the Bucket column and the caption check follow the form from the start
         self.system_probe = None
+        self._set_ready(not probe_gpu)
         if probe_gpu:
             self.system_probe = workers.SystemProbe(self)
             self.system_probe.found.connect(self.set_gpu)
@@ -75,6 +70,28 @@ class MainWindow(QMainWindow):
         if first_run:
             self.open_demo()
             self.settings.setValue("first_run_done", True)
+        else:
+            self.restore_settings()
+
+    def _connect_tabs(self) -> None:
+        """One configuration, three views of it."""
+        self.dataset_tab.dataset_opened.connect(self._dataset_opened)
+        self.training_tab.form.changed.connect(self._form_changed)
+        self.training_tab.form.loaded.connect(self._form_loaded)
+        self.training_tab.model_facts_changed.connect(self._buckets_changed)
+        self.preview_tab.lora_added.connect(guard_wheel)
+        self.training_tab.run_finished.connect(self._run_finished)
+        self.training_tab.run_started.connect(self._run_started)
+        self.training_tab.running_changed.connect(self._running_changed)
+        self.dataset_tab.status.connect(lambda m: self.statusBar().showMessage(m, 6000))
+
+    def _set_ready(self, ready: bool) -> None:
+        """Job buttons wait for the start-up thread's heavy imports (two threads importing them at once fail)."""
+        self.ready = ready
+        self.training_tab.set_ready(ready)
+        self.preview_tab.set_ready(ready)
+        if not ready:
+            self.statusBar().showMessage("Loading the training libraries… Start and Generate wake up when done.")
 
     # -------------------------------------------------------------------------------------------- menu
     def _build_menu(self) -> None:
@@ -85,6 +102,7 @@ class MainWindow(QMainWindow):
         self._action(menu, "Open run &config…", self._pick_config)
         self._action(menu, "&Save run config…", self._save_config, QKeySequence.Save)
         self._action(menu, "Open finished &run…", self._pick_run)
+        self._action(menu, "Reset settings to &defaults", self.reset_settings)
         menu.addSeparator()
         self.recent_menu = menu.addMenu("&Recent")
         self._refresh_recent()
@@ -158,9 +176,19 @@ class MainWindow(QMainWindow):
         self.dataset_tab.open_folder(path)
 
     def _dataset_opened(self, path: str, n: int) -> None:
+        path = os.path.abspath(path)
         self.add_recent("dataset", path)
-        self.training_tab.form.set_values({"train_data_dir": path})
-        self.statusBar().showMessage(f"Opened {path}: {n} images.", 6000)
+        message = f"Opened {path}: {n} images."
+        form = self.training_tab.form
+        if self._form_owner != path and os.path.abspath(form.value("train_data_dir") or ".") != path:
+            # a dataset opened on its own brings back the settings of its last run
+            last = settings_store.last_run_config(self.settings, path)
+            if last is not None:
+                self.training_tab.set_config(last)
+                message += f" Settings of its last run loaded ({last.output_dir})."
+        self._form_owner = None
+        form.set_values({"train_data_dir": path})
+        self.statusBar().showMessage(message, 8000)
 
     def open_demo(self) -> None:
         """First run: the demo dataset and demo model, so a newcomer sees everything working at once."""
@@ -177,8 +205,8 @@ class MainWindow(QMainWindow):
                   "validation_prompt": prompt, "validation_steps": 75, "checkpointing_steps": 100}
         if ds.is_dir():
             values["train_data_dir"] = str(ds)
+            self._form_owner = str(ds)
         self.training_tab.form.set_values(values)
-        self.dataset_tab.set_dreambooth_values(self.training_tab.form.values())
         self.preview_tab.prompt.setPlainText(prompt)
         if ds.is_dir():
             self.dataset_tab.open_folder(str(ds))
@@ -197,8 +225,8 @@ class MainWindow(QMainWindow):
             return False
         self.training_tab.set_config(cfg)
         self.preview_tab.model_picker.set_model(cfg.pretrained_model_name_or_path)
-        self.dataset_tab.set_dreambooth_values(cfg.to_dict())
         if cfg.train_data_dir and os.path.isdir(cfg.train_data_dir):
+            self._form_owner = os.path.abspath(cfg.train_data_dir)  # the config's settings stay
             self.dataset_tab.open_folder(cfg.train_data_dir)
         self.add_recent("config", path)
         self.statusBar().showMessage(f"Loaded {path}.", 6000)
@@ -237,23 +265,27 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------------------------------- state
     def _form_changed(self, name: str) -> None:
-        if name in ("instance_prompt", "class_prompt", "class_data_dir", "num_class_images",
-                    "with_prior_preservation"):
-            self.dataset_tab.set_dreambooth_values(self.training_tab.form.values())
-        elif name in ("resolution", "model_family", "pretrained_model_name_or_path", "enable_bucket",
-                      "bucket_no_upscale"):
-            self._sync_bucket_plan()
+        if name in ("resolution", "model_family", "enable_bucket", "bucket_no_upscale"):
+            self._buckets_changed()
+        elif name == "mode":
+            self.dataset_tab.set_mode(self.training_tab.form.value("mode"))
 
-    def _sync_bucket_plan(self) -> None:
+    def _form_loaded(self) -> None:
+        self.dataset_tab.set_mode(self.training_tab.form.value("mode"))
+        self._buckets_changed()
+
+    def _buckets_changed(self, *_) -> None:
         """The Dataset tab's Bucket column shows the buckets of the run the Training tab would start."""
         form = self.training_tab.form
-        self.dataset_tab.model.set_plan(self.training_tab.model_picker.model(), form.value("resolution"),
+        self.dataset_tab.model.set_plan(self.training_tab.model_picker.model() or "demo", form.value("resolution"),
                                         sdxl=self.training_tab.model_family() == "sdxl",
                                         enable_bucket=form.value("enable_bucket"),
                                         no_upscale=form.value("bucket_no_upscale"))
 
     def set_gpu(self, info: dict) -> None:
         self.gpu = info
+        self._set_ready(True)
+        self.statusBar().showMessage("Ready.", 3000)
         if info.get("cuda") and info.get("total"):
             self.gpu_label.setText(f"GPU: {info['name']} · {info['total'] / GIB:.1f} GiB")
         elif info.get("backend") == "mps":
@@ -266,6 +298,10 @@ class MainWindow(QMainWindow):
             self.gpu_label.setToolTip(f"{info.get('check_message', '')}\n{info.get('check_advice', '')}")
             self.statusBar().showMessage(f"{info.get('check_message', '')} {info.get('check_advice', '')}")
         self.gpu_detected.emit(info)
+
+    def _run_started(self) -> None:
+        cfg = self.training_tab.config()
+        settings_store.remember_run(self.settings, cfg.train_data_dir, cfg.output_dir)
 
     def _run_finished(self, result: dict) -> None:
         out = result.get("output_dir") or self.training_tab.form.value("output_dir")
@@ -280,6 +316,21 @@ class MainWindow(QMainWindow):
         self.tabs.setTabText(TABS["training"], "Training ●" if running else "Training")
         if not running and self._closing:
             self.close()
+
+    # ---------------------------------------------------------------------------------------- settings
+    def save_settings(self) -> None:
+        settings_store.save(self.settings, self.training_tab, self.preview_tab)
+
+    def restore_settings(self) -> None:
+        problem = settings_store.restore(self.settings, self.training_tab, self.preview_tab)
+        if problem:
+            self.statusBar().showMessage(f"Saved settings not restored: {problem}", 10000)
+
+    def reset_settings(self) -> None:
+        """Defaults for every setting (the open dataset stays open); nothing remembered is kept."""
+        settings_store.clear(self.settings)
+        settings_store.reset(self.training_tab, self.preview_tab, self.dataset_tab.path or "")
+        self.statusBar().showMessage("Settings reset to their defaults.", 6000)
 
     # ------------------------------------------------------------------------------------------- close
     def confirm_close_during_run(self) -> bool:
@@ -297,8 +348,10 @@ class MainWindow(QMainWindow):
                 self.statusBar().showMessage("Stopping the run and saving a checkpoint before quitting…")
             event.ignore()  # closes itself once the run has stopped (see _running_changed)
             return
+        self.save_settings()
         self.preview_tab.shutdown()
         self.dataset_tab.shutdown()
+        self.training_tab.shutdown()
         if self.system_probe is not None:
             self.system_probe.wait(10000)
         event.accept()

@@ -3,119 +3,29 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import time
-from pathlib import Path
 
-from PySide6.QtCore import QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QIcon, QPixmap
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog,
-                               QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
-                               QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QRadioButton, QScrollArea,
-                               QSlider, QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QToolButton, QVBoxLayout,
-                               QWidget)
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (QFileDialog, QGroupBox, QHBoxLayout, QLabel, QMessageBox, QProgressBar, QPushButton,
+                               QScrollArea, QSplitter, QVBoxLayout, QWidget)
 
 from lora_studio.core import events as ev
 from lora_studio.gui import workers
-from lora_studio.gui.widgets.image_view import ImageView, to_qimage
+from lora_studio.gui.dialogs.grid import GridDialog, GridResult
+from lora_studio.gui.dialogs.merge import MergeDialog
+from lora_studio.gui.widgets.image_view import to_qimage
+from lora_studio.gui.widgets.lora_panel import LoraPanel
+from lora_studio.gui.widgets.lora_row import LoraRow
 from lora_studio.gui.widgets.model_picker import ModelPicker
-
-# the preview engine accepts these labels (core.inference.engine.SCHEDULERS)
-SCHEDULERS = ["Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DDIM", "UniPC"]
-SLIDER_SCALE = 100  # slider ticks per unit weight
-
-
-class LoraRow(QWidget):
-    """One LoRA: enable box, name, weight slider and spin box (-2..2), remove button."""
-
-    changed = Signal()  # weight settled or enable toggled: regenerate
-    removed = Signal(object)
-
-    def __init__(self, path: str, weight: float = 1.0, adapter_name: str = "lora", parent=None):
-        super().__init__(parent)
-        self.path = path
-        self.adapter_name = adapter_name  # stable while the row lives: the engine keeps the adapter loaded
-        lay = QHBoxLayout(self)
-        lay.setContentsMargins(2, 2, 2, 2)
-        lay.setSpacing(6)
-        self.enabled = QCheckBox()
-        self.enabled.setChecked(True)
-        self.enabled.setToolTip("Use this LoRA")
-        self.name = QLabel(self.display_name(path))
-        self.name.setToolTip(path)
-        self.name.setMinimumWidth(110)
-        self.name.setMaximumWidth(170)
-        self.slider = QSlider(Qt.Horizontal)
-        self.slider.setRange(-2 * SLIDER_SCALE, 2 * SLIDER_SCALE)
-        self.slider.setSingleStep(5)
-        self.slider.setPageStep(25)
-        self.slider.setTickInterval(SLIDER_SCALE // 2)
-        self.slider.setTickPosition(QSlider.TicksBelow)
-        self.slider.setMinimumWidth(120)
-        self.spin = QDoubleSpinBox()
-        self.spin.setRange(-2.0, 2.0)
-        self.spin.setSingleStep(0.05)
-        self.spin.setDecimals(2)
-        self.spin.setFixedWidth(72)
-        remove = QToolButton()
-        remove.setText("✕")
-        remove.setToolTip("Remove this LoRA")
-        remove.clicked.connect(lambda: self.removed.emit(self))
-        for w in (self.enabled, self.name):
-            lay.addWidget(w)
-        lay.addWidget(self.slider, 1)
-        lay.addWidget(self.spin)
-        lay.addWidget(remove)
-        # A settled value regenerates: the slider's release, or a short pause after keys / spin box edits.
-        self._settle = QTimer(self)
-        self._settle.setSingleShot(True)
-        self._settle.setInterval(250)
-        self._settle.timeout.connect(self.changed)
-        self.slider.valueChanged.connect(self._from_slider)
-        self.slider.sliderReleased.connect(self._released)
-        self.spin.valueChanged.connect(self._from_spin)
-        self.enabled.toggled.connect(lambda _: self.changed.emit())
-        self.set_weight(weight)
-
-    @staticmethod
-    def display_name(path: str) -> str:
-        p = Path(path)
-        if p.name in ("pytorch_lora_weights.safetensors",) and p.parent.name:
-            return p.parent.name
-        return p.stem
-
-    def weight(self) -> float:
-        return round(self.spin.value(), 4)
-
-    def set_weight(self, w: float) -> None:
-        self.spin.blockSignals(True)
-        self.slider.blockSignals(True)
-        self.spin.setValue(w)
-        self.slider.setValue(round(w * SLIDER_SCALE))
-        self.spin.blockSignals(False)
-        self.slider.blockSignals(False)
-
-    def _from_slider(self, v: int) -> None:
-        self.spin.blockSignals(True)
-        self.spin.setValue(v / SLIDER_SCALE)
-        self.spin.blockSignals(False)
-        if not self.slider.isSliderDown():
-            self._settle.start()
-
-    def _released(self) -> None:
-        self._settle.stop()
-        self.changed.emit()
-
-    def _from_spin(self, v: float) -> None:
-        self.slider.blockSignals(True)
-        self.slider.setValue(round(v * SLIDER_SCALE))
-        self.slider.blockSignals(False)
-        self._settle.start()
+from lora_studio.gui.widgets.prompt_panel import PromptPanel
+from lora_studio.gui.widgets.result_panel import HistoryStrip, ResultPanel
 
 
 class PreviewTab(QWidget):
     image_ready = Signal(dict)
+    lora_added = Signal(object)  # the new LoraRow
+    grid_ready = Signal(dict)
     model_loaded = Signal(str, int)
     merged = Signal(str)
 
@@ -133,6 +43,7 @@ class PreviewTab(QWidget):
         self.history: list[tuple[object, dict]] = []
         self.images_made = 0
         self.model_loads = 0
+        self.ready = True  # False until the app's heavy imports are done (MainWindow)
         self.last_info: dict | None = None
         self.last_dialog = None
         self._build()
@@ -143,83 +54,50 @@ class PreviewTab(QWidget):
         outer = QHBoxLayout(self)
         outer.setContentsMargins(8, 8, 8, 8)
         outer.addWidget(split)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.NoFrame)
+        scroll.setWidget(self._build_left())
+        scroll.setMinimumWidth(470)
+        split.addWidget(scroll)
+        right = QWidget()
+        rlay = QVBoxLayout(right)
+        rlay.setContentsMargins(6, 0, 0, 0)
+        self.result = ResultPanel()
+        self.result.save_requested.connect(self.save_image)
+        self.view, self.info_label = self.result.view, self.result.info_label
+        rlay.addWidget(self.result, 1)
+        self.history_list = HistoryStrip()
+        self.history_list.currentRowChanged.connect(self._show_history)
+        hist_box = QGroupBox("History")
+        QVBoxLayout(hist_box).addWidget(self.history_list)
+        rlay.addWidget(hist_box)
+        split.addWidget(right)
+        split.setStretchFactor(1, 1)
+        split.setSizes([480, 900])
 
+    def _build_left(self) -> QWidget:
         left = QWidget()
-        llay = QVBoxLayout(left)
-        llay.setContentsMargins(0, 0, 6, 0)
-        llay.setSpacing(8)
+        lay = QVBoxLayout(left)
+        lay.setContentsMargins(0, 0, 6, 0)
+        lay.setSpacing(8)
         model_box = QGroupBox("Base model")
-        mlay = QVBoxLayout(model_box)
         self.model_picker = ModelPicker()
-        mlay.addWidget(self.model_picker)
-        llay.addWidget(model_box)
-
-        lora_box = QGroupBox("LoRAs")
-        self.lora_lay = QVBoxLayout(lora_box)
-        self.lora_lay.setSpacing(2)
-        self.empty_label = QLabel("No LoRA yet: add a trained adapter (.safetensors) to blend it in.")
-        self.empty_label.setObjectName("hint")
-        self.empty_label.setWordWrap(True)
-        self.lora_lay.addWidget(self.empty_label)
-        brow = QHBoxLayout()
-        add = QPushButton("Add LoRA…")
-        add.clicked.connect(self._pick_lora)
-        self.grid_btn = QPushButton("Comparison grid…")
+        QVBoxLayout(model_box).addWidget(self.model_picker)
+        lay.addWidget(model_box)
+        self.lora_panel = LoraPanel()
+        self.empty_label, self.grid_btn, self.merge_btn = (self.lora_panel.empty_label, self.lora_panel.grid_btn,
+                                                           self.lora_panel.merge_btn)
+        self.lora_panel.add_btn.clicked.connect(self._pick_lora)
         self.grid_btn.clicked.connect(self.open_grid_dialog)
-        self.merge_btn = QPushButton("Merge…")
         self.merge_btn.clicked.connect(self.open_merge_dialog)
-        brow.addWidget(add)
-        brow.addStretch(1)
-        brow.addWidget(self.grid_btn)
-        brow.addWidget(self.merge_btn)
-        self.lora_lay.addLayout(brow)
-        llay.addWidget(lora_box)
-
-        gen_box = QGroupBox("Prompt and sampling")
-        form = QFormLayout(gen_box)
-        form.setLabelAlignment(Qt.AlignRight | Qt.AlignVCenter)
-        self.prompt = QPlainTextEdit("a photo of sks toy on a wooden table")
-        self.prompt.setFixedHeight(58)
-        self.negative = QLineEdit()
-        self.negative.setPlaceholderText("what to avoid, e.g. blurry, low quality")
-        seed_row = QHBoxLayout()
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
-        self.seed.setValue(42)
-        dice = QToolButton()
-        dice.setText("⚄")
-        dice.setToolTip("Random seed")
-        dice.clicked.connect(lambda: self.seed.setValue(random.randrange(2**31 - 1)))
-        seed_row.addWidget(self.seed, 1)
-        seed_row.addWidget(dice)
-        self.steps = QSpinBox()
-        self.steps.setRange(1, 150)
-        self.steps.setValue(12)
-        self.guidance = QDoubleSpinBox()
-        self.guidance.setRange(0.0, 30.0)
-        self.guidance.setSingleStep(0.5)
-        self.guidance.setValue(7.5)
-        size_row = QHBoxLayout()
-        self.width_spin = QSpinBox()
-        self.height_spin = QSpinBox()
-        for s in (self.width_spin, self.height_spin):
-            s.setRange(0, 4096)
-            s.setSingleStep(64)
-            s.setSpecialValueText("model's own")  # 0: the base model's native size
-            s.setValue(0)
-        size_row.addWidget(self.width_spin, 1)
-        size_row.addWidget(QLabel("×"))
-        size_row.addWidget(self.height_spin, 1)
-        self.scheduler = QComboBox()
-        self.scheduler.addItems(SCHEDULERS)
-        form.addRow("Prompt:", self.prompt)
-        form.addRow("Negative:", self.negative)
-        form.addRow("Seed:", seed_row)
-        form.addRow("Steps:", self.steps)
-        form.addRow("Guidance:", self.guidance)
-        form.addRow("Size:", size_row)
-        form.addRow("Scheduler:", self.scheduler)
-        llay.addWidget(gen_box)
+        lay.addWidget(self.lora_panel)
+        self.prompt_panel = PromptPanel()
+        pp = self.prompt_panel
+        self.prompt, self.negative, self.seed, self.steps = pp.prompt, pp.negative, pp.seed, pp.steps
+        self.guidance, self.width_spin, self.height_spin, self.scheduler = (pp.guidance, pp.width_spin,
+                                                                            pp.height_spin, pp.scheduler)
+        lay.addWidget(pp)
         grow = QHBoxLayout()
         self.generate_btn = QPushButton("Generate")
         self.generate_btn.setObjectName("primary")
@@ -229,60 +107,22 @@ class PreviewTab(QWidget):
         self.cancel_btn.setEnabled(False)
         grow.addWidget(self.generate_btn, 1)
         grow.addWidget(self.cancel_btn)
-        llay.addLayout(grow)
+        lay.addLayout(grow)
         self.progress = QProgressBar()
         self.progress.setFormat("idle")
         self.progress.setValue(0)
-        llay.addWidget(self.progress)
+        lay.addWidget(self.progress)
         self.status = QLabel("Pick a base model and press Generate.")
         self.status.setObjectName("hint")
         self.status.setWordWrap(True)
-        llay.addWidget(self.status)
-        llay.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QScrollArea.NoFrame)
-        scroll.setWidget(left)
-        scroll.setMinimumWidth(470)
-        split.addWidget(scroll)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+        return left
 
-        right = QWidget()
-        rlay = QVBoxLayout(right)
-        rlay.setContentsMargins(6, 0, 0, 0)
-        view_box = QGroupBox("Result")
-        vlay = QVBoxLayout(view_box)
-        tools = QHBoxLayout()
-        for text, tip, slot in (("Fit", "Fit the image to the view (double-click)", lambda: self.view.fit()),
-                                ("Zoom in", "Zoom in (mouse wheel)", lambda: self.view.zoom(1.25)),
-                                ("Zoom out", "Zoom out (mouse wheel)", lambda: self.view.zoom(0.8)),
-                                ("Save…", "Save the image as PNG", self.save_image)):
-            b = QPushButton(text)
-            b.setToolTip(tip)
-            b.clicked.connect(slot)
-            tools.addWidget(b)
-        tools.addStretch(1)
-        self.info_label = QLabel("")
-        self.info_label.setObjectName("hint")
-        tools.addWidget(self.info_label)
-        vlay.addLayout(tools)
-        self.view = ImageView(placeholder="Press Generate to make a preview")
-        vlay.addWidget(self.view, 1)
-        rlay.addWidget(view_box, 1)
-        hist_box = QGroupBox("History")
-        hlay = QVBoxLayout(hist_box)
-        self.history_list = QListWidget()
-        self.history_list.setViewMode(QListWidget.IconMode)
-        self.history_list.setFlow(QListWidget.LeftToRight)
-        self.history_list.setWrapping(False)
-        self.history_list.setIconSize(QSize(80, 80))
-        self.history_list.setFixedHeight(118)
-        self.history_list.setMovement(QListWidget.Static)
-        self.history_list.currentRowChanged.connect(self._show_history)
-        hlay.addWidget(self.history_list)
-        rlay.addWidget(hist_box)
-        split.addWidget(right)
-        split.setStretchFactor(1, 1)
-        split.setSizes([480, 900])
+    def set_ready(self, ready: bool) -> None:
+        self.ready = ready
+        for b in (self.generate_btn, self.grid_btn, self.merge_btn):
+            b.setEnabled(ready)
 
     # ------------------------------------------------------------------------------------------- LoRAs
     def _pick_lora(self) -> None:
@@ -300,15 +140,15 @@ class PreviewTab(QWidget):
         row.changed.connect(self.regenerate)
         row.removed.connect(self.remove_lora)
         self.rows.append(row)
-        self.lora_lay.insertWidget(len(self.rows), row)
-        self.empty_label.setVisible(False)
+        self.lora_panel.show_rows(self.rows)
+        self.lora_added.emit(row)
         return row
 
     def remove_lora(self, row: LoraRow) -> None:
         self.rows.remove(row)
         row.setParent(None)
         row.deleteLater()
-        self.empty_label.setVisible(not self.rows)
+        self.lora_panel.show_rows(self.rows)
         self.regenerate()
 
     def active_loras(self) -> list[tuple[str, float]]:
@@ -320,10 +160,7 @@ class PreviewTab(QWidget):
 
     # ---------------------------------------------------------------------------------------- generate
     def params(self) -> dict:
-        return dict(prompt=self.prompt.toPlainText().strip(), negative=self.negative.text().strip(),
-                    seed=self.seed.value(), steps=self.steps.value(), guidance=self.guidance.value(),
-                    width=self.width_spin.value(), height=self.height_spin.value(),
-                    scheduler=self.scheduler.currentText())
+        return self.prompt_panel.params()
 
     def generate(self) -> None:
         self.worker.submit("generate", model=self.model_picker.model() or "demo", loras=self.engine_loras(),
@@ -344,7 +181,7 @@ class PreviewTab(QWidget):
     def _on_event(self, e) -> None:
         if isinstance(e, ev.Started):
             self.progress.setRange(0, max(1, e.total_steps))
-            self.progress.setFormat("%v / %m steps")
+            self.progress.setFormat("%v / %m images" if e.phase == "grid" else "%v / %m steps")
             self.progress.setValue(0)
         elif isinstance(e, ev.Progress):
             self.progress.setRange(0, max(1, e.total))
@@ -371,21 +208,21 @@ class PreviewTab(QWidget):
         weights = ", ".join(f"{LoraRow.display_name(p)} {w:+.2f}" for p, w in info.get("loras", [])) or "no LoRA"
         self.info_label.setText(f"seed {info.get('seed')} · {weights} · {info.get('seconds', 0):.1f} s")
         self.status.setText(f"Done in {info.get('seconds', 0):.1f} s.")
-        self.history.append((qimg, info))
-        item = QListWidgetItem(QIcon(QPixmap.fromImage(qimg)), f"#{len(self.history)}")
-        item.setToolTip(f"{info.get('prompt', '')}\nseed {info.get('seed')} · {weights}")
-        self.history_list.blockSignals(True)
-        self.history_list.addItem(item)
-        self.history_list.setCurrentItem(item)
-        self.history_list.scrollToItem(item)
-        self.history_list.blockSignals(False)
+        self._add_history(qimg, dict(info, kind="image"), f"{info.get('prompt', '')}\nseed {info.get('seed')} · "
+                          f"{weights}")
         self.image_ready.emit(info)
+
+    def _add_history(self, qimg, info: dict, tooltip: str) -> None:
+        self.history.append((qimg, info))
+        label = f"grid #{len(self.history)}" if info.get("kind") == "grid" else f"#{len(self.history)}"
+        self.history_list.add_entry(qimg, label, tooltip)
 
     def _show_history(self, row: int) -> None:
         if 0 <= row < len(self.history):
             qimg, info = self.history[row]
             self.view.set_image(qimg)
-            self.info_label.setText(f"history #{row + 1} · seed {info.get('seed')}")
+            what = "grid" if info.get("kind") == "grid" else f"seed {info.get('seed')}"
+            self.info_label.setText(f"history #{row + 1} · {what}")
 
     def _on_error(self, message: str, advice: str) -> None:
         self.status.setText(f"Error: {message}")
@@ -399,8 +236,9 @@ class PreviewTab(QWidget):
         if not self.view.has_image():
             return
         path, _ = QFileDialog.getSaveFileName(self, "Save image", f"preview-{int(time.time())}.png", "PNG (*.png)")
-        if path:
-            self.view.image().save(path)
+        if path and self.view.image().save(path):
+            self.result.open_folder.set_folder(os.path.dirname(os.path.abspath(path)))
+            self.status.setText(f"Saved {os.path.abspath(path)}")
 
     # ------------------------------------------------------------------------------------ grid / merge
     def open_grid_dialog(self) -> None:
@@ -416,18 +254,15 @@ class PreviewTab(QWidget):
         self.status.setText("Making the comparison grid…")
 
     def _on_grid(self, img, info: dict) -> None:
-        dlg = QDialog(self)
-        dlg.setWindowTitle("Comparison grid")
-        lay = QVBoxLayout(dlg)
-        rows = "checkpoints" if info.get("checkpoints") else f"weights of {info.get('adapter')}"
-        lay.addWidget(QLabel(f"Rows: {rows} · columns: seeds {info.get('seeds')}"))
-        view = ImageView()
-        view.set_image(img)
-        lay.addWidget(view)
-        dlg.resize(900, 700)
+        qimg = to_qimage(img)
+        info = dict(info, kind="grid")
+        rows = "checkpoints" if info.get("checkpoints") else f"weights {info.get('weights')}"
+        self._add_history(qimg, info, f"comparison grid: {rows} × seeds {info.get('seeds')}")
+        dlg = GridResult(qimg, info, self)
         dlg.open()
         self.last_dialog = dlg
-        self.status.setText("Comparison grid ready.")
+        self.status.setText("Comparison grid ready: Save keeps it with its settings.")
+        self.grid_ready.emit(info)
 
     def open_merge_dialog(self) -> None:
         dlg = MergeDialog(self, self.active_loras(), self.model_picker.model())
@@ -435,141 +270,9 @@ class PreviewTab(QWidget):
         self.last_dialog = dlg
 
     def _on_merged(self, path: str) -> None:
-        self.status.setText(f"Merged into {path}")
+        self.status.setText(f"Merged into {os.path.abspath(path)}")
+        self.result.open_folder.set_folder(os.path.dirname(os.path.abspath(path)))
         self.merged.emit(path)
 
     def shutdown(self) -> None:
         self.worker.shutdown()
-
-
-def _numbers(text: str, cast):
-    return [cast(t) for t in text.replace(";", ",").split(",") if t.strip()]
-
-
-class GridDialog(QDialog):
-    """Weight x seed for one LoRA, or checkpoint x seed for a run's saved checkpoints."""
-
-    def __init__(self, tab: PreviewTab):
-        super().__init__(tab)
-        self.tab = tab
-        self.setWindowTitle("Comparison grid")
-        self.setMinimumWidth(460)
-        form = QFormLayout(self)
-        self.adapter = QComboBox()
-        for r in tab.rows:
-            self.adapter.addItem(LoraRow.display_name(r.path), r)
-        self.by_weight = QRadioButton("Weight × seed")
-        self.by_checkpoint = QRadioButton("Checkpoint × seed (from the LoRA's run folder)")
-        self.by_weight.setChecked(True)
-        self.weights = QLineEdit("0, 0.5, 1.0, 1.5")
-        self.seeds = QLineEdit(f"{tab.seed.value()}, {tab.seed.value() + 1}")
-        form.addRow("LoRA:", self.adapter)
-        form.addRow("", self.by_weight)
-        form.addRow("", self.by_checkpoint)
-        form.addRow("Weights (rows):", self.weights)
-        form.addRow("Seeds (columns):", self.seeds)
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        buttons.accepted.connect(self._ok)
-        buttons.rejected.connect(self.reject)
-        form.addRow(buttons)
-
-    def checkpoints(self, row: LoraRow) -> list[tuple[str, str]]:
-        folder = Path(row.path).parent / "checkpoints"
-        found = []
-        for d in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])
-                        if p.name.split("-")[-1].isdigit() else -1):
-            f = d / "pytorch_lora_weights.safetensors"
-            if f.exists():
-                found.append((d.name.replace("checkpoint-", "step "), str(f)))
-        found.append(("final", row.path))
-        return found
-
-    def _ok(self) -> None:
-        row = self.adapter.currentData()
-        if row is None:
-            QMessageBox.warning(self, "Comparison grid", "Add a LoRA first.")
-            return
-        try:
-            weights, seeds = _numbers(self.weights.text(), float), _numbers(self.seeds.text(), int)
-        except ValueError:
-            QMessageBox.warning(self, "Comparison grid", "Weights and seeds are comma-separated numbers.")
-            return
-        self.accept()
-        checkpoints = self.checkpoints(row) if self.by_checkpoint.isChecked() else None
-        self.tab.run_grid(row.adapter_name, weights, seeds, checkpoints)
-
-
-class MergeDialog(QDialog):
-    """Selected LoRAs with weights -> one merged LoRA file, or a fused full model folder."""
-
-    def __init__(self, tab: PreviewTab, loras: list[tuple[str, float]], model: str):
-        super().__init__(tab)
-        self.tab = tab
-        self.setWindowTitle("Merge LoRAs")
-        self.setMinimumWidth(560)
-        lay = QVBoxLayout(self)
-        self.table = QTableWidget(len(loras), 2)
-        self.table.setHorizontalHeaderLabels(["LoRA", "Weight"])
-        self.table.horizontalHeader().setStretchLastSection(False)
-        self.table.horizontalHeader().setSectionResizeMode(0, self.table.horizontalHeader().ResizeMode.Stretch)
-        for i, (p, w) in enumerate(loras):
-            item = QTableWidgetItem(p)
-            item.setFlags(item.flags() & ~Qt.ItemIsEditable)
-            self.table.setItem(i, 0, item)
-            self.table.setItem(i, 1, QTableWidgetItem(f"{w:g}"))
-        lay.addWidget(self.table)
-        self.as_lora = QRadioButton("Merge into one LoRA file")
-        self.as_model = QRadioButton(f"Fuse into a full model (base: {model})")
-        self.as_lora.setChecked(True)
-        rank_row = QHBoxLayout()
-        self.rank = QSpinBox()
-        self.rank.setRange(0, 1024)
-        self.rank.setSpecialValueText("exact (ranks added up)")
-        self.rank.setToolTip("0 keeps the blend exact by concatenating ranks; a number compresses to that rank by SVD.")
-        rank_row.addWidget(self.as_lora)
-        rank_row.addStretch(1)
-        rank_row.addWidget(QLabel("Rank:"))
-        rank_row.addWidget(self.rank)
-        lay.addLayout(rank_row)
-        lay.addWidget(self.as_model)
-        row = QHBoxLayout()
-        self.out = QLineEdit(os.path.join(os.getcwd(), "merged_lora.safetensors"))
-        browse = QPushButton("Browse…")
-        browse.clicked.connect(self._browse)
-        row.addWidget(QLabel("Output:"))
-        row.addWidget(self.out, 1)
-        row.addWidget(browse)
-        lay.addLayout(row)
-        buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
-        buttons.accepted.connect(self._ok)
-        buttons.rejected.connect(self.reject)
-        lay.addWidget(buttons)
-        self.model = model
-
-    def _browse(self) -> None:
-        if self.as_model.isChecked():
-            path = QFileDialog.getExistingDirectory(self, "Folder for the fused model")
-        else:
-            path, _ = QFileDialog.getSaveFileName(self, "Merged LoRA", self.out.text(), "LoRA (*.safetensors)")
-        if path:
-            self.out.setText(path)
-
-    def loras(self) -> list[tuple[str, float]]:
-        return [(self.table.item(i, 0).text(), float(self.table.item(i, 1).text()))
-                for i in range(self.table.rowCount())]
-
-    def _ok(self) -> None:
-        try:
-            loras = self.loras()
-        except ValueError:
-            QMessageBox.warning(self, "Merge", "Each weight must be a number.")
-            return
-        if not loras:
-            QMessageBox.warning(self, "Merge", "Add and enable at least one LoRA first.")
-            return
-        self.accept()
-        if self.as_model.isChecked():
-            self.tab.worker.submit("merge", loras=loras, out="", model=self.model, fuse_out=self.out.text())
-        else:
-            self.tab.worker.submit("merge", loras=loras, out=self.out.text(), rank=self.rank.value())
-        self.tab.status.setText("Merging…")

@@ -26,16 +26,40 @@ def _describe(exc: BaseException) -> tuple[str, str]:
     return describe(exc)
 
 
+# ------------------------------------------------------------------------------------- heavy imports
+# torch, transformers and diffusers import lazily and are not safe to import from two threads at once:
+# a job started while the start-up probe was importing failed with "cannot import name 'CLIPImageProcessor'
+# from 'transformers'". Every thread that needs them goes through warm_imports(): the first does the imports
+# under the lock, the others wait for it.
+HEAVY_MODULES = ("torch", "transformers", "diffusers", "peft", "lora_studio.core.training",
+                 "lora_studio.core.inference.engine")
+_import_lock = threading.Lock()
+_imports_done = False
+
+
+def warm_imports() -> None:
+    """Import the heavy libraries once, serialized; an ImportError reaches the job that needed them."""
+    global _imports_done
+    with _import_lock:
+        if _imports_done:
+            return
+        for name in HEAVY_MODULES:
+            importlib.import_module(name)
+        _imports_done = True
+
+
 class JobThread(QThread):
-    """Runs ``fn(emit, stop) -> result`` once on its own thread."""
+    """Runs ``fn(emit, stop) -> result`` once on its own thread; ``heavy`` jobs first wait for warm_imports."""
 
     event = Signal(object)
     result = Signal(object)
     error = Signal(str, str)
 
-    def __init__(self, fn: Callable[[Callable, Callable[[], bool]], Any], parent: QObject | None = None):
+    def __init__(self, fn: Callable[[Callable, Callable[[], bool]], Any], parent: QObject | None = None,
+                 heavy: bool = True):
         super().__init__(parent)
         self._fn = fn
+        self._heavy = heavy
         self._stop = threading.Event()
 
     def request_stop(self) -> None:
@@ -52,6 +76,8 @@ class JobThread(QThread):
     def run(self) -> None:
         self._failed_sent = False
         try:
+            if self._heavy:
+                warm_imports()
             out = self._fn(self._emit, self._stop.is_set)
         except BaseException as exc:  # noqa: BLE001 - reported to the user, never swallowed
             if not self._failed_sent:  # the engine already sent Failed with its advice otherwise
@@ -106,16 +132,15 @@ class SystemProbe(QThread):
     found = Signal(dict)
 
     def run(self) -> None:
+        # Warm the heavy imports here, once, so no job stalls on them later (jobs wait on the same lock).
+        try:
+            warm_imports()
+        except Exception:  # noqa: BLE001 - the job that needs them reports the real error
+            pass
         try:
             info = gpu_info()
         except Exception:  # noqa: BLE001
             info = {"name": "CPU", "total": 0, "cuda": False}
-        # Warm the heavy imports here, once, so no job stalls on them later.
-        for name in ("lora_studio.core.training.engine", "lora_studio.core.inference", "diffusers", "peft"):
-            try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the job that needs it reports the real error
-                pass
         # Does torch see the device the installer chose? (A driver update or a new card can break it.)
         try:
             from lora_studio.core.system import torch_check
@@ -168,7 +193,7 @@ def open_dataset_job(path: str, buckets=None) -> JobThread:
         validate_dataset(ds, buckets=buckets, stop=stop)
         return ds
 
-    return JobThread(fn)
+    return JobThread(fn, heavy=False)
 
 
 def class_images_job(config) -> JobThread:
@@ -187,10 +212,6 @@ def class_images_job(config) -> JobThread:
                                        getattr(config, "sample_steps", 20))
 
     return JobThread(fn)
-
-
-def call_job(fn: Callable[[], Any]) -> JobThread:
-    return JobThread(lambda emit, stop: fn())
 
 
 # ------------------------------------------------------------------------------------- preview engine
@@ -252,6 +273,7 @@ class PreviewWorker(QThread):
                 return
             self.busy.emit(True)
             try:
+                warm_imports()
                 getattr(self, f"_do_{kind}")(**kw)
             except BaseException as exc:  # noqa: BLE001 - shown to the user
                 traceback.print_exc()
@@ -307,12 +329,28 @@ class PreviewWorker(QThread):
         engine = self._ensure_engine(model)
         self._apply_loras(engine, loras)
         request = self._request(params)
+        emit = self._image_counter(len(seeds) * len(checkpoints or weights))
         if checkpoints:
-            img = engine.checkpoint_grid(request, checkpoints, seeds, emit=self.event.emit, stop=self._stop.is_set)
+            img = engine.checkpoint_grid(request, checkpoints, seeds, emit=emit, stop=self._stop.is_set)
         else:
-            img = engine.weight_grid(request, adapter, weights, seeds, emit=self.event.emit, stop=self._stop.is_set)
+            img = engine.weight_grid(request, adapter, weights, seeds, emit=emit, stop=self._stop.is_set)
         if img is not None:
-            self.grid.emit(img, dict(weights=weights, seeds=seeds, adapter=adapter, checkpoints=checkpoints))
+            self.grid.emit(img, dict(params, model=model, loras=[(p, w) for p, _, w in loras], weights=weights,
+                                     seeds=seeds, adapter=adapter, checkpoints=checkpoints))
+
+    def _image_counter(self, total: int):
+        """A grid's progress counts its images, not the sampling steps of each one."""
+        self.event.emit(ev.Started(total_steps=total, phase="grid"))
+        made = 0
+
+        def emit(event) -> None:
+            nonlocal made
+            if isinstance(event, ev.Finished):
+                made += 1
+                self.event.emit(ev.Progress(step=made, total=total, phase="grid"))
+            elif isinstance(event, ev.Warning):
+                self.event.emit(event)
+        return emit
 
     def _do_merge(self, loras: list, out: str, model: str | None = None, fuse_out: str | None = None,
                   rank: int = 0) -> None:
@@ -342,12 +380,10 @@ class ThumbnailTask(QRunnable):
     def run(self) -> None:
         from lora_studio.core.dataset import thumbnail
 
+        from PIL.ImageQt import ImageQt
+
         small = thumbnail(self.path, self.size)
-        if small is None:
-            img = QImage()
-        else:
-            data = small.convert("RGB").tobytes("raw", "RGB")
-            img = QImage(data, small.width, small.height, 3 * small.width, QImage.Format_RGB888).copy()
+        img = QImage() if small is None else QImage(ImageQt(small)).copy()
         self.signals.done.emit(self.path, img)
 
 

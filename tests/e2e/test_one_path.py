@@ -102,7 +102,7 @@ def test_dataset_json_equals_dataset_check_and_the_bucket_column(tmp_path, qtbot
 
         window.training_tab.model_picker.set_model(model)
         window.training_tab.form.set_values({"resolution": resolution})
-        window._sync_bucket_plan()
+        window._buckets_changed()
         m = window.dataset_tab.model
         shown = {m.index(r, COL_FILE).data(): m.index(r, COL_BUCKET).data(Qt.DisplayRole) for r in range(m.rowCount())}
         assert shown == {name: f"{w} × {h}" for name, (w, h) in trained.items()}

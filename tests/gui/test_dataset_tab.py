@@ -93,23 +93,24 @@ def test_opening_a_1000_image_folder_never_blocks_the_gui(qtbot, make_window, tm
 
 
 def test_generate_class_images_then_delete_bad_ones_in_the_review_grid(qtbot, make_window, tmp_path, tiny_sd1):
-    from lora_studio.gui.dataset_tab import ClassImagesReview
+    from lora_studio.gui.dialogs.class_images import ClassImagesReview
 
     window = make_window()
-    window.training_tab.model_picker.set_model(str(tiny_sd1))
-    window.training_tab.form.set_values({"resolution": 64, "sample_steps": 2, "sample_batch_size": 2})
-    tab = window.dataset_tab
-    tab.instance_prompt.setText("a photo of sks shape")
-    tab.class_prompt.setText("a shape")
-    tab.class_dir.setText(str(tmp_path / "class"))
-    tab.num_class.setValue(3)
-    tab.prior.setChecked(True)
-    cfg = window.training_tab.config()  # the DreamBooth fields here are the run config's fields
+    tab = window.training_tab
+    tab.model_picker.set_model(str(tiny_sd1))
+    # DreamBooth settings have one home: the training form, i.e. the run config's own fields
+    tab.form.set_values({"resolution": 64, "sample_steps": 2, "sample_batch_size": 2, "mode": "dreambooth",
+                         "instance_prompt": "a photo of sks shape", "class_prompt": "a shape",
+                         "class_data_dir": str(tmp_path / "class"), "num_class_images": 3,
+                         "with_prior_preservation": True})
+    assert not hasattr(window.dataset_tab, "instance_prompt")
+    cfg = tab.config()
     assert (cfg.mode, cfg.class_prompt, cfg.num_class_images, cfg.with_prior_preservation) == \
         ("dreambooth", "a shape", 3, True)
-    tab.gen_class_btn.click()
-    qtbot.waitUntil(lambda: isinstance(tab.last_dialog, ClassImagesReview), timeout=120000)
-    review = tab.last_dialog
+    panel = tab.class_images
+    panel.gen_btn.click()
+    qtbot.waitUntil(lambda: isinstance(panel.last_dialog, ClassImagesReview), timeout=120000)
+    review = panel.last_dialog
     assert review.grid.count() == 3 and len(list((tmp_path / "class").glob("*.png"))) == 3
     review.grid.item(1).setSelected(True)
     assert review.delete_selected() == 1

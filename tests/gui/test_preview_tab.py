@@ -35,10 +35,10 @@ def test_moving_a_slider_makes_a_new_image_without_reloading_the_base_model(qtbo
     # the user drags the slider and lets go: a new image comes, and the base model was loaded once
     with qtbot.waitSignal(tab.image_ready, timeout=60000) as second:
         row_a.slider.setSliderDown(True)
-        row_a.slider.setValue(-150)
+        row_a.slider.setValue(-1.5)
         row_a.slider.setSliderDown(False)  # emits sliderReleased
     probe.stop()
-    assert row_a.spin.value() == -1.5
+    assert row_a.slider.value() == -1.5 and row_a.weight() == -1.5
     info = second.args[0]
     assert [w for _, w in info["loras"]] == [-1.5, 0.5]
     assert info["base_loads"] == 1 and loaded == [1] and tab.worker.loads == 1
@@ -62,12 +62,16 @@ def test_to_qimage_keeps_pixels():
     q = to_qimage(img)
     assert (q.width(), q.height()) == (3, 2)
     assert q.pixelColor(2, 1).getRgb()[:3] == (10, 20, 30)
+    for mode, value, rgba in (("L", 77, (77, 77, 77, 255)), ("RGBA", (1, 2, 3, 200), (1, 2, 3, 200))):
+        q = to_qimage(Image.new(mode, (3, 2), value))
+        del value  # the QImage owns its pixels
+        assert q.pixelColor(0, 1).getRgb() == rgba
 
 
 def test_merge_dialog_writes_one_lora_file(qtbot, make_window, tiny_loras, tmp_path):
     from safetensors import safe_open
 
-    from lora_studio.gui.preview_tab import MergeDialog
+    from lora_studio.gui.dialogs.merge import MergeDialog
 
     window = make_window()
     tab = window.preview_tab

@@ -170,7 +170,7 @@ def test_run_config_saves_and_reopens_and_recent_items_persist(qtbot, make_windo
 
 
 def test_memory_meter_shows_in_use_peak_and_total(qtbot):
-    from lora_studio.gui.training_tab import GIB, MemoryMeter
+    from lora_studio.gui.widgets.memory_meter import GIB, MemoryMeter
 
     meter = MemoryMeter()
     qtbot.addWidget(meter)

@@ -102,7 +102,8 @@ def make_buckets(resolution: int, sdxl: bool = False, *, step: int | None = None
 def plan_buckets(model: str, resolution: int, *, enable_bucket: bool = True, no_upscale: bool = False,
                  min_side: int | None = None, max_side: int | None = None) -> Buckets:
     """The buckets training uses for ``model`` (a path or 'demo'): its family's step, the no-upscale rule."""
-    from lora_studio.core.models.loader import resolve_model, size_multiple
+    from lora_studio.core.models.loader import resolve_model
+    from lora_studio.core.models.native import size_multiple
 
     ref = resolve_model(model)
     return make_buckets(resolution, ref.family == "sdxl", step=size_multiple(ref), min_side=min_side,

@@ -246,35 +246,6 @@ def resolve_model(name_or_path: str | os.PathLike) -> ModelRef:
                           "give a diffusers folder, a .safetensors checkpoint, 'demo' or 'demo-xl'.")
 
 
-def _folder_configs(ref: ModelRef) -> tuple[dict, dict] | None:
-    """(vae config, unet config) of a folder model, or None for single files (their family decides)."""
-    if ref.kind == "single_file":
-        return None
-    try:
-        return tuple(json.loads((ref.path / sub / "config.json").read_text(encoding="utf-8"))
-                     for sub in ("vae", "unet"))
-    except (OSError, ValueError):
-        return None
-
-
-def size_multiple(ref: ModelRef) -> int:
-    """Image sides must be multiples of this: the VAE's downscale times the UNet's (SD 1.x 64, SDXL 32)."""
-    cfgs = _folder_configs(ref)
-    if cfgs is None:
-        return 32 if ref.family == "sdxl" else 64
-    vae, unet = cfgs
-    return 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet["block_out_channels"]) - 1)
-
-
-def native_resolution(ref: ModelRef) -> int:
-    """The image size a model was trained at (SD 1.x 512, SD 2.x-v 768, SDXL 1024, the demo models 64)."""
-    cfgs = _folder_configs(ref)
-    if cfgs is not None and isinstance(cfgs[1].get("sample_size"), int):
-        vae = cfgs[0]
-        return cfgs[1]["sample_size"] * 2 ** (len(vae["block_out_channels"]) - 1)
-    return {"sdxl": 1024, "sd2": 768 if ref.variant == "v" else 512}.get(ref.family, 512)
-
-
 # ----------------------------------------------------------------------------- loading
 
 EMBEDDED_CONFIG_KEY = "lora_studio.diffusers_config"

@@ -125,6 +125,7 @@ class ConfigForm(QWidget):
     """Editors for every user-facing TrainingConfig field, grouped, with advanced rows hidden by default."""
 
     changed = Signal(str)  # field name
+    loaded = Signal()  # a whole config was put in (set_config)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -203,6 +204,10 @@ class ConfigForm(QWidget):
         if not self._loading:
             self.changed.emit(name)
 
+    def add_row(self, group: str, label: str, widget: QWidget) -> None:
+        """An extra row (buttons that act on the group's fields) at the end of a group."""
+        self._groups[group].layout().addRow(label, widget)
+
     def set_advanced_visible(self, on: bool) -> None:
         for form, editor in self._advanced_rows:
             form.setRowVisible(editor, on)
@@ -255,6 +260,7 @@ class ConfigForm(QWidget):
                 self.set_value(name, getattr(cfg, name))
         finally:
             self._loading = False
+        self.loaded.emit()
 
     def set_values(self, values: dict[str, Any]) -> None:
         self._loading = True

@@ -8,12 +8,12 @@ from PySide6.QtWidgets import QGraphicsPixmapItem, QGraphicsScene, QGraphicsView
 
 
 def to_qimage(img) -> QImage:
-    """A PIL image (or QImage) as a QImage that owns its pixels."""
+    """A PIL image (or QImage) as a QImage that owns its pixels (ImageQt shares the PIL buffer: copy)."""
     if isinstance(img, QImage):
         return img
-    rgba = img.convert("RGBA")
-    data = rgba.tobytes("raw", "RGBA")
-    return QImage(data, rgba.width, rgba.height, 4 * rgba.width, QImage.Format_RGBA8888).copy()
+    from PIL.ImageQt import ImageQt
+
+    return QImage(ImageQt(img)).copy()
 
 
 class ImageView(QGraphicsView):
