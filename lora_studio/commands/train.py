@@ -151,7 +151,12 @@ def run_here(args, cfg) -> int:
     flag, restore = stop_on_interrupt()
     try:
         result = train(cfg, emit, stop_check(flag, args.stop_file), resume=args.resume)
-    except TrainingFailed:
+    except TrainingFailed as exc:
+        if not is_main_process():  # only rank 0 emits events: the launcher reads this rank's error in its log
+            import traceback
+
+            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
         return 1  # the Failed event has been shown
     finally:
         restore()

@@ -125,11 +125,17 @@ class EventTail:
         return out
 
 
-def failed_rank(launcher_log: str) -> int | None:
-    # torch's elastic agent prints the first failure under "Root Cause"; a killed rank shows up there too.
+def root_cause(launcher_log: str) -> tuple[int | None, str]:
+    """(rank, how it ended) of the first failure torch's elastic agent reports; (None, "") if none."""
     cause = launcher_log.rsplit("Root Cause", 1)
-    match = re.search(r"rank\s*:\s*(\d+)", cause[-1]) if len(cause) == 2 else None
-    return int(match.group(1)) if match else None
+    if len(cause) != 2:
+        return None, ""
+    rank = re.search(r"rank\s*:\s*(\d+)", cause[1])
+    code = re.search(r"exitcode\s*:\s*(-?\d+)[^\n(]*(?:\(pid[^)]*\))?\s*(\(\w+\))?", cause[1])
+    words = ""
+    if code:
+        words = f"exit code {code.group(1)}" + (f", {code.group(2).strip('()')}" if code.group(2) else "")
+    return (int(rank.group(1)) if rank else None), words
 
 
 def rank_stderr(log_dir: Path, rank: int, lines: int = STDERR_LINES) -> str:
@@ -189,7 +195,8 @@ class MultiProcessRun:
                 code = self.proc.poll()
                 for event in self.tail.read():
                     seen.append(event)
-                    emit(event)
+                    if not isinstance(event, ev.Failed):  # held back: a crashed rank may be the real cause
+                        emit(event)
                 if code is not None:
                     break
                 if stop() and not self.stop_path.exists():
@@ -207,28 +214,30 @@ class MultiProcessRun:
         failed = [e for e in seen if isinstance(e, ev.Failed)]
         if code == 0 and finished:
             return dict(finished[-1].result)
-        if failed:  # rank 0 already said what went wrong, with its advice
-            raise LaunchFailed(failed[-1].message, failed[-1].advice)
-        event = self.crash_event(code)
-        self.append_event(event)
+        log = self.launcher_log.read_text(encoding="utf-8", errors="replace") if self.launcher_log.exists() else ""
+        rank, how = root_cause(log)
+        if failed and rank in (None, 0):
+            event = failed[-1]  # rank 0 said what went wrong, with its advice; it is in the events file already
+        else:
+            event = self.crash_event(how or f"launcher exit code {code}", rank, log,
+                                     failed[-1].advice if failed else "")
+            self.append_event(event)
         emit(event)
         raise LaunchFailed(event.message, event.advice)
 
-    def crash_event(self, code: int) -> ev.Failed:
-        log = self.launcher_log.read_text(encoding="utf-8", errors="replace") if self.launcher_log.exists() else ""
-        rank = failed_rank(log)
+    def crash_event(self, how: str, rank: int | None, log: str, advice: str) -> ev.Failed:
+        from lora_studio.core.training.checkpoint import latest_checkpoint
+
         who = f"process {rank} of {self.processes}" if rank is not None else f"one of {self.processes} processes"
         tail = rank_stderr(self.log_dir, rank) if rank is not None else ""
         if not tail:
             tail = "\n".join(log.splitlines()[-STDERR_LINES:])
-        from lora_studio.core.training.checkpoint import latest_checkpoint
-
         last = latest_checkpoint(self.output_dir)
         keep = (f"The last complete checkpoint is {last}; Resume (`--resume`) continues from it."
                 if last else "No checkpoint was written before it.")
-        return ev.Failed(f"{who} crashed (launcher exit code {code}); the other processes were stopped.\n"
+        return ev.Failed(f"{who} failed ({how}); the other processes were stopped.\n"
                          f"Its last output:\n{tail}",
-                         f"{keep} Logs of every process: {self.log_dir}.")
+                         " ".join(filter(None, [advice, keep, f"Logs of every process: {self.log_dir}."])))
 
     def append_event(self, event) -> None:
         # After rank 0 is gone: a line it left unfinished is closed first, so the file stays one event a line.
