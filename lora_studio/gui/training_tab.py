@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QComboBox, QFormLayout, QGroupBox, QHBoxLayout, Q
 from lora_studio import config as cfgmod
 from lora_studio.core import events as ev
 from lora_studio.gui import workers
+from lora_studio.gui.launch_worker import ProcessesChoice, launch_job
 from lora_studio.gui.widgets.config_form import ConfigForm
 from lora_studio.gui.widgets.loss_plot import LossPlot
 from lora_studio.gui.widgets.model_picker import ModelPicker
@@ -114,6 +115,8 @@ class TrainingTab(QWidget):
         self.gpu_label = QLabel("Detecting GPU…")
         self.gpu_label.setObjectName("hint")
         mform.addRow("", self.gpu_label)
+        self.processes = ProcessesChoice()  # several GPUs: shown only where there is a choice
+        mform.addRow(self.processes)
         llay.addWidget(model_box)
 
         self.form = ConfigForm()
@@ -202,6 +205,7 @@ class TrainingTab(QWidget):
     # ----------------------------------------------------------------------------------------- config
     def set_gpu(self, info: dict) -> None:
         self.gpu = info
+        self.processes.set_gpu(info)
         total = info.get("total") or 0
         if info.get("cuda") and total:
             gib = total / GIB
@@ -278,7 +282,8 @@ class TrainingTab(QWidget):
         self.append_log(("Resuming" if resume else "Starting") + f" training: {cfg.pretrained_model_name_or_path} "
                         f"-> {cfg.output_dir}, {cfg.max_train_steps} steps.")
         self.status_label.setText("Resuming…" if resume else "Starting…")
-        self.job = workers.training_job(cfg, resume=resume)
+        n = self.processes.value()
+        self.job = launch_job(cfg, n, resume) if n > 1 else workers.training_job(cfg, resume=resume)
         self.job.event.connect(self.on_event)
         self.job.error.connect(self._on_error)
         self.job.finished.connect(self._on_thread_done)

@@ -78,7 +78,10 @@ def gpu_info() -> dict[str, Any]:
             return {"name": props.name, "total": int(props.total_memory), "cuda": True}
     if info is None:
         return {"name": "CPU", "total": 0, "cuda": False}
-    return {"name": info.name, "total": int(info.total_memory), "cuda": True, "backend": info.backend}
+    from lora_studio.core.training.launch import gpu_count
+
+    return {"name": info.name, "total": int(info.total_memory), "cuda": True, "backend": info.backend,
+            "count": gpu_count()}
 
 
 def leave_a_core_for_the_gui() -> None:

@@ -57,6 +57,7 @@ def _events(path: Path) -> list:
     return list(ev.read_jsonl(path.read_text(encoding="utf-8").splitlines()))
 
 
+@pytest.mark.slow
 def test_two_processes_match_a_hand_run_accelerate_launch(tmp_path, data):
     proc = _lora_studio(tmp_path, "train", str(_config(tmp_path, data, "app")), "--processes", "2",
                         "--events", str(tmp_path / "ev.jsonl"))
@@ -102,6 +103,7 @@ def _wait_for_step(path: Path, step: int, proc: subprocess.Popen) -> None:
     raise AssertionError(proc.communicate()[1])
 
 
+@pytest.mark.slow
 def test_a_crashed_process_stops_the_others_and_is_named(tmp_path, data):
     cfg = _config(tmp_path, data, "crash", max_train_steps=400, checkpointing_steps=2)
     proc = _lora_studio(tmp_path, "train", str(cfg), "--processes", "2", "--events", str(tmp_path / "ev.jsonl"))
