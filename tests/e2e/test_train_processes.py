@@ -122,3 +122,21 @@ def test_a_crashed_process_stops_the_others_and_is_named(tmp_path, data):
     assert found and all((p / ADAPTER).is_file() and (p / "training_state.pt").is_file() for p in found)
     visible = [p.name for p in (tmp_path / "crash" / "checkpoints").iterdir() if not p.name.startswith(".")]
     assert sorted(visible) == sorted(p.name for p in found)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_at_one_step_and_saves(tmp_path, data):
+    cfg = _config(tmp_path, data, "stop", max_train_steps=400, checkpointing_steps=1000)
+    proc = _lora_studio(tmp_path, "train", str(cfg), "--processes", "2", "--events", str(tmp_path / "ev.jsonl"))
+    _wait_for_step(tmp_path / "ev.jsonl", 2, proc)
+    ranks = [_rank_process(proc.pid, r) for r in ("0", "1")]
+    proc.send_signal(signal.SIGINT)  # the terminal's Ctrl-C reaches the app, which asks every rank to stop
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    last = _events(tmp_path / "ev.jsonl")[-1]
+    assert isinstance(last, ev.Finished) and last.result["stopped"] and last.result["num_processes"] == 2
+    step = last.result["steps"]
+    assert f"stopped at step {step}/400" in out
+    assert [p.name for p in list_checkpoints(tmp_path / "stop")] == [f"checkpoint-{step}"]
+    assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in ranks)
+    assert not (tmp_path / "stop" / "launch" / "STOP").exists()
