@@ -111,7 +111,10 @@ def is_launched_rank() -> bool:
 def stop_check(flag, stop_file: str | None):
     if not stop_file:
         return flag.is_set
-    return lambda: flag.is_set() or os.path.exists(stop_file)
+    from lora_studio.core.training.launch import APP_PID_ENV, stop_requested
+
+    app = int(os.environ.get(APP_PID_ENV) or 0)
+    return lambda: flag.is_set() or stop_requested(stop_file, app)
 
 
 def run(args) -> int:

@@ -140,3 +140,18 @@ def test_ctrl_c_stops_every_process_at_one_step_and_saves(tmp_path, data):
     assert [p.name for p in list_checkpoints(tmp_path / "stop")] == [f"checkpoint-{step}"]
     assert all(not p.is_running() or p.status() == psutil.STATUS_ZOMBIE for p in ranks)
     assert not (tmp_path / "stop" / "launch" / "STOP").exists()
+
+
+@pytest.mark.slow
+def test_ranks_stop_and_save_when_the_app_dies(tmp_path, data):
+    cfg = _config(tmp_path, data, "orphan", max_train_steps=400, checkpointing_steps=1000)
+    proc = _lora_studio(tmp_path, "train", str(cfg), "--processes", "2", "--events", str(tmp_path / "ev.jsonl"))
+    _wait_for_step(tmp_path / "ev.jsonl", 2, proc)
+    everyone = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()  # the app is gone without asking anyone to stop
+    proc.communicate()
+    gone, alive = psutil.wait_procs(everyone, timeout=300)
+    assert not alive
+    last = _events(tmp_path / "ev.jsonl")[-1]
+    assert isinstance(last, ev.Finished) and last.result["stopped"] and last.result["steps"] < 400
+    assert [p.name for p in list_checkpoints(tmp_path / "orphan")] == [f"checkpoint-{last.result['steps']}"]

@@ -6,7 +6,8 @@ The app writes an accelerate config file into ``<output_dir>/launch/`` and start
 parent tails and re-emits as the same typed events, so a several-process run looks like an in-process one.
 
 Stop: the parent creates ``launch/STOP``; every rank checks it between steps and the engine all-reduces the
-flag, so all ranks stop at the same step and rank 0 saves the same checkpoint one process would.
+flag, so all ranks stop at the same step and rank 0 saves the same checkpoint one process would. The ranks
+also stop (and save) if the app dies without asking: they watch its process id.
 A crash: torch's elastic agent (accelerate's multi-GPU launcher) ends the other ranks; the parent reports
 one ``Failed`` naming the rank and its last stderr lines. Checkpoints and adapters are written atomically,
 so a killed run leaves the last complete checkpoint for ``--resume``.
@@ -30,6 +31,7 @@ from lora_studio.errors import LoraStudioError
 
 LAUNCH_DIR = "launch"
 STOP_FILE = "STOP"
+APP_PID_ENV = "LORA_STUDIO_APP_PID"  # the ranks stop (and save) if the app that launched them is gone
 POLL_S = 0.2
 STDERR_LINES = 12
 
@@ -96,7 +98,22 @@ def child_env() -> dict[str, str]:
     root = str(Path(lora_studio.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     env.pop("RANK", None)
+    env[APP_PID_ENV] = str(os.getpid())
     return env
+
+
+def stop_requested(stop_file: str | os.PathLike, app_pid: int | None) -> bool:
+    """A rank's stop check: the app asked (the stop file), or the app died without asking."""
+    if os.path.exists(stop_file):
+        return True
+    if app_pid:
+        try:
+            os.kill(app_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+    return False
 
 
 class EventTail:
