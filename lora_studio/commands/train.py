@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 
-DESCRIPTION = ("Train a LoRA or DreamBooth-LoRA from a TOML config. Several GPUs: "
-               "`accelerate launch --num_processes N -m lora_studio train CONFIG.toml` (only the main "
-               "process writes files and events). Ctrl-C stops after the current step and saves.")
+DESCRIPTION = ("Train a LoRA or DreamBooth-LoRA from a TOML config. Several GPUs: `--processes N` (the app "
+               "launches accelerate itself, no `accelerate config` needed; without GPUs N CPU processes). "
+               "Ctrl-C stops after the current step and saves.")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("config", metavar="CONFIG.toml", help="run configuration (TOML)")
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     parser.add_argument("--events", metavar="FILE.jsonl", help="also write the run's events as JSON lines")
+    parser.add_argument("--processes", type=int, default=1, metavar="N",
+                        help="train data-parallel in N processes, one per GPU (CPU processes without GPUs); "
+                             "train_batch_size is per process")
+    # Set by the launcher for each rank: the file whose appearance asks every rank to stop.
+    parser.add_argument("--stop-file", help=argparse.SUPPRESS)
 
 
 class ProgressDisplay:
@@ -93,32 +100,78 @@ def stop_on_interrupt():
 
 
 def is_main_process() -> bool:
-    import os
-
     # Under `accelerate launch` every process runs this command; only rank 0 writes and prints.
     return os.environ.get("RANK", "0") == "0"
 
 
+def is_launched_rank() -> bool:
+    return "RANK" in os.environ or "LOCAL_RANK" in os.environ
+
+
+def stop_check(flag, stop_file: str | None):
+    if not stop_file:
+        return flag.is_set
+    from lora_studio.core.training.launch import APP_PID_ENV, stop_requested
+
+    app = int(os.environ.get(APP_PID_ENV) or 0)
+    return lambda: flag.is_set() or stop_requested(stop_file, app)
+
+
 def run(args) -> int:
     from lora_studio import config as config_mod
+
+    cfg = config_mod.load(args.config)
+    if args.processes > 1 and not is_launched_rank():
+        return run_processes(args, cfg)
+    return run_here(args, cfg)
+
+
+def run_processes(args, cfg) -> int:
+    from lora_studio.core.training.launch import LaunchFailed, train_processes
+
+    display = ProgressDisplay()
+    flag, restore = stop_on_interrupt()
+    try:
+        result = train_processes(cfg, display, flag.is_set, processes=args.processes, resume=args.resume,
+                                 events_path=os.path.abspath(args.events) if args.events else None,
+                                 config_path=args.config)
+    except LaunchFailed:
+        return 1  # the Failed event has been shown
+    finally:
+        restore()
+        display.close()
+    _report(result)
+    return 0
+
+
+def run_here(args, cfg) -> int:
     from lora_studio.core.events import JsonlWriter
     from lora_studio.core.training.engine import TrainingFailed, train
 
-    cfg = config_mod.load(args.config)
     display = ProgressDisplay()
     writer = JsonlWriter(args.events, forward=display) if args.events and is_main_process() else None
     emit = writer or display
     flag, restore = stop_on_interrupt()
     try:
-        result = train(cfg, emit, flag, resume=args.resume)
-    except TrainingFailed:
+        result = train(cfg, emit, stop_check(flag, args.stop_file), resume=args.resume)
+    except TrainingFailed as exc:
+        if not is_main_process():  # only rank 0 emits events: the launcher reads this rank's error in its log
+            import traceback
+
+            traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+            print(f"error: {exc}", file=sys.stderr)
         return 1  # the Failed event has been shown
     finally:
         restore()
         display.close()
         if writer is not None:
             writer.close()
-    if result.get("adapter_path") and is_main_process():
+    if is_main_process():
+        _report(result)
+    return 0
+
+
+def _report(result: dict) -> None:
+    if result.get("adapter_path"):
         state = "stopped at" if result["stopped"] else "finished after"
         print(f"{state} step {result['steps']}/{result['total_steps']}: {result['adapter_path']}")
-    return 0

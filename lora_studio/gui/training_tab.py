@@ -13,11 +13,7 @@ from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QMessageBox, QPlainTextEd
 
 from lora_studio import config as cfgmod
 from lora_studio.core import events as ev
-from lora_studio.core.models.native import ModelFacts, model_facts
-from lora_studio.errors import LoraStudioError
-from lora_studio.gui import trigger_dialog, workers
-from lora_studio.gui.widgets.base_model_panel import BaseModelPanel
-from lora_studio.gui.widgets.class_images_panel import ClassImagesPanel
+from lora_studio.gui.launch_worker import ProcessesChoice, launch_job
 from lora_studio.gui.widgets.config_form import ConfigForm
 from lora_studio.gui.widgets.loss_plot import LossPlot
 from lora_studio.gui.widgets.memory_meter import GIB, MemoryMeter
@@ -71,6 +67,8 @@ class TrainingTab(QWidget):
         self.model_picker = self.base_panel.model_picker
         self.preset_combo = self.base_panel.preset_combo
         self.gpu_label = self.base_panel.gpu_label
+        self.processes = ProcessesChoice()  # several GPUs: shown only where there is a choice
+        self.base_panel.form.addRow(self.processes)
         self.model_picker.changed.connect(self._model_changed)
         self.preset_combo.currentIndexChanged.connect(self._apply_preset)
         lay.addWidget(self.base_panel)
@@ -123,6 +121,7 @@ class TrainingTab(QWidget):
     # ----------------------------------------------------------------------------------------- config
     def set_gpu(self, info: dict) -> None:
         self.gpu = info
+        self.processes.set_gpu(info)
         total = info.get("total") or 0
         if info.get("cuda") and total:
             gib = total / GIB
@@ -253,7 +252,8 @@ class TrainingTab(QWidget):
         self.append_log(("Resuming" if resume else "Starting") + f" training: {cfg.pretrained_model_name_or_path} "
                         f"-> {out}, {cfg.max_train_steps} steps.")
         self.status_label.setText("Resuming…" if resume else "Starting…")
-        self.job = workers.training_job(cfg, resume=resume)
+        n = self.processes.value()
+        self.job = launch_job(cfg, n, resume) if n > 1 else workers.training_job(cfg, resume=resume)
         self.job.event.connect(self.on_event)
         self.job.error.connect(self._on_error)
         self.job.finished.connect(self._on_thread_done)

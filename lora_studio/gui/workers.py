@@ -98,9 +98,11 @@ def gpu_info() -> dict[str, Any]:
 
     info = system.gpu_info()
     if info is None:
-        return {"name": "CPU", "total": 0, "cuda": False, "backend": "cpu"}
+        return {"name": "CPU", "total": 0, "cuda": False, "backend": "cpu", "count": 0}
+    from lora_studio.core.training.launch import gpu_count
+
     return {"name": info.name, "total": int(info.total_memory), "cuda": info.backend == "cuda",
-            "backend": info.backend}
+            "backend": info.backend, "count": gpu_count()}
 
 
 def leave_a_core_for_the_gui() -> None:
