@@ -13,7 +13,12 @@ from PySide6.QtWidgets import (QGroupBox, QHBoxLayout, QMessageBox, QPlainTextEd
 
 from lora_studio import config as cfgmod
 from lora_studio.core import events as ev
+from lora_studio.core.models.native import ModelFacts, model_facts
+from lora_studio.errors import LoraStudioError
+from lora_studio.gui import trigger_dialog, workers
 from lora_studio.gui.launch_worker import ProcessesChoice, launch_job
+from lora_studio.gui.widgets.base_model_panel import BaseModelPanel
+from lora_studio.gui.widgets.class_images_panel import ClassImagesPanel
 from lora_studio.gui.widgets.config_form import ConfigForm
 from lora_studio.gui.widgets.loss_plot import LossPlot
 from lora_studio.gui.widgets.memory_meter import GIB, MemoryMeter
