@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -22,21 +23,49 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _new_temp(final: Path, make: Callable[[str], None]) -> Path:
+    """Create a fresh temporary name beside ``final`` with ``make`` (which fails if the name exists)."""
+    for _ in range(100):
+        tmp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            make(str(tmp))
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {final}")
+
+
+def _create_file(name: str) -> None:
+    # 0o666 and not mkstemp's 0o600: the kernel applies the umask (and a default ACL), so a new file gets the
+    # mode every other program would give it; ComfyUI/A1111 under another user can read the LoRA.
+    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+
+
+def _keep_mode(tmp: Path, final: Path) -> None:
+    """A replaced file keeps its own permission bits (a 0644 caption stays 0644, a 0600 secret stays 0600)."""
+    try:
+        mode = final.stat().st_mode
+    except OSError:
+        return  # a new file: the umask's default, given when the temporary file was created
+    with contextlib.suppress(OSError):  # e.g. a share that refuses chmod; the content matters more
+        os.chmod(tmp, stat.S_IMODE(mode))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
 
-    On any exception the temporary file is removed and the old file is left untouched.
+    On any exception the temporary file is removed and the old file is left untouched. The result has the
+    replaced file's mode, or the umask's default for a new file (as ``open(path, "w")`` would give it).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temp(final, _create_file)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        _keep_mode(tmp, final)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     except BaseException:
@@ -67,15 +96,17 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a directory under a temporary name; it appears under ``path`` only when complete.
 
-    An existing ``path`` is replaced only after the new one is whole (old moved aside, then removed).
+    An existing ``path`` is replaced only after the new one is whole (old moved aside, then removed). Modes
+    as for ``atomic_path``.
     """
     import shutil
 
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = _new_temp(final, lambda name: os.mkdir(name, 0o777))  # the umask's default, not mkdtemp's 0o700
     try:
         yield tmp
+        _keep_mode(tmp, final)
         old = None
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")

@@ -1,0 +1,57 @@
+"""Files the app writes get the modes a user expects: the umask's default for a new file, the file's own
+mode when it is replaced. (mkstemp's 0600 made every LoRA unreadable to ComfyUI running as another user.)"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+import pytest
+from PIL import Image
+
+from lora_studio.core import io
+
+pytestmark = pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX permission bits")
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_new_files_and_folders_get_the_umask_default(tmp_path, umask_022):
+    io.write_text(tmp_path / "a.txt", "x")
+    io.write_with(tmp_path / "b.bin", lambda tmp: tmp.write_bytes(b"1"))
+    with io.atomic_dir(tmp_path / "ckpt") as tmp:
+        (tmp / "state.json").write_text("{}")
+    assert (mode(tmp_path / "a.txt"), mode(tmp_path / "b.bin")) == (0o644, 0o644)
+    assert mode(tmp_path / "ckpt") == 0o755 and mode(tmp_path / "ckpt" / "state.json") == 0o644
+
+
+def test_a_replaced_file_keeps_its_own_mode(tmp_path, umask_022):
+    shared, private = tmp_path / "shared.txt", tmp_path / "private.txt"
+    for path, m in ((shared, 0o664), (private, 0o600)):
+        path.write_text("old")
+        os.chmod(path, m)
+        io.write_text(path, "new")
+        assert (path.read_text(), mode(path)) == ("new", m)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["private.txt", "shared.txt"]  # no temporaries left
+
+
+def test_a_caption_edit_keeps_0644(tmp_path, umask_022):
+    from lora_studio.core.dataset.dataset import Dataset
+
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_text("a red square", encoding="utf-8")
+    os.chmod(tmp_path / "a.txt", 0o644)
+    ds = Dataset.open(tmp_path)
+    ds.set_caption(0, "a red square, studio light")
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "a red square, studio light"
+    assert mode(tmp_path / "a.txt") == 0o644
