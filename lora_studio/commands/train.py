@@ -34,7 +34,8 @@ class ProgressDisplay:
             self.close()
             self.phase = event.phase
             self.bar = tqdm(total=event.total_steps, desc=self.PHASES.get(event.phase, event.phase),
-                            file=self.stream, dynamic_ncols=True, leave=True)
+                            file=self.stream, dynamic_ncols=True, leave=True,
+                            disable=False)  # the app's own bar shows although verbosity.QUIET_ENV sets TQDM_DISABLE
         elif isinstance(event, ev.Progress) and self.bar is not None:
             self.bar.n = event.step
             if event.loss is not None:

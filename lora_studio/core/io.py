@@ -41,14 +41,17 @@ def _create_file(name: str) -> None:
     os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
 
 
-def _keep_mode(tmp: Path, final: Path) -> None:
-    """A replaced file keeps its own permission bits (a 0644 caption stays 0644, a 0600 secret stays 0600)."""
+def _set_mode(tmp: Path, final: Path, new_mode: int) -> None:
+    """Give ``tmp`` the replaced file's permission bits (a 0644 caption stays 0644, a 0600 one 0600), or
+    ``new_mode`` for a new file. Set after the writer ran: some writers (safetensors' save_file) replace the
+    path they are given with a file of their own mode, 0600."""
     try:
-        mode = final.stat().st_mode
+        mode = stat.S_IMODE(final.stat().st_mode)
     except OSError:
-        return  # a new file: the umask's default, given when the temporary file was created
+        mode = new_mode
     with contextlib.suppress(OSError):  # e.g. a share that refuses chmod; the content matters more
-        os.chmod(tmp, stat.S_IMODE(mode))
+        if stat.S_IMODE(tmp.stat().st_mode) != mode:
+            os.chmod(tmp, mode)
 
 
 @contextlib.contextmanager
@@ -62,10 +65,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp(final, _create_file)
     try:
+        new_mode = stat.S_IMODE(tmp.stat().st_mode)  # what the umask (and a default ACL) gave it
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
-        _keep_mode(tmp, final)
+        _set_mode(tmp, final, new_mode)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     except BaseException:
@@ -105,8 +109,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temp(final, lambda name: os.mkdir(name, 0o777))  # the umask's default, not mkdtemp's 0o700
     try:
+        new_mode = stat.S_IMODE(tmp.stat().st_mode)
         yield tmp
-        _keep_mode(tmp, final)
+        _set_mode(tmp, final, new_mode)
         old = None
         if final.exists():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")

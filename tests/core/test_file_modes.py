@@ -55,3 +55,12 @@ def test_a_caption_edit_keeps_0644(tmp_path, umask_022):
     ds.set_caption(0, "a red square, studio light")
     assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "a red square, studio light"
     assert mode(tmp_path / "a.txt") == 0o644
+
+
+def test_a_writer_that_makes_its_own_0600_file_still_gives_0644(tmp_path, umask_022):
+    import torch
+    from safetensors.torch import save_file
+
+    # safetensors 0.8 replaces the path it is given with a 0600 file of its own
+    io.write_with(tmp_path / "a.safetensors", lambda tmp: save_file({"w": torch.zeros(2)}, str(tmp)))
+    assert mode(tmp_path / "a.safetensors") == 0o644
