@@ -54,6 +54,22 @@ def _set_mode(tmp: Path, final: Path, new_mode: int) -> None:
             os.chmod(tmp, mode)
 
 
+def _umask_modes_inside(folder: Path, dir_mode: int) -> None:
+    """Files and folders inside a new directory get the umask's default, whatever their writer chose
+    (diffusers' save_pretrained writes its safetensors 0600); executable files stay executable."""
+    file_mode = dir_mode & 0o666
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    continue
+                want = dir_mode if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111 else file_mode
+                if stat.S_IMODE(st.st_mode) != want:
+                    os.chmod(path, want)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` in one rename.
@@ -111,6 +127,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         new_mode = stat.S_IMODE(tmp.stat().st_mode)
         yield tmp
+        _umask_modes_inside(tmp, new_mode)
         _set_mode(tmp, final, new_mode)
         old = None
         if final.exists():

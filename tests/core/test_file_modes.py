@@ -64,3 +64,17 @@ def test_a_writer_that_makes_its_own_0600_file_still_gives_0644(tmp_path, umask_
     # safetensors 0.8 replaces the path it is given with a 0600 file of its own
     io.write_with(tmp_path / "a.safetensors", lambda tmp: save_file({"w": torch.zeros(2)}, str(tmp)))
     assert mode(tmp_path / "a.safetensors") == 0o644
+
+
+def test_a_folder_built_atomically_gives_its_writers_files_the_umask_default(tmp_path, umask_022):
+    import torch
+    from safetensors.torch import save_file
+
+    with io.atomic_dir(tmp_path / "fused") as tmp:  # as merge's save_pretrained of a fused model
+        (tmp / "unet").mkdir(mode=0o700)
+        save_file({"w": torch.zeros(2)}, str(tmp / "unet" / "model.safetensors"))
+        (tmp / "run.sh").write_text("#!/bin/sh\n")
+        os.chmod(tmp / "run.sh", 0o700)
+    assert mode(tmp_path / "fused" / "unet") == 0o755
+    assert mode(tmp_path / "fused" / "unet" / "model.safetensors") == 0o644
+    assert mode(tmp_path / "fused" / "run.sh") == 0o755
