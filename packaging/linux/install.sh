@@ -233,7 +233,9 @@ write_if_changed() {  # write_if_changed FILE MODE < content : keeps a second ru
   local tmp="$1.tmp.$$"; mkdir -p "$(dirname "$1")"; cat > "$tmp"; chmod "$2" "$tmp"
   if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv -f "$tmp" "$1"; fi
 }
-write_if_changed "$LAUNCHER" 755 < <(plan_tool launcher "$ENV_DIR/bin/lora-studio" "$ENV_PY" "$PREFIX" "$OWNED_TAG")
+LAUNCHER_TEXT="$(plan_tool launcher "$ENV_DIR/bin/lora-studio" "$ENV_PY" "$PREFIX" "$OWNED_TAG")" \
+  || die "could not write the lora-studio command." "run the installer again; if it fails again, report the output above."
+printf '%s\n' "$LAUNCHER_TEXT" | write_if_changed "$LAUNCHER" 755
 RES_ICONS="$("$ENV_PY" -I -c 'from lora_studio.paths import resource; print(resource("icons"))')"
 if [ "$(uname -s)" = Darwin ]; then
   write_if_changed "$DESKTOP_FILE/Contents/MacOS/lora-studio" 755 <<EOF
