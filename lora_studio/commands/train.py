@@ -10,7 +10,9 @@ DESCRIPTION = ("Train a LoRA or DreamBooth-LoRA from a TOML config. Several GPUs
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("config", metavar="CONFIG.toml", help="run configuration (TOML)")
+    parser.add_argument("config", metavar="CONFIG.toml",
+                        help="run configuration (TOML); a relative output_dir in it is relative to the file's "
+                             "folder, and without one the run goes to LoRA Studio/runs/lora-output in your documents")
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     parser.add_argument("--events", metavar="FILE.jsonl", help="also write the run's events as JSON lines")
 
