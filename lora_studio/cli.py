@@ -26,6 +26,9 @@ COMMANDS = [
 ]
 
 
+VERBOSE_HELP = "also show the libraries' own messages: warnings, deprecation notices, loading progress bars"
+
+
 class UserError(Exception):
     """An error whose message is for the user as it is (no traceback)."""
 
@@ -37,20 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
         "and preview them. Without a subcommand it opens the app.",
     )
     parser.add_argument("--version", action="version", version=f"lora-studio {__version__}")
+    parser.add_argument("--verbose", "-v", action="store_true", dest="verbose_all", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text in COMMANDS:
         module = importlib.import_module(f"lora_studio.commands.{name}")
         p = sub.add_parser(name, help=help_text, description=getattr(module, "DESCRIPTION", help_text))
         module.add_arguments(p)
+        _add_verbose(p)
         p.set_defaults(_module=module)
     return parser
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """--verbose after any (sub)command too; SUPPRESS so a nested parser's default cannot undo an outer flag."""
+    parser.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                _add_verbose(nested)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    verbose = args.verbose_all
     if args.command is None:
-        args = parser.parse_args(["gui", *(argv or [])])
+        args = parser.parse_args(["gui"])
+    from lora_studio import verbosity
+
+    verbosity.apply(verbose or getattr(args, "verbose", False))
     from lora_studio.core.system import allocator_defaults, compile_cache_defaults
 
     allocator_defaults()  # before any command starts CUDA (its workers and `accelerate launch` inherit it)

@@ -7,6 +7,7 @@ its help text, bounds and choices in metadata: the GUI form and the TOML file re
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -14,7 +15,10 @@ from typing import Any
 
 import tomli_w
 
+from lora_studio.paths import runs_dir
+
 SCHEMA_VERSION = 2
+DEFAULT_RUN_NAME = "lora-output"
 
 
 class ConfigError(ValueError):
@@ -32,6 +36,14 @@ def _f(default, help: str, *, group: str, min=None, max=None, choices=None, adva
     return field(default=default, metadata=meta, **kw)
 
 
+def _default_report_to() -> str:
+    # TensorBoard only where it is installed (an extra): otherwise every default run warned that it is missing.
+    import importlib.util
+
+    found = any(importlib.util.find_spec(name) is not None for name in ("tensorboard", "tensorboardX"))
+    return "tensorboard" if found else "none"
+
+
 @dataclass
 class TrainingConfig:
     schema_version: int = _f(SCHEMA_VERSION, "Version of this file's layout; written by LoRA Studio.", group="meta", min=1)
@@ -41,7 +53,9 @@ class TrainingConfig:
         "demo", "Base model: a diffusers folder, a .safetensors/.ckpt file, or 'demo' / 'demo-xl'.", group="model")
     model_family: str = _f("auto", "Model family; 'auto' detects SD 1.x or SDXL from the model.", group="model",
                            choices=["auto", "sd1", "sdxl"])
-    output_dir: str = _f("lora-output", "Folder for the adapter, checkpoints, samples and logs.", group="model")
+    output_dir: str = _f(str(runs_dir() / DEFAULT_RUN_NAME), "Folder for the adapter, checkpoints, samples and logs "
+                         "(default: LoRA Studio/runs in your documents folder). In a config file, a relative path "
+                         "is relative to the config file's folder.", group="model")
     train_data_dir: str = _f("", "Folder of training images with captions (.txt sidecars or metadata.jsonl).", group="data")
     mode: str = _f("style", "'style': each image's own caption. 'dreambooth': every image is the subject, "
                    "described by the instance prompt.", group="data", choices=["style", "dreambooth"])
@@ -143,7 +157,8 @@ class TrainingConfig:
                                   max=10_000_000)
     checkpoints_total_limit: int = _f(3, "Keep at most this many checkpoints (0 = all).", group="output", min=0,
                                       max=100000)
-    report_to: str = _f("tensorboard", "Where logs go.", group="output", choices=["tensorboard", "none"],
+    report_to: str = _f(_default_report_to(), "Where logs go: 'tensorboard' (needs the tensorboard package; the "
+                        "default where it is installed) or 'none'.", group="output", choices=["tensorboard", "none"],
                         advanced=True)
 
     # ---------------------------------------------------------------- helpers
@@ -268,7 +283,10 @@ def load(path: str | Path) -> TrainingConfig:
         raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc}).") from None
-    return from_dict(data, source=str(path))
+    cfg = from_dict(data, source=str(path))
+    # a relative output_dir means "beside this config file", not "wherever the command was started"
+    cfg.output_dir = os.path.abspath(path.parent / cfg.output_dir)
+    return cfg
 
 
 def dumps(cfg: TrainingConfig) -> str:

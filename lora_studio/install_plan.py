@@ -7,6 +7,7 @@ also runs as a plain script or straight out of the wheel (``PYTHONPATH=app.whl p
     python install_plan.py plan [--json | --shell | --text]   # detect and decide
     python install_plan.py record PLAN.json KEY=VALUE...      # the install record the app checks
     python install_plan.py wheel-hash APP.whl                 # content hash, blind to zip timestamps
+    python install_plan.py launcher APP PYTHON PREFIX TAG     # the `lora-studio` command's script
 
 Sources for the table (PyTorch RELEASE.md "CUDA Support Matrix", CUDA toolkit release notes):
 cu126 is the last build with Maxwell/Pascal/Volta SASS and is dropped in torch 2.15; cu128 builds
@@ -318,6 +319,42 @@ def wheel_content_hash(path: str) -> str:
     return digest.hexdigest()[:32]
 
 
+# The `lora-studio` command. From a terminal it is the app itself. From the applications menu (the desktop entry
+# sets LORA_STUDIO_FROM_MENU=1; Terminal=false, so nobody reads stderr) the output goes to a log, and a start
+# that fails (Qt aborts with status 134 when its X11 plugin misses system libraries) shows a dialog with
+# what to install, through whichever of zenity, kdialog, xmessage is there, else a notification naming the log.
+LAUNCHER = r"""#!/bin/sh
+# LoRA Studio launcher, @TAG@ (@PREFIX@); 'install.sh --uninstall' removes it.
+APP=@APP@
+if [ -z "${LORA_STUDIO_FROM_MENU:-}" ]; then exec "$APP" "$@"; fi
+unset LORA_STUDIO_FROM_MENU
+LOG_DIR="${XDG_STATE_HOME:-$HOME/.local/state}/lora-studio"
+mkdir -p "$LOG_DIR" 2>/dev/null || LOG_DIR="${TMPDIR:-/tmp}"
+LOG="$LOG_DIR/last-start.log"
+"$APP" "$@" >"$LOG" 2>&1
+status=$?
+case "$status" in 0|129|130|143) exit "$status" ;; esac  # closed, or ended by hangup/Ctrl-C/logout
+TITLE="LoRA Studio could not start"
+HINT="$(@PYTHON@ -I -m lora_studio.qt_check --text 2>/dev/null)" && HINT=""  # says something only when Qt is the cause
+TEXT="$(printf '%s (exit status %s).\n\n%s\n\nLast lines of its output:\n%s\n\nThe whole output: %s' \
+  "$TITLE" "$status" "${HINT:-Run lora-studio in a terminal to see more.}" "$(tail -n 8 "$LOG")" "$LOG")"
+has() { command -v "$1" >/dev/null 2>&1; }
+if has zenity && zenity --error --no-markup --title="$TITLE" --text="$TEXT" 2>/dev/null; then :
+elif has kdialog && kdialog --title "$TITLE" --error "$TEXT" 2>/dev/null; then :
+elif has xmessage && printf '%s\n' "$TEXT" | xmessage -center -title "$TITLE" -file - 2>/dev/null; then :
+elif has notify-send && notify-send -u critical "$TITLE" "${HINT:+$HINT
+}Details: $LOG" 2>/dev/null; then :
+else printf '%s\n' "$TEXT" >&2
+fi
+exit "$status"
+"""
+
+
+def launcher_script(app: str, python: str, prefix: str, tag: str) -> str:
+    return (LAUNCHER.replace("@APP@", shlex.quote(app)).replace("@PYTHON@", shlex.quote(python))
+            .replace("@PREFIX@", prefix).replace("@TAG@", tag))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["plan"]:
@@ -331,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
             key, _, value = item.partition("=")
             record[key] = value
         print(json.dumps(record, indent=2, sort_keys=True))
+        return 0
+    if args[:1] == ["launcher"] and len(args) == 5:
+        sys.stdout.write(launcher_script(*args[1:]))
         return 0
     if args[:1] == ["wheel-hash"] and len(args) == 2:
         print(wheel_content_hash(args[1]))

@@ -17,3 +17,11 @@ def resources_dir() -> Path:
 
 def resource(*parts: str) -> Path:
     return resources_dir().joinpath(*parts)
+
+
+def runs_dir() -> Path:
+    """Where runs go unless a config says otherwise: ``<Documents>/LoRA Studio/runs`` (absolute, so a run
+    started from the menu does not land in whatever folder the app happened to start in)."""
+    import platformdirs
+
+    return Path(platformdirs.user_documents_dir()).absolute() / "LoRA Studio" / "runs"

@@ -39,10 +39,12 @@ def run(args) -> int:
     from lora_studio.core.training.demo import run_demo
     from lora_studio.core.training.engine import TrainingFailed
 
+    import os
+
     display = ProgressDisplay()
     flag, restore = stop_on_interrupt()
     try:
-        summary = run_demo(args.out, display, flag)
+        summary = run_demo(os.path.abspath(args.out), display, flag)  # absolute: every path it prints is too
     except TrainingFailed:
         return 1
     finally:

@@ -20,7 +20,31 @@ def add_arguments(parser) -> None:
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for a preview (--screenshot)")
 
 
+def window_can_open(environ=None) -> None:
+    """Before Qt aborts (exit 134, blaming xcb-cursor0 and suggesting a reinstall): say which system libraries
+    its X11 plugin misses and how to install them. Only where Qt would pick that plugin."""
+    import os
+    import sys
+
+    from lora_studio import qt_check
+    from lora_studio.errors import LoraStudioError
+
+    env = os.environ if environ is None else environ
+    platform = env.get("QT_QPA_PLATFORM", "")
+    x11 = platform == "xcb" or (not platform and env.get("DISPLAY") and not env.get("WAYLAND_DISPLAY"))
+    plugin = qt_check.xcb_plugin() if sys.platform.startswith("linux") and x11 else None
+    missing = qt_check.missing_libraries(qt_check.ldd(plugin)) if plugin else []
+    if missing:
+        manager = qt_check.package_manager()
+        result = qt_check.QtCheck(ok=False, missing=missing, packages=qt_check.packages_for(missing, manager),
+                                  manager=manager)
+        lines = result.text().splitlines()
+        raise LoraStudioError(" ".join(lines[:2]), " ".join(lines[2:]))
+
+
 def run(args) -> int:
+    if not args.screenshot:
+        window_can_open()
     from lora_studio.gui.app import run as run_app
 
     return run_app(args)

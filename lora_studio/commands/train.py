@@ -12,7 +12,9 @@ DESCRIPTION = ("Train a LoRA or DreamBooth-LoRA from a TOML config. Several GPUs
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("config", metavar="CONFIG.toml", help="run configuration (TOML)")
+    parser.add_argument("config", metavar="CONFIG.toml",
+                        help="run configuration (TOML); a relative output_dir in it is relative to the file's "
+                             "folder, and without one the run goes to LoRA Studio/runs/lora-output in your documents")
     parser.add_argument("--resume", action="store_true", help="continue from the last complete checkpoint")
     parser.add_argument("--events", metavar="FILE.jsonl", help="also write the run's events as JSON lines")
     parser.add_argument("--processes", type=int, default=1, metavar="N",
@@ -41,7 +43,8 @@ class ProgressDisplay:
             self.close()
             self.phase = event.phase
             self.bar = tqdm(total=event.total_steps, desc=self.PHASES.get(event.phase, event.phase),
-                            file=self.stream, dynamic_ncols=True, leave=True)
+                            file=self.stream, dynamic_ncols=True, leave=True,
+                            disable=False)  # the app's own bar shows although verbosity.QUIET_ENV sets TQDM_DISABLE
         elif isinstance(event, ev.Progress) and self.bar is not None:
             self.bar.n = event.step
             if event.loss is not None:

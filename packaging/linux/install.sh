@@ -15,7 +15,9 @@
 # LORA_STUDIO_TORCH_INDEX (a URL, or "default" for the tool's configured index) and LORA_STUDIO_TORCH_SPEC
 # (e.g. torch==2.13.0) override where torch comes from; LORA_STUDIO_FIND_LINKS names local wheel folders;
 # LORA_STUDIO_PYTHON picks the Python that runs the installer; LORA_STUDIO_NO_UV=1 uses venv + pip instead
-# of uv; UV_CACHE_DIR moves uv's download cache (default: inside the prefix, so --uninstall leaves nothing).
+# of uv; UV_CACHE_DIR moves uv's download cache (default: inside the prefix, so --uninstall leaves nothing);
+# LORA_STUDIO_SYSTEM_PACKAGES (ask, yes, no) says whether the system libraries Qt's window needs are installed
+# with apt-get when missing (ask: as root it installs, on a terminal it asks before using sudo, else it names them).
 set -euo pipefail
 
 say() { printf '%s\n' "$*"; }
@@ -231,11 +233,9 @@ write_if_changed() {  # write_if_changed FILE MODE < content : keeps a second ru
   local tmp="$1.tmp.$$"; mkdir -p "$(dirname "$1")"; cat > "$tmp"; chmod "$2" "$tmp"
   if [ -f "$1" ] && cmp -s "$tmp" "$1"; then rm -f "$tmp"; else mv -f "$tmp" "$1"; fi
 }
-write_if_changed "$LAUNCHER" 755 <<EOF
-#!/bin/sh
-# LoRA Studio launcher, $OWNED_TAG ($PREFIX); 'install.sh --uninstall' removes it.
-exec "$ENV_DIR/bin/lora-studio" "\$@"
-EOF
+LAUNCHER_TEXT="$(plan_tool launcher "$ENV_DIR/bin/lora-studio" "$ENV_PY" "$PREFIX" "$OWNED_TAG")" \
+  || die "could not write the lora-studio command." "run the installer again; if it fails again, report the output above."
+printf '%s\n' "$LAUNCHER_TEXT" | write_if_changed "$LAUNCHER" 755
 RES_ICONS="$("$ENV_PY" -I -c 'from lora_studio.paths import resource; print(resource("icons"))')"
 if [ "$(uname -s)" = Darwin ]; then
   write_if_changed "$DESKTOP_FILE/Contents/MacOS/lora-studio" 755 <<EOF
@@ -261,13 +261,19 @@ Type=Application
 Name=LoRA Studio
 GenericName=LoRA trainer for Stable Diffusion
 Comment=Train LoRA and DreamBooth-LoRA adapters for Stable Diffusion 1.5 and SDXL, preview blends
-Exec="$LAUNCHER" gui
+Exec=env LORA_STUDIO_FROM_MENU=1 "$LAUNCHER" gui
 Icon=$ICON_FILE
 Terminal=false
 Categories=Graphics;Development;
 StartupWMClass=lora-studio
 X-LoRA-Studio=$OWNED_TAG
 EOF
+fi
+
+if [ "$(uname -s)" != Darwin ]; then
+  # PySide6 carries Qt but not the X11 helper libraries: without them the window aborts at start (exit 134)
+  step "Checking that the app's window can open (Qt's platform plugin and the system libraries it needs)"
+  "$ENV_PY" -I -m lora_studio.qt_check --install || say "(the installation goes on: the command-line tools work without the window)"
 fi
 
 step "Checking that torch sees the device chosen for it"

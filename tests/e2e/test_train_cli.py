@@ -93,8 +93,7 @@ def test_ctrl_c_saves_and_resume_continues(tmp_path, model_dir):
     cfg = _config(tmp_path, model_dir, max_train_steps=400, checkpointing_steps=1000)
     events_file = tmp_path / "ev.jsonl"
     proc = _cli("train", str(cfg), "--events", str(events_file))
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
+    while proc.poll() is None:  # however long the first step takes on a busy machine
         lines = events_file.read_text(encoding="utf-8").splitlines() if events_file.exists() else []
         if any('"event": "Progress"' in line and '"phase": "train"' in line for line in lines):
             break  # at least one step is done

@@ -1,4 +1,6 @@
 import gc
+import json
+import os
 import sys
 import threading
 import time
@@ -67,12 +69,18 @@ class BlockProbe:
 
 
 @pytest.fixture
-def probe():
+def probe(request):
+    """How long the GUI loop was blocked; tests do not assert it (a busy machine stretches any bar):
+    bench/gui_block.py runs these tests with LORA_STUDIO_GUI_GAPS=FILE and reads what they record there."""
     p = BlockProbe()
     yield p
     p.timer.stop()
     p._watch.set()
     gc.unfreeze()
+    if os.environ.get("LORA_STUDIO_GUI_GAPS"):
+        with open(os.environ["LORA_STUDIO_GUI_GAPS"], "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"test": request.node.nodeid, "max_gap_ms": round(p.max_gap * 1000, 1),
+                                 "ticks": p.ticks, "stalls": p.stalls[:3]}) + "\n")
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ def test_moving_a_slider_makes_a_new_image_without_reloading_the_base_model(qtbo
     after = _pixels(tab.view.image())
     assert before.shape == after.shape and not np.array_equal(before, after)
     assert tab.history_list.count() == 2
-    assert probe.max_gap < 0.2, probe.report()
+    # how long the GUI loop was blocked: measured by bench/gui_block.py, not asserted (no wall-clock bars)
 
     # unticking a LoRA keeps it loaded at weight 0 (no reload) and regenerates
     with qtbot.waitSignal(tab.image_ready, timeout=60000) as third:

@@ -52,7 +52,7 @@ def test_training_run_from_the_tab_feeds_the_plot_and_finishes(qtbot, make_windo
     assert (tmp_path / "out" / "events.jsonl").exists()
     # the finished adapter is offered in the Preview tab
     assert any(r.path.endswith("pytorch_lora_weights.safetensors") for r in window.preview_tab.rows)
-    assert probe.max_gap < 0.2, probe.report()
+    # how long the GUI loop was blocked: measured by bench/gui_block.py, not asserted (no wall-clock bars)
 
     # a finished run reopens with its curve
     other = make_window()

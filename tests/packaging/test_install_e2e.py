@@ -26,7 +26,9 @@ NOT_BUILT = "is not built yet"
 
 def installer_env(home: Path, **extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LORA_STUDIO_", "XDG_", "VIRTUAL_ENV"))}
+    # LORA_STUDIO_SYSTEM_PACKAGES=no: a test never apt-gets Qt's X11 libraries onto the machine, it only names them
     env.update(HOME=str(home), PATH=path_without_nvidia_smi(), QT_QPA_PLATFORM="offscreen",
+               LORA_STUDIO_SYSTEM_PACKAGES="no",
                UV_CACHE_DIR=os.environ.get("UV_CACHE_DIR") or str(Path.home() / ".cache" / "uv"), **extra)
     rustup = Path.home() / ".rustup"
     if rustup.is_dir():  # pip asks rustc for its version; rustup would create ~/.rustup in the fake HOME
@@ -96,7 +98,8 @@ def test_fresh_install_gives_a_working_command_and_desktop_entry(installed):
     out = app(installed, "--version")
     assert out.returncode == 0 and out.stdout.startswith("lora-studio ")
     desktop = (home / ".local/share/applications/lora-studio.desktop").read_text()
-    assert f'Exec="{installed["launcher"]}" gui' in desktop
+    assert f'Exec=env LORA_STUDIO_FROM_MENU=1 "{installed["launcher"]}" gui' in desktop
+    assert "Checking that the app's window can open" in installed["out"]
     icon = home / ".local/share/icons/hicolor/scalable/apps/lora-studio.svg"
     assert f"Icon={icon}" in desktop and "<svg" in icon.read_text()
     # the app-local environment has its own torch (CPU build), not this test process's

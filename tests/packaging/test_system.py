@@ -1,6 +1,7 @@
 """lora_studio.core.system: what torch sees, and the start-up check against the installer's record."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -72,16 +73,36 @@ def test_kernel_coverage(archs, cc, ok):
     assert system._has_kernels(archs, cc) is ok
 
 
+def _import_path_of_this_run() -> str:
+    """The lora_studio under test (a checkout, not whatever copy is installed) and this environment's libraries.
+
+    A --system-site-packages venv made from inside a venv sees the base Python's site-packages, not the outer
+    venv's: without these the child finds neither the app nor torch when the tests run in a virtual environment.
+    """
+    import site
+
+    import lora_studio
+
+    dirs = [str(Path(lora_studio.__file__).resolve().parents[1]), *site.getsitepackages()]
+    if site.ENABLE_USER_SITE and os.path.isdir(site.getusersitepackages()):
+        dirs.append(site.getusersitepackages())
+    return os.pathsep.join(dirs)
+
+
+@pytest.mark.skipif(sys.platform.startswith("win"), reason="the venv's interpreter is bin/python here")
 def test_the_app_finds_only_its_own_environments_record(tmp_path):
     prefix = tmp_path / "prefix"
     env = prefix / "env"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(env)], check=True)
+    child_env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": _import_path_of_this_run()}
 
     def ask(code="print(s.find_install_record())"):
         out = subprocess.run([str(env / "bin" / "python"), "-c", "from lora_studio.core import system as s; " + code],
-                             capture_output=True, text=True, cwd=tmp_path, check=True,
-                             env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+                             capture_output=True, text=True, cwd=tmp_path, check=True, env=child_env)
         return out.stdout.strip()
+
+    assert Path(ask("import lora_studio; print(lora_studio.__file__)")).resolve() == \
+        Path(system.__file__).resolve().parents[1] / "__init__.py"  # the code under test, not an installed copy
 
     assert ask() == "None"
     record(prefix, build="cpu", device="cpu", env=str(tmp_path / "elsewhere" / "env"))

@@ -11,6 +11,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from lora_studio.core.demo import demo_model_path, renderer
+from lora_studio.core.io import write_with
 
 CELL, LABEL_W, HEAD_H, GAP = 96, 64, 40, 24
 
@@ -48,8 +49,7 @@ def make_grid(out: str | Path, models=("demo", "demo-xl")) -> Path:
                 tile = images[(c, s)].resize((CELL, CELL), Image.Resampling.LANCZOS)
                 grid.paste(tile, (x0 + LABEL_W + j * CELL, HEAD_H * 2 + i * CELL))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out, optimize=True)
+    write_with(out, lambda tmp: grid.save(tmp, format="PNG", optimize=True))
     return out
 
 

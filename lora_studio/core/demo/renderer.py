@@ -210,7 +210,7 @@ SUBJECT_COUNT, STYLE_COUNT = 10, 16
 
 def write_subject_set(folder: str | Path, count: int = SUBJECT_COUNT, seed: int = SUBJECT_SEED) -> list[Path]:
     """The DreamBooth set: images with ``.txt`` caption sidecars."""
-    from lora_studio.core.io import write_text
+    from lora_studio.core.io import write_text, write_with
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -218,7 +218,7 @@ def write_subject_set(folder: str | Path, count: int = SUBJECT_COUNT, seed: int 
     for i in range(count):
         img, scene = render(seed, i, "subject")
         path = folder / f"sks_{i:02d}.png"
-        img.save(path)
+        write_with(path, lambda tmp, im=img: im.save(tmp, format="PNG"))
         write_text(path.with_suffix(".txt"), scene.caption + "\n")
         paths.append(path)
     return paths
@@ -226,7 +226,7 @@ def write_subject_set(folder: str | Path, count: int = SUBJECT_COUNT, seed: int 
 
 def write_style_set(folder: str | Path, count: int = STYLE_COUNT, seed: int = STYLE_SEED) -> list[Path]:
     """The style set: images with one ``metadata.jsonl`` (file_name, text)."""
-    from lora_studio.core.io import write_text
+    from lora_studio.core.io import write_text, write_with
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -234,7 +234,7 @@ def write_style_set(folder: str | Path, count: int = STYLE_COUNT, seed: int = ST
     for i in range(count):
         img, scene = render(seed, i, "style")
         path = folder / f"zebra_{i:02d}.png"
-        img.save(path)
+        write_with(path, lambda tmp, im=img: im.save(tmp, format="PNG"))
         rows.append(json.dumps({"file_name": path.name, "text": scene.caption}))
         paths.append(path)
     write_text(folder / "metadata.jsonl", "\n".join(rows) + "\n")

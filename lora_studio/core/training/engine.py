@@ -77,6 +77,21 @@ def _failure_words(exc: BaseException, config) -> tuple[str, str]:
     return describe(exc)
 
 
+def _why_latents_are_not_cached(examples, cfg) -> str:
+    """The true reason, naming the setting and a picture: the old one-size message blamed flips that were off."""
+    from lora_studio.core.training.data import crop_slack
+
+    if cfg.random_flip:
+        return ("cache_latents is off for this run: random_flip = true mirrors pictures at random every epoch "
+                "(set random_flip = false to cache their latents).")
+    loose = [ex for ex in examples if crop_slack(ex.size, ex.bucket) != (0, 0)]
+    ex = loose[0]
+    return (f"cache_latents is off for this run: {len(loose)} of {len(examples)} pictures do not fit their "
+            f"bucket exactly (e.g. {ex.path.name}, {ex.size[0]}x{ex.size[1]} into {ex.bucket[0]}x{ex.bucket[1]}) "
+            "and center_crop = false crops them at a random place every epoch (set center_crop = true to cache "
+            "their latents: faster, and the VAE leaves the GPU).")
+
+
 class _Run:
     def __init__(self, config, emit, should_stop, resume):
         self.config = config
@@ -258,8 +273,7 @@ class _Run:
             all_examples += class_ex
         cache_latents = cfg.cache_latents and not augmentations_random(all_examples, cfg)
         if cfg.cache_latents and not cache_latents:
-            self.emit(Warning("cache_latents is off for this run: random flips or random crops change the "
-                              "images every epoch (set center_crop = true and random_flip = false to cache)."))
+            self.emit(Warning(_why_latents_are_not_cached(all_examples, cfg)))
         cache_text = cfg.cache_text_embeddings and not cfg.train_text_encoder
         self.batches = BatchMaker(self.models, cfg, self.device, orders, cache_latents, cache_text,
                                   acc.process_index)
