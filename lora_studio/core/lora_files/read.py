@@ -52,6 +52,15 @@ def _pattern_value(module: str, patterns: dict, default):
     return default
 
 
+def _config_object(config):
+    """diffusers' SGM-block mapping reads ``config.layers_per_block``: an attribute object, not a dict."""
+    if isinstance(config, dict):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(**config)
+    return config
+
+
 def read_lora(path, family: str | None = None, unet_config=None) -> LoraFile:
     """Read any supported LoRA file into the plain form (diffusers converts kohya / A1111 names)."""
     path = Path(path)
@@ -73,14 +82,15 @@ def lora_from_state_dict(sd: dict, meta: dict[str, str] | None = None, path: Pat
     if fmt == "kohya":
         if family == "sdxl" and unet_config is None and any("input_blocks" in k or "output_blocks" in k for k in sd):
             unet_config = default_unet_config("sdxl")
-        kwargs = {"unet_config": unet_config} if unet_config is not None else {}
+        kwargs = {"unet_config": _config_object(unet_config)} if unet_config is not None else {}
         try:
             converted, network_alphas = _pipeline_class(family).lora_state_dict(dict(sd), **kwargs)
         except LoraStudioError:
             raise
         except Exception as exc:
             raise LoraStudioError(f"{path}: diffusers could not read this kohya LoRA: {str(exc).splitlines()[0][:200]}",
-                                  "it may use layer types (LoHa, LoKr, conv) this version does not read.") from None
+                                  "the file may be damaged or made for another model; `lora-studio inspect` "
+                                  "shows what it holds.") from None
         network_alphas = network_alphas or {}
     else:
         converted, network_alphas = sd, {}
