@@ -120,5 +120,6 @@ def run(args) -> int:
             writer.close()
     if result.get("adapter_path") and is_main_process():
         state = "stopped at" if result["stopped"] else "finished after"
-        print(f"{state} step {result['steps']}/{result['total_steps']}: {result['adapter_path']}")
+        path = result.get("lora_path") or result["adapter_path"]
+        print(f"{state} step {result['steps']}/{result['total_steps']}: {path}")
     return 0

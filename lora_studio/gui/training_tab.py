@@ -343,7 +343,7 @@ class TrainingTab(QWidget):
             words = [f"{r.get('steps', '?')} of {r.get('total_steps', '?')} steps"]
             if isinstance(final, (int, float)):
                 words.append(f"final loss {final:.4f}")
-            for key, label in (("adapter_path", "adapter"), ("kohya_path", "kohya export"),
+            for key, label in (("lora_path", "LoRA"), ("adapter_path", "diffusers adapter"),
                                ("checkpoint", "checkpoint")):
                 if r.get(key):
                     words.append(f"{label}: {r[key]}")

@@ -45,10 +45,11 @@ class LoraModule:
 @dataclass
 class LoraFile:
     path: Path | None
-    format: str  # "diffusers" | "kohya"
+    format: str  # "diffusers" | "kohya" | "lycoris"
     family: str | None  # "sd1" | "sd2" | "sdxl" | None when the file does not say
-    modules: dict[str, LoraModule]
+    modules: dict[str, LoraModule]  # LycorisModule for LoHa / LoKr files
     metadata: dict[str, str] = field(default_factory=dict)
+    network: str = "lora"  # "lora" | "loha" | "lokr"
 
     @property
     def ranks(self) -> list[int]:
@@ -67,6 +68,8 @@ def _header(path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
 
 def file_format(keys) -> str:
     keys = list(keys)
+    if any(".hada_w1_a" in k or ".lokr_w1" in k for k in keys):
+        return "lycoris"
     if any(k.startswith(("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")) for k in keys):
         return "kohya"
     if any(".lora_A." in k or ".lora.down." in k or ".lora_linear_layer." in k or ".lora_B." in k for k in keys):

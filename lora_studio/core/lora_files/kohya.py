@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 from pathlib import Path
 
 from lora_studio.core.lora_files.forms import (BASE_MODEL_VERSION, COMPONENTS, KOHYA_TE, MODELSPEC_ARCH, LoraFile,
                                                _num, _with_text_model, family_name)
+from lora_studio.core.lora_files.lycoris import LycorisModule
 from lora_studio.core.lora_files.read import default_unet_config, read_lora, unet_config_for
 from lora_studio.errors import LoraStudioError
 
@@ -25,6 +27,37 @@ def kohya_name(name: str, family: str, unet_config=None) -> str:
         raise LoraStudioError(f"{comp} LoRA layers do not exist in a {family_name(family)} model.",
                               "the LoRA and the family given for it disagree.")
     return prefix + _with_text_model(module).replace(".", "_")
+
+
+_TE_LAYER = re.compile(r"^text_model_encoder_layers_(\d+)_(self_attn|mlp)_(\w+)$")
+
+
+def kohya_layer_names(family: str, unet_config=None) -> dict[str, tuple[str, tuple]]:
+    """kohya layer name -> (plain name, weight shape) of every UNet Linear/Conv2d, from the config alone."""
+    import torch
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    cfg = dict(unet_config or default_unet_config(family))
+    with init_empty_weights():  # names and shapes without allocating the weights
+        unet = UNet2DConditionModel.from_config(cfg)
+    out = {}
+    for mod_name, module in unet.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            try:
+                out[kohya_name("unet." + mod_name, family, cfg)] = ("unet." + mod_name, tuple(module.weight.shape))
+            except KeyError:
+                continue
+    return out
+
+
+def text_encoder_name(layer: str, family: str) -> str | None:
+    """'lora_te1_text_model_encoder_layers_0_self_attn_q_proj' -> 'text_encoder.text_model.encoder.layers.0....'."""
+    for comp, prefix in KOHYA_TE.get(family, KOHYA_TE["sd1"]).items():
+        match = _TE_LAYER.match(layer[len(prefix):]) if layer.startswith(prefix) else None
+        if match:
+            return f"{comp}.text_model.encoder.layers.{match[1]}.{match[2]}.{match[3]}"
+    return None
 
 
 def kohya_module_map(pipe) -> dict[str, tuple[str, object]]:
@@ -56,7 +89,7 @@ def pipeline_family(pipe) -> str:
 
 def export_kohya(diffusers_lora_path, out_path, family: str | None = None, alpha: float | None = None,
                  unet_config=None, base_model=None, tag_frequency: dict | None = None, title: str | None = None,
-                 dtype=None) -> Path:
+                 dtype=None, extra_metadata: dict | None = None) -> Path:
     """Write the kohya/A1111 export of a LoRA file (any readable format), atomically; returns ``out_path``.
 
     ``family`` ('sd1'/'sd2'/'sdxl') and ``alpha`` default to what the file records. ``alpha`` is the alpha
@@ -77,15 +110,16 @@ def export_kohya(diffusers_lora_path, out_path, family: str | None = None, alpha
     if family == "sdxl" and unet_config is None:
         base_model = base_model or meta.get("lora_studio.base_model")
         unet_config = unet_config_for(base_model) if base_model else default_unet_config("sdxl")
-    if alpha is not None:
+    if alpha is not None and src.network == "lora":  # LoHa / LoKr files record their alpha themselves
         ranks = {m.rank for m in src.modules.values()}
         for m in src.modules.values():
             m.alpha = float(alpha) if len(ranks) == 1 else m.alpha
-    lora = LoraFile(src.path, "kohya", family, src.modules, meta)
+    lora = LoraFile(src.path, "lycoris" if src.network != "lora" else "kohya", family, src.modules, meta,
+                    src.network)
     if tag_frequency is None and meta.get("lora_studio.tag_frequency"):
         tag_frequency = json.loads(meta["lora_studio.tag_frequency"])
     return write_kohya(lora, out_path, unet_config=unet_config, tag_frequency=tag_frequency,
-                       title=title or Path(out_path).stem, dtype=dtype)
+                       title=title or Path(out_path).stem, dtype=dtype, extra_metadata=extra_metadata)
 
 
 def write_kohya(lora: LoraFile, out_path, unet_config=None, tag_frequency: dict | None = None,
@@ -99,17 +133,19 @@ def write_kohya(lora: LoraFile, out_path, unet_config=None, tag_frequency: dict 
     tensors = {}
     for name, m in lora.modules.items():
         k = kohya_name(name, family, unet_config)
-        down, up = m.down, m.up
-        if dtype is not None:
-            down, up = down.to(dtype), up.to(dtype)
-        tensors[k + ".lora_down.weight"] = down.detach().cpu().contiguous()
-        tensors[k + ".lora_up.weight"] = up.detach().cpu().contiguous()
+        if isinstance(m, LycorisModule):  # LyCORIS layout: the same layer names, its own part names
+            parts = m.export_tensors()
+        else:
+            parts = {"lora_down.weight": m.down.detach().cpu(), "lora_up.weight": m.up.detach().cpu()}
+        for part, t in parts.items():
+            tensors[f"{k}.{part}"] = (t.to(dtype) if dtype is not None else t).contiguous()
         tensors[k + ".alpha"] = torch.tensor(float(m.alpha), dtype=torch.float32)
     ranks, alphas = lora.ranks, lora.alphas
     meta = {
         "ss_base_model_version": BASE_MODEL_VERSION[family],
         "ss_v2": str(family == "sd2"),
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "lycoris.kohya" if lora.network in ("loha", "lokr") else "networks.lora",
+        **({"ss_network_args": json.dumps({"algo": lora.network})} if lora.network in ("loha", "lokr") else {}),
         "ss_network_dim": str(max(ranks)),
         "ss_network_alpha": _num(alphas[0] if len(alphas) == 1 else max(alphas)),
         "ss_tag_frequency": json.dumps(tag_frequency or {}),
@@ -139,6 +175,8 @@ def peft_state_dict(lora: LoraFile, weight: float = 1.0) -> dict:
     """
     out = {}
     for name, m in lora.modules.items():
+        if isinstance(m, LycorisModule):
+            m = m.as_lora()
         out[name + ".lora_A.weight"] = m.down
         out[name + ".lora_B.weight"] = m.up * (m.scale * weight)
     return out

@@ -74,9 +74,11 @@ def lora_from_state_dict(sd: dict, meta: dict[str, str] | None = None, path: Pat
     shapes = {k: tuple(v.shape) for k, v in sd.items()}
     fmt = file_format(sd.keys())
     if fmt == "unknown":
-        raise LoraStudioError(f"{path or 'state dict'}: no LoRA weights found (no lora_A/lora_B, lora_down/lora_up keys).",
-                              "is this a base model or another adapter type (LyCORIS LoHa/LoKr are not supported)?")
+        raise LoraStudioError(f"{path or 'state dict'}: no LoRA weights found (no lora_A/lora_B, lora_down/lora_up, "
+                              "hada_w1_a or lokr_w1 keys).", "is this a base model or another adapter type?")
     family = family or lora_family(shapes, meta)
+    if fmt == "lycoris":
+        return _read_lycoris(sd, meta, path, family, unet_config)
     if any("dora_scale" in k or "lora_magnitude_vector" in k for k in sd):
         raise LoraStudioError(f"{path}: DoRA adapters are not supported yet.", "use a plain LoRA.")
     if fmt == "kohya":
@@ -160,3 +162,52 @@ def unet_config_for(base_model) -> dict:
     return default_unet_config(ref.family)
 
 
+
+
+def _lycoris_unet_config(meta: dict[str, str], family: str, unet_config):
+    if unet_config is not None:
+        return unet_config
+    if meta.get("lora_studio.base_model"):
+        try:
+            return unet_config_for(meta["lora_studio.base_model"])
+        except LoraStudioError:
+            pass  # the base model is not on this machine: the family's standard layout
+    return default_unet_config(family)
+
+
+def _read_lycoris(sd: dict, meta: dict[str, str], path, family: str | None, unet_config) -> LoraFile:
+    """LoHa / LoKr layers, named as LyCORIS writes them (``lora_unet_*``) or as peft does (``unet.<module>``)."""
+    from lora_studio.core.lora_files.kohya import kohya_layer_names, text_encoder_name
+    from lora_studio.core.lora_files.lycoris import LycorisModule, from_peft, network_of, split_lycoris_key
+
+    network, family = network_of(sd), family or "sd1"
+    groups: dict[str, dict] = {}
+    alphas: dict[str, float] = {}
+    for key, tensor in sd.items():
+        if key.endswith(".alpha"):
+            alphas[key[: -len(".alpha")]] = float(tensor)
+            continue
+        split = split_lycoris_key(key)
+        if split is None:
+            raise LoraStudioError(f"{path}: unexpected key {key!r} in a LyCORIS {network} file.",
+                                  "only LoHa / LoKr layers (with optional alpha) are read; the file may mix types.")
+        groups.setdefault(split[0], {})[split[1]] = tensor
+    names = kohya_layer_names(family, _lycoris_unet_config(meta, family, unet_config))
+    shapes = dict(names.values())
+    peft = _peft_alphas(meta)
+    modules = {}
+    for layer, parts in groups.items():
+        if layer.startswith("lora_"):  # LyCORIS / kohya naming: alpha tensors, the loaders' scale convention
+            plain, shape = names.get(layer) or (text_encoder_name(layer, family), None)
+            if plain is None:
+                raise LoraStudioError(f"{path}: layer {layer} is not in a {family} model.",
+                                      "use the base model the LoRA was trained for (`lora-studio inspect` names it).")
+            m = LycorisModule(network, parts, 0.0, shape)
+            m.alpha = alphas.get(layer, float(m.rank))  # no alpha: the readers scale by 1
+        else:  # peft naming (a training run's pytorch_lora_weights file): peft's scale convention
+            plain = canonical_name(layer)
+            cfg = peft.get(plain.split(".")[0], {})
+            rank = int(cfg.get("r", 1))
+            m = from_peft(network, parts, float(cfg.get("alpha", rank)), rank, shapes.get(plain))
+        modules[plain] = m
+    return LoraFile(path, "lycoris", family, modules, meta, network)
