@@ -39,7 +39,7 @@ def inspect_file(path) -> dict:
             ranks.add(int(shape[0]))
         comp = ("unet" if name.startswith(("lora_unet_", "unet.")) else
                 "text_encoder_2" if name.startswith(("lora_te2_", "text_encoder_2.")) else "text_encoder")
-        comps[comp] = comps.get(comp, 0) + (part == "down")
+        comps[comp] = comps.get(comp, 0) + (part in ("down", "layer"))
         flat = name.replace(".", "_")
         leaf = next((t for t in _KNOWN_TARGETS if flat.endswith("_" + t.replace(".", "_"))), flat.rsplit("_", 1)[-1])
         targets.add(leaf)
@@ -60,14 +60,15 @@ def inspect_file(path) -> dict:
 
 
 def _lycoris_part(key: str, shape, ranks: set) -> tuple[str, str] | None:
-    """A LoHa / LoKr key as (layer, 'down') once per layer (its first part), adding its rank to ``ranks``."""
+    """A LoHa / LoKr key as (layer, 'layer') once per layer (its first part), else (layer, 'other'); adds the
+    rank a decomposed part shows to ``ranks``."""
     split = split_lycoris_key(key)
     if split is None:
         return None
     layer, part = split
     if part in ("hada_w1_b", "lokr_w1_b", "lokr_w2_b"):
         ranks.add(int(shape[0]))
-    return layer, "down" if part in ("hada_w1_a", "lokr_w1", "lokr_w1_a") else "other"
+    return layer, "layer" if part in ("hada_w1_a", "lokr_w1", "lokr_w1_a") else "other"
 
 
 def training_summary(meta: dict[str, str]) -> list[tuple[str, str]]:
