@@ -213,6 +213,10 @@ class PreviewTab(QWidget):
         self.scheduler = QComboBox()
         self.scheduler.addItems(SCHEDULERS)
         form.addRow("Prompt:", self.prompt)
+        self.trigger_button = QPushButton()  # offers an added LoRA's trigger phrase (hidden until one has one)
+        self.trigger_button.setVisible(False)
+        self.trigger_button.clicked.connect(self._use_trigger)
+        form.addRow("", self.trigger_button)
         form.addRow("Negative:", self.negative)
         form.addRow("Seed:", seed_row)
         form.addRow("Steps:", self.steps)
@@ -302,7 +306,25 @@ class PreviewTab(QWidget):
         self.rows.append(row)
         self.lora_lay.insertWidget(len(self.rows), row)
         self.empty_label.setVisible(False)
+        self._offer_trigger(str(path))
         return row
+
+    def _offer_trigger(self, path: str) -> None:
+        from lora_studio.core.lora_files.metadata import lora_trigger_phrase
+        from lora_studio.errors import LoraStudioError
+
+        try:
+            phrase = lora_trigger_phrase(path)
+        except (LoraStudioError, OSError):
+            phrase = ""  # an unreadable file is reported when the preview loads it
+        if phrase and phrase.lower() not in self.prompt.toPlainText().lower():
+            self.trigger_button.setText(f"Use the trigger phrase as the prompt: {phrase}")
+            self.trigger_button.setProperty("phrase", phrase)
+            self.trigger_button.setVisible(True)
+
+    def _use_trigger(self) -> None:
+        self.prompt.setPlainText(self.trigger_button.property("phrase"))
+        self.trigger_button.setVisible(False)
 
     def remove_lora(self, row: LoraRow) -> None:
         self.rows.remove(row)
