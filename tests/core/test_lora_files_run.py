@@ -96,9 +96,9 @@ def test_dreambooth_run_metadata(locon_run, capsys):
     assert "trained at: 64x64" in printed and "sks (10)" in printed
 
 
-def _peft_merged_reference(adapter_file: Path, rank: int, alpha: float, targets):
-    """The demo pipeline with the run's LoHa change added to its weights by peft's own layers (get_delta_weight)."""
-    from peft import LoHaConfig, inject_adapter_in_model, set_peft_model_state_dict
+def _peft_merged_reference(adapter_file: Path, network: str, rank: int, alpha: float, targets):
+    """The demo pipeline with the run's LoHa / LoKr change added to its weights by peft's own layers."""
+    from peft import LoHaConfig, LoKrConfig, inject_adapter_in_model, set_peft_model_state_dict
     from peft.tuners.tuners_utils import BaseTunerLayer
     from safetensors.torch import load_file
 
@@ -106,7 +106,8 @@ def _peft_merged_reference(adapter_file: Path, rank: int, alpha: float, targets)
     holder, ref = pipeline("demo"), pipeline("demo")
     for comp, tgt in (("unet", targets), ("text_encoder", ["q_proj", "k_proj", "v_proj", "out_proj"])):
         model = getattr(holder, comp)
-        inject_adapter_in_model(LoHaConfig(r=rank, alpha=alpha, target_modules=tgt), model, adapter_name="default")
+        kind = LoHaConfig if network == "loha" else LoKrConfig
+        inject_adapter_in_model(kind(r=rank, alpha=alpha, target_modules=tgt), model, adapter_name="default")
         part = {k[len(comp) + 1:]: v for k, v in state.items() if k.startswith(comp + ".")}
         assert part and not set_peft_model_state_dict(model, part).unexpected_keys
         ref_modules = dict(getattr(ref, comp).named_modules())
@@ -118,28 +119,37 @@ def _peft_merged_reference(adapter_file: Path, rank: int, alpha: float, targets)
     return ref
 
 
-def test_loha_run_writes_lycoris_layout_read_and_applied(tmp_path):
+# network -> (inspect's name, parts every file has, parts it may have, a part each conv1 layer has)
+LYCORIS = {"loha": ("LoHa", {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}, set(), "hada_w1_b"),
+           "lokr": ("LoKr", {"lokr_w1", "alpha"}, {"lokr_w2", "lokr_w2_a", "lokr_w2_b"}, "lokr_w1")}
+
+
+@pytest.mark.parametrize("network", ["loha", "lokr"])
+def test_lycoris_run_writes_its_layout_read_and_applied(tmp_path, network):
+    label, required, optional, conv_part = LYCORIS[network]
     targets = ["to_q", "to_k", "to_v", "to_out.0", "conv1"]
-    out = tmp_path / "loha"
-    result = _run(out, network="loha", target_modules=targets)
-    main_file = out / "loha.safetensors"
+    out = tmp_path / network
+    result = _run(out, network=network, target_modules=targets)
+    main_file = out / f"{network}.safetensors"
     assert result["lora_path"] == str(main_file)
     tensors, meta = _keys_and_meta(main_file)
     parts = {k.rsplit(".", 1)[1] for k in tensors}
-    assert parts == {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}
+    assert required <= parts <= required | optional, parts
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in tensors)
-    assert any("_resnets_0_conv1.hada_w1_b" in k for k in tensors)
-    assert {float(v) for k, v in tensors.items() if k.endswith(".alpha")} == {12.0}
-    assert meta["ss_network_module"] == "lycoris.kohya" and json.loads(meta["ss_network_args"]) == {"algo": "loha"}
+    assert any(f"_resnets_0_conv1.{conv_part}" in k for k in tensors)
+    assert meta["ss_network_module"] == "lycoris.kohya" and json.loads(meta["ss_network_args"]) == {"algo": network}
     info = inspect_file(main_file)
-    assert (info["format"], info["network"], info["ranks"], info["alphas"]) == ("lycoris", "LoHa", [4], [12.0])
-    assert read_lora(main_file).network == "loha"
+    assert (info["format"], info["network"]) == ("lycoris", label)
+    if network == "loha":
+        assert (info["ranks"], info["alphas"]) == ([4], [12.0])
+        assert {float(v) for k, v in tensors.items() if k.endswith(".alpha")} == {12.0}
+    assert read_lora(main_file).network == network
 
     engine = PreviewEngine(pipe=pipeline("demo"))
     base = engine.generate(REQ)
-    engine.set_loras([(main_file, "loha")])
+    engine.set_loras([(main_file, network)])
     applied = engine.generate(REQ)
-    reference = PreviewEngine(pipe=_peft_merged_reference(out / "pytorch_lora_weights.safetensors", 4, 12.0,
-                                                          targets)).generate(REQ)
-    assert diff(applied, base) > 1  # 0..255 images: the LoHa visibly changes the picture
+    reference = PreviewEngine(pipe=_peft_merged_reference(out / "pytorch_lora_weights.safetensors", network, 4,
+                                                          12.0, targets)).generate(REQ)
+    assert diff(applied, base) > 1  # 0..255 images: the adapter visibly changes the picture
     assert diff(applied, reference) < 1  # < 1/255 of the range
