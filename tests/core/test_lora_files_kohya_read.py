@@ -17,11 +17,13 @@ SDXL_KEYS = {
     "lora_unet_input_blocks_4_0_emb_layers_1": "unet.down_blocks.1.resnets.0.time_emb_proj",
     "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k":
         "unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k",
-    "lora_unet_middle_block_1_transformer_blocks_0_attn1_to_q": "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q",
+    "lora_unet_middle_block_1_transformer_blocks_0_attn1_to_q":
+        "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_q",
     "lora_unet_output_blocks_0_0_in_layers_2": "unet.up_blocks.0.resnets.0.conv1",
     "lora_unet_output_blocks_2_1_transformer_blocks_0_ff_net_2":
         "unet.up_blocks.0.attentions.2.transformer_blocks.0.ff.net.2",
-    "lora_te1_text_model_encoder_layers_0_self_attn_q_proj": "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+    "lora_te1_text_model_encoder_layers_0_self_attn_q_proj":
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
     "lora_te2_text_model_encoder_layers_3_mlp_fc1": "text_encoder_2.text_model.encoder.layers.3.mlp.fc1",
 }
 SD1_KEYS = {

@@ -24,8 +24,8 @@ from lora_studio.core.lora_files.kohya import (convert, export_kohya, kohya_modu
 from lora_studio.core.lora_files.read import (default_unet_config, lora_from_state_dict, read_lora,
                                               unet_config_for)
 
-__all__ = ["BASE_MODEL_VERSION", "COMPONENTS", "KOHYA_TE", "MODELSPEC_ARCH", "LoraFile", "LoraModule", "LycorisModule", "NETWORK_NAMES",
-           "canonical_name", "check_fits", "convert", "cross_attention_width", "default_unet_config",
+__all__ = ["BASE_MODEL_VERSION", "COMPONENTS", "KOHYA_TE", "MODELSPEC_ARCH", "NETWORK_NAMES", "LoraFile", "LoraModule",
+           "LycorisModule", "canonical_name", "check_fits", "convert", "cross_attention_width", "default_unet_config",
            "export_kohya", "family_name", "file_format", "inspect_file", "kohya_module_map", "kohya_name",
-           "lora_from_state_dict", "lora_trigger_phrase", "training_metadata", "lora_family", "peft_state_dict", "pipeline_family",
-           "read_lora", "unet_config_for", "write_diffusers", "write_kohya"]
+           "lora_family", "lora_from_state_dict", "lora_trigger_phrase", "peft_state_dict", "pipeline_family",
+           "read_lora", "training_metadata", "unet_config_for", "write_diffusers", "write_kohya"]
