@@ -83,7 +83,7 @@ def lora_from_state_dict(sd: dict, meta: dict[str, str] | None = None, path: Pat
         raise LoraStudioError(f"{path}: DoRA adapters are not supported yet.", "use a plain LoRA.")
     if fmt == "kohya":
         if family == "sdxl" and unet_config is None and any("input_blocks" in k or "output_blocks" in k for k in sd):
-            unet_config = default_unet_config("sdxl")
+            unet_config = _recorded_unet_config(meta, "sdxl", None)
         kwargs = {"unet_config": _config_object(unet_config)} if unet_config is not None else {}
         try:
             converted, network_alphas = _pipeline_class(family).lora_state_dict(dict(sd), **kwargs)
@@ -164,7 +164,8 @@ def unet_config_for(base_model) -> dict:
 
 
 
-def _lycoris_unet_config(meta: dict[str, str], family: str, unet_config):
+def _recorded_unet_config(meta: dict[str, str], family: str, unet_config):
+    """The given UNet config, else that of the base model the file records, else the family's standard one."""
     if unet_config is not None:
         return unet_config
     if meta.get("lora_studio.base_model"):
@@ -192,7 +193,7 @@ def _read_lycoris(sd: dict, meta: dict[str, str], path, family: str | None, unet
             raise LoraStudioError(f"{path}: unexpected key {key!r} in a LyCORIS {network} file.",
                                   "only LoHa / LoKr layers (with optional alpha) are read; the file may mix types.")
         groups.setdefault(split[0], {})[split[1]] = tensor
-    names = kohya_layer_names(family, _lycoris_unet_config(meta, family, unet_config))
+    names = kohya_layer_names(family, _recorded_unet_config(meta, family, unet_config))
     shapes = dict(names.values())
     peft = _peft_alphas(meta)
     modules = {}
