@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from lora_studio.core.inference.merge import merge
-from lora_studio.core.lora_files import inspect_file, read_lora
+from lora_studio.core.lora_files import convert, inspect_file, read_lora
 from lora_studio.core.lora_files.metadata import caption_tags, tag_frequency, trigger_phrase
 from lora_studio.errors import LoraStudioError
 
@@ -76,7 +76,7 @@ def test_peft_lokr_scale_is_folded_for_the_readers():
     assert torch.allclose(m.delta(), torch.kron(w1, w2) * 3.0)
 
 
-def test_merge_refuses_lycoris_by_name(tmp_path):
+def test_merge_and_diffusers_conversion_refuse_lycoris_by_name(tmp_path):
     path = _save(tmp_path / "style.safetensors", {f"{ATTN}.hada_w1_a": torch.randn(320, 2),
                                                   f"{ATTN}.hada_w1_b": torch.randn(2, 320),
                                                   f"{ATTN}.hada_w2_a": torch.randn(320, 2),
@@ -84,6 +84,8 @@ def test_merge_refuses_lycoris_by_name(tmp_path):
     with pytest.raises(LoraStudioError) as err:
         merge([(path, 1.0)])
     assert "style.safetensors is a LyCORIS LoHa file" in str(err.value) and "--fuse-out" in err.value.advice
+    with pytest.raises(LoraStudioError, match="style.safetensors is a LyCORIS LoHa file"):
+        convert(path, "diffusers", tmp_path / "d.safetensors")
 
 
 def test_tag_counts_as_kohya_per_caption_folder():

@@ -192,6 +192,13 @@ def write_diffusers(lora: LoraFile, out_path, dtype=None, extra_metadata: dict |
 
     from lora_studio.core.io import write_with
 
+    if lora.network != "lora":
+        from lora_studio.core.lora_files.lycoris import NETWORK_NAMES
+
+        raise LoraStudioError(f"{lora.path.name if lora.path else 'this LoRA'} is a LyCORIS "
+                              f"{NETWORK_NAMES[lora.network]} file, which diffusers' LoRA format cannot hold.",
+                              "keep the LyCORIS file (A1111/Forge, ComfyUI and the preview read it), or convert "
+                              "it --to kohya for the LyCORIS layout.")
     tensors = {}
     per_comp: dict[str, set] = {}
     for name, m in lora.modules.items():
