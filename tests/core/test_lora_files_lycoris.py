@@ -63,6 +63,8 @@ def test_lokr_scale_follows_the_decomposed_factor(tmp_path):
     te = lora.modules["text_encoder.text_model.encoder.layers.0.self_attn.k_proj"]
     # no decomposed factor: the readers ignore alpha (scale 1)
     assert torch.allclose(te.delta(), torch.kron(full1, full2), atol=1e-4)
+    for m in (attn, te):  # the preview's exact LoRA form: by construction (decomposed w2) and by SVD
+        assert torch.allclose(m.as_lora().delta(), m.delta(), rtol=1e-3, atol=1e-3)
     assert inspect_file(path)["network"] == "LoKr"
 
 

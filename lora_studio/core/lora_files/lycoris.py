@@ -85,18 +85,49 @@ class LycorisModule:
         return w.reshape(self.shape) if self.shape is not None else w
 
     def as_lora(self):
-        """The same weight change as an exact LoRA pair (rank = the change's numerical rank), so the preview's
-        LoRA machinery (weights, several adapters, fusing) carries LoHa / LoKr unchanged."""
+        """The same weight change as an exact LoRA pair, so the preview's LoRA machinery (weights, several
+        adapters, fusing) carries LoHa / LoKr unchanged. LoHa and LoKr with a decomposed w2 factor exactly
+        by construction (ranks r*r and in1*r); otherwise through the SVD of the change (numerical rank)."""
+        from lora_studio.core.lora_files.forms import LoraModule
+
+        pair = self._structured_pair()
+        if pair is None:
+            return self._svd_pair()
+        up, down = pair
+        shape = self.shape or (up.shape[0], down.shape[1])
+        k = down.shape[0]
+        if len(shape) == 4:
+            up, down = up.reshape(shape[0], k, 1, 1), down.reshape(k, *shape[1:])
+        return LoraModule(down.contiguous(), (up * self.scale).contiguous(), float(k))
+
+    def _structured_pair(self):
+        import torch
+
+        t = self.tensors
+        if self.kind == "loha" and "hada_t1" not in t:
+            # (A1 B1) * (A2 B2) = sum_ij (A1[:, i] * A2[:, j]) (B1[i] * B2[j]): rank r*r, no decomposition
+            a1, b1, a2, b2 = (t[k].float() for k in LOHA_PARTS)
+            up = (a1[:, :, None] * a2[:, None, :]).reshape(a1.shape[0], -1)
+            down = (b1[:, None, :] * b2[None, :, :]).reshape(-1, b1.shape[1])
+            return up, down
+        if self.kind == "lokr" and "lokr_w2_a" in t and "lokr_t2" not in t:
+            # kron(W1, A2 B2) = kron(W1, A2) @ kron(I, B2)  (mixed-product rule), rank in1 * r
+            w1, a2, b2 = self._factor(1), t["lokr_w2_a"].float(), t["lokr_w2_b"].float()
+            eye = torch.eye(w1.shape[1], dtype=w1.dtype)
+            return torch.kron(w1, a2), torch.kron(eye, b2)
+        return None
+
+    def _svd_pair(self):
         import torch
 
         from lora_studio.core.lora_files.forms import LoraModule
 
         delta = self.delta()
-        flat = delta.reshape(delta.shape[0], -1).double()
+        flat = delta.reshape(delta.shape[0], -1)
         u, s, vh = torch.linalg.svd(flat, full_matrices=False)
-        k = max(1, int((s > s[0] * 1e-7).sum())) if s.numel() and s[0] > 0 else 1
+        k = max(1, int((s > s[0] * 1e-6).sum())) if s.numel() and s[0] > 0 else 1
         root = s[:k].sqrt()
-        up, down = (u[:, :k] * root).float(), (root[:, None] * vh[:k]).float()
+        up, down = (u[:, :k] * root), (root[:, None] * vh[:k])
         if delta.ndim == 4:
             up, down = up.reshape(delta.shape[0], k, 1, 1), down.reshape(k, *delta.shape[1:])
         return LoraModule(down.contiguous(), up.contiguous(), float(k))
