@@ -120,6 +120,8 @@ def run(args) -> int:
             writer.close()
     if result.get("adapter_path") and is_main_process():
         state = "stopped at" if result["stopped"] else "finished after"
-        path = result.get("lora_path") or result["adapter_path"]
-        print(f"{state} step {result['steps']}/{result['total_steps']}: {path}")
+        main_file = result.get("lora_path") or result["adapter_path"]
+        print(f"{state} step {result['steps']}/{result['total_steps']}: {main_file}")
+        if result.get("lora_path"):
+            print(f"  for diffusers' load_lora_weights(folder): {result['adapter_path']}")
     return 0
