@@ -93,6 +93,10 @@ class TrainingConfig:
     lora_dropout: float = _f(0.0, "Dropout on the LoRA path.", group="lora", min=0.0, max=0.9, advanced=True)
     target_modules: list = _f(["to_k", "to_q", "to_v", "to_out.0"], "UNet modules that get LoRA layers.",
                               group="lora", advanced=True)
+    network: str = _f("lora", "Adapter type. 'lora': low-rank pairs on the target modules; 'locon': LoRA on the "
+                      "ResNet convolutions too; 'loha' / 'lokr': LyCORIS Hadamard / Kronecker layers (more detail per "
+                      "parameter, saved in the LyCORIS layout A1111/Forge and ComfyUI read; slower, no fast path).",
+                      group="lora", choices=["lora", "locon", "loha", "lokr"])
     train_text_encoder: bool = _f(False, "Also train LoRA on the text encoder(s) (both on SDXL).", group="lora")
     text_encoder_lr: float = _f(5e-6, "Learning rate of the text-encoder LoRA.", group="lora", min=0.0, max=1.0)
 

@@ -29,6 +29,11 @@ def run(args) -> int:
     meta = info.pop("metadata", {})
     for key, value in info.items():
         print(f"{key:>22}: {value}")
+    if info.get("kind") == "lora":
+        from lora_studio.core.lora_files.inspect import training_summary
+
+        for label, value in training_summary(meta):
+            print(f"{label:>22}: {value}")
     if meta:
         print("              metadata:")
         for key in sorted(meta):

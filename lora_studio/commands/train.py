@@ -177,4 +177,8 @@ def run_here(args, cfg) -> int:
 def _report(result: dict) -> None:
     if result.get("adapter_path"):
         state = "stopped at" if result["stopped"] else "finished after"
-        print(f"{state} step {result['steps']}/{result['total_steps']}: {result['adapter_path']}")
+        main_file = result.get("lora_path") or result["adapter_path"]
+        print(f"{state} step {result['steps']}/{result['total_steps']}: {main_file}")
+        if result.get("lora_path"):
+            print(f"  for diffusers' load_lora_weights(folder): {result['adapter_path']}")
+    return 0

@@ -98,6 +98,10 @@ class PreviewTab(QWidget):
         self.guidance, self.width_spin, self.height_spin, self.scheduler = (pp.guidance, pp.width_spin,
                                                                             pp.height_spin, pp.scheduler)
         lay.addWidget(pp)
+        self.trigger_button = QPushButton()  # offers an added LoRA's trigger phrase (hidden until one has one)
+        self.trigger_button.setVisible(False)
+        self.trigger_button.clicked.connect(self._use_trigger)
+        lay.addWidget(self.trigger_button)
         grow = QHBoxLayout()
         self.generate_btn = QPushButton("Generate")
         self.generate_btn.setObjectName("primary")
@@ -141,8 +145,26 @@ class PreviewTab(QWidget):
         row.removed.connect(self.remove_lora)
         self.rows.append(row)
         self.lora_panel.show_rows(self.rows)
+        self._offer_trigger(str(path))
         self.lora_added.emit(row)
         return row
+
+    def _offer_trigger(self, path: str) -> None:
+        from lora_studio.core.lora_files.metadata import lora_trigger_phrase
+        from lora_studio.errors import LoraStudioError
+
+        try:
+            phrase = lora_trigger_phrase(path)
+        except (LoraStudioError, OSError):
+            phrase = ""  # an unreadable file is reported when the preview loads it
+        if phrase and phrase.lower() not in self.prompt.toPlainText().lower():
+            self.trigger_button.setText(f"Use the trigger phrase as the prompt: {phrase}")
+            self.trigger_button.setProperty("phrase", phrase)
+            self.trigger_button.setVisible(True)
+
+    def _use_trigger(self) -> None:
+        self.prompt.setPlainText(self.trigger_button.property("phrase"))
+        self.trigger_button.setVisible(False)
 
     def remove_lora(self, row: LoraRow) -> None:
         self.rows.remove(row)

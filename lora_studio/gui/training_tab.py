@@ -337,7 +337,7 @@ class TrainingTab(QWidget):
         words = [f"{r.get('steps', '?')} of {r.get('total_steps', '?')} steps"]
         if has_loss:
             words.append(f"final loss {final:.4f}")
-        for key, label in (("adapter_path", "adapter"), ("kohya_path", "kohya export"), ("checkpoint", "checkpoint")):
+        for key, label in (("lora_path", "LoRA"), ("adapter_path", "diffusers adapter"), ("checkpoint", "checkpoint")):
             if r.get(key):
                 words.append(f"{label}: {os.path.abspath(r[key])}")
         self.append_log(("Stopped (resume continues from the checkpoint): " if stopped else "Finished: ") +

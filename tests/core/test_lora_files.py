@@ -82,6 +82,14 @@ def test_read_lora_all_formats_agree(loras, tmp_path):
         assert torch.allclose(m.delta(), d.modules[n].delta(), atol=1e-6)
 
 
+def test_sdxl_kohya_export_reads_back_with_its_recorded_base(loras):
+    # demo-xl's UNet has one layer per block, SDXL 1.0 two: the original block numbers need the recorded base
+    a, k = read_lora(loras["demo-xl"]), read_lora(loras["demo-xl:kohya"])
+    assert a.modules.keys() == k.modules.keys()
+    for n, m in a.modules.items():
+        assert torch.allclose(m.delta(), k.modules[n].delta(), atol=1e-6), n
+
+
 @pytest.mark.parametrize("lora,model", [("demo", "demo-xl"), ("demo-xl", "demo")])
 @pytest.mark.parametrize("fmt", ["", ":kohya", ":bare"])
 def test_wrong_family_is_refused_naming_both(loras, lora, model, fmt):

@@ -28,7 +28,7 @@ def test_demo_writes_adapter_grid_plot_and_summary(demo_run):
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["steps"] > 0 and not summary["stopped"]
     assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
-    assert (out / "lora" / "kohya").is_dir()
+    assert (out / "lora" / "lora.safetensors").is_file()  # the main file, named after the run folder
     # Prior preservation generated its class images on the way, into the output folder, for reuse.
     assert summary["class_images"] == len(list((out / "class_images").glob("*.png"))) > 0
     grid = Image.open(out / "before_after.png")

@@ -59,6 +59,7 @@ def test_train_writes_adapter_and_event_stream(tmp_path, model_dir):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert str(tmp_path / "out" / "pytorch_lora_weights.safetensors") in out
+    assert out.index(str(tmp_path / "out" / "out.safetensors")) < out.index("pytorch_lora_weights")  # main file first
     assert "training" in err and "4/4" in err  # the progress bar
     events = _events(tmp_path / "ev.jsonl")
     train_steps = [e for e in events if isinstance(e, ev.Progress) and e.phase == "train"]

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lora_studio.core.lora_files import LoraFile, LoraModule, family_name, read_lora
+from lora_studio.core.lora_files import NETWORK_NAMES, LoraFile, LoraModule, family_name, read_lora
 from lora_studio.errors import LoraStudioError
 
 
@@ -32,6 +32,14 @@ def _load_items(items, unet_config=None) -> list[tuple[LoraFile, float]]:
         out.append((lora, float(weight)))
     if not out:
         raise LoraStudioError("nothing to merge.", "give at least one LoRA file with a weight.")
+    for lora, _ in out:
+        if lora.network != "lora":
+            network = NETWORK_NAMES[lora.network]
+            raise LoraStudioError(
+                f"{lora.path.name if lora.path else 'a LoRA'} is a LyCORIS {network} file: its layers are not "
+                f"up/down pairs, so merging it into a LoRA file is not defined.",
+                "fuse it into a base model instead (lora-studio merge --lora FILE:WEIGHT --model M --fuse-out "
+                "OUT), or load it beside the others in the preview.")
     families = {lora.family for lora, _ in out if lora.family}
     if len(families) > 1:
         names = ", ".join(f"{lora.path.name if lora.path else '?'} ({family_name(lora.family)})" for lora, _ in out
@@ -154,7 +162,8 @@ def fuse_into(pipe, items) -> int:
                     raise LoraStudioError(f"layer {name} of the LoRA is not in the model.",
                                           "use the base model the LoRA was trained on.")
                 w = mod.weight
-                w.copy_((w.float() + float(weight) * m.delta().to(w.device)).to(w.dtype))
+                # LoHa / LoKr conv changes may come flattened: the base weight gives the shape
+                w.copy_((w.float() + float(weight) * m.delta().to(w.device).reshape(w.shape)).to(w.dtype))
                 changed.add(name)
     return len(changed)
 

@@ -114,7 +114,9 @@ class _Run:
     # ------------------------------------------------------------------ the run, top to bottom
     def run(self) -> dict[str, Any]:
         t0 = time.perf_counter()
+        self.started_at = time.time()  # wall clock, for the file's ss_training_started_at
         examples, ref = self.preflight()
+        self.examples = examples
         self.setup_accelerator()
         if self.accelerator.is_main_process:
             import json
@@ -462,19 +464,20 @@ class _Run:
     def save_final(self, stopped: bool, t0: float, n_class: int) -> dict[str, Any]:
         cfg, acc = self.config, self.accelerator
         step = self.loss_history[-1][0] if self.loss_history else 0
-        kohya = None
+        main_file = None
         if stopped and step > 0 and not str(self.last_checkpoint or "").endswith(f"checkpoint-{step}"):
             self.checkpoint(step, self.micro)  # save on stop: `--resume` continues exactly here
         elif not stopped and cfg.validation_prompt:
             self.make_samples(step)
         if acc.is_main_process:
             adapter = save_adapter(self.output_dir, self.models, cfg, extra={"step": step})
-            kohya = self.export_kohya(adapter)
+            main_file = self.write_main_file(adapter, step)
         acc.wait_for_everyone()
         result = {
+            "lora_path": main_file,  # the one file every webui reads: named first
             "output_dir": str(self.output_dir),
             "adapter_path": str(self.output_dir / ADAPTER_FILE),
-            "kohya_path": kohya,
+            "kohya_path": main_file,
             "config_path": str(self.output_dir / "config.toml"),
             "family": self.models.family,
             "rank": cfg.rank,
@@ -514,19 +517,23 @@ class _Run:
                 "fast_layernorm": fast_layernorm_count(inner.unet), "fast_block": fast_block_count(inner.unet),
                 "channels_last": inner.channels_last}
 
-    def export_kohya(self, adapter: Path) -> str | None:
-        try:
-            from lora_studio.core.lora_files import export_kohya
-        except ImportError:
-            return None
-        # For A1111 / ComfyUI / InvokeAI: named after the run's folder, real alpha kept.
-        out = self.output_dir / "kohya" / f"{self.output_dir.resolve().name or 'lora'}.safetensors"
+    def write_main_file(self, adapter: Path, step: int) -> str:
+        """``<output_dir>/<run name>.safetensors``: the kohya layout (LyCORIS' for LoHa / LoKr) with alpha
+        tensors and the metadata of what was trained, read at the intended strength by A1111/Forge, ComfyUI,
+        InvokeAI and diffusers' load_lora_weights alike."""
+        from lora_studio.core.lora_files import export_kohya
+        from lora_studio.core.lora_files.metadata import training_metadata
+
+        out = self.output_dir / f"{self.output_dir.resolve().name or 'lora'}.safetensors"
+        meta = training_metadata(self.config, getattr(self, "examples", []), steps=step,
+                                 started_at=getattr(self, "started_at", time.time()), finished_at=time.time())
         export_kohya(adapter, out, family=self.models.family, alpha=self.config.alpha,
-                     unet_config=dict(self.models.unet.config))
+                     unet_config=dict(self.models.unet.config), extra_metadata=meta)
         return str(out)
 
     def finish_early(self, t0: float, why: str) -> dict[str, Any]:
-        result = {"output_dir": str(self.output_dir), "adapter_path": None, "kohya_path": None, "stopped": True,
+        result = {"lora_path": None, "output_dir": str(self.output_dir), "adapter_path": None, "kohya_path": None,
+                  "stopped": True,
                   "steps": 0, "total_steps": self.config.max_train_steps, "loss_history": [], "final_loss": None,
                   "checkpoint": None, "samples": [], "family": self.models.family, "rank": self.config.rank,
                   "alpha": self.config.alpha, "elapsed_s": time.perf_counter() - t0, "note": why,

@@ -50,6 +50,8 @@ def fast_path_reason(config, device) -> str | None:
         return f"optimizer {config.optimizer!r} cannot be captured (only 'adamw')"
     if getattr(config, "mixed_precision", "bf16") == "fp16":
         return "fp16 needs a gradient scaler that checks for overflow on the host every step"
+    if getattr(config, "network", "lora") in ("loha", "lokr"):
+        return f"network = {config.network!r}: the fast path carries plain LoRA layers"
     if getattr(config, "lora_dropout", 0.0) > 0 and getattr(config, "gradient_checkpointing", False):
         return "LoRA dropout under gradient checkpointing needs the RNG state restored, which a graph cannot do"
     return None

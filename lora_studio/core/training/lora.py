@@ -1,4 +1,4 @@
-"""LoRA layers through peft: build them, read their weights, save them in diffusers format."""
+"""LoRA (and LoHa / LoKr) layers through peft: build them, read their weights, save them in diffusers format."""
 
 from __future__ import annotations
 
@@ -13,18 +13,35 @@ ADAPTER_FILE = "pytorch_lora_weights.safetensors"
 TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
-def lora_config(config, target_modules):
+LOCON_TARGETS = ["conv1", "conv2", "conv_shortcut"]  # the ResNet convolutions LyCORIS' LoCon adds
+
+
+def lora_config(config, target_modules, unet: bool = True):
+    """peft's config for the run's network; every kind starts as the identity (one factor starts at zero)."""
+    network = getattr(config, "network", "lora")
+    targets = list(target_modules)
+    if network in ("loha", "lokr"):
+        from peft import LoHaConfig, LoKrConfig
+
+        kind = LoHaConfig if network == "loha" else LoKrConfig
+        return kind(r=config.rank, alpha=config.alpha, module_dropout=config.lora_dropout, init_weights=True,
+                    target_modules=targets)
     from peft import LoraConfig
 
+    if network == "locon" and unet:
+        targets += [t for t in LOCON_TARGETS if t not in targets]
     # Gaussian init: B starts at zero, so the adapter starts as the identity, like diffusers' scripts.
     return LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.lora_dropout,
-                      init_lora_weights="gaussian", target_modules=list(target_modules))
+                      init_lora_weights="gaussian", target_modules=targets)
 
 
 def build_lora(models, config) -> list[torch.nn.Parameter]:
     """Add LoRA layers to the UNet (and text encoders when asked); return the trainable parameters."""
     from lora_studio.errors import LoraStudioError
 
+    if getattr(config, "network", "lora") in ("loha", "lokr") and config.int8_base:
+        raise LoraStudioError(f"network = \"{config.network}\" cannot train on an 8-bit base (int8_base).",
+                              "set int8_base = false, or network = \"lora\".")
     try:
         models.unet.add_adapter(lora_config(config, config.target_modules))
     except ValueError as exc:
@@ -36,7 +53,7 @@ def build_lora(models, config) -> list[torch.nn.Parameter]:
 
         for encoder in models.text_encoders:
             # peft directly: transformers' add_adapter wants a newer peft than diffusers does.
-            te_config = lora_config(config, TEXT_ENCODER_TARGETS)
+            te_config = lora_config(config, TEXT_ENCODER_TARGETS, unet=False)
             inject_adapter_in_model(te_config, encoder, adapter_name="default")
             encoder.peft_config = {"default": te_config}
     params = []
@@ -93,6 +110,7 @@ def adapter_metadata(models, config, extra: dict | None = None) -> dict[str, str
         "lora_studio.target_modules": json.dumps(list(config.target_modules)),
         "lora_studio.text_encoder": json.dumps(bool(config.train_text_encoder)),
         "lora_studio.base_model": str(config.pretrained_model_name_or_path),
+        "lora_studio.network": getattr(config, "network", "lora"),
     }
     for key, value in (extra or {}).items():
         meta[f"lora_studio.{key}"] = value if isinstance(value, str) else json.dumps(value)
@@ -118,6 +136,10 @@ def save_adapter(folder: str | Path, models, config, extra: dict | None = None) 
     if "text_encoder_2" in layers:
         kwargs["text_encoder_2_lora_layers"] = layers["text_encoder_2"]
     folder.mkdir(parents=True, exist_ok=True)
+    if getattr(config, "network", "lora") in ("loha", "lokr"):
+        # peft's own names with a component prefix; diffusers' save_lora_weights knows only LoRA pairs.
+        save_function({f"{comp}.{k}": v for comp, sd in layers.items() for k, v in sd.items()}, path)
+        return path
     models.pipeline_class.save_lora_weights(str(folder), **kwargs)
     return path
 
@@ -144,7 +166,7 @@ def load_adapter_weights(models, config, path: str | Path) -> None:
 
 def _as_peft(state: dict, unet: bool) -> dict:
     """peft key names; checkpoints written before LoRA Studio saved peft names use diffusers' older style."""
-    if any(".lora_A." in key or ".lora_B." in key for key in state):
+    if any(".lora_A." in key or ".lora_B." in key or ".hada_" in key or ".lokr_" in key for key in state):
         return state
     from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
 
