@@ -50,9 +50,10 @@ def test_default_train_run_prints_only_the_apps_own_lines(default_run):
 def test_default_run_lands_in_documents_with_absolute_paths_and_0644_files(default_run):
     home, proc = default_run
     run_dir = home / "Documents" / "LoRA Studio" / "runs" / "lora-output"
+    main_file = run_dir / "lora-output.safetensors"  # the one file every loader reads, named after the run
     adapter = run_dir / "pytorch_lora_weights.safetensors"
-    assert f"{adapter}" in proc.stdout  # absolute, as printed
+    assert f"{main_file}" in proc.stdout and f"{adapter}" in proc.stdout  # absolute, as printed
     written = [p for p in run_dir.rglob("*")]
-    assert adapter in written and any(p.suffix == ".safetensors" and p.parent.name == "kohya" for p in written)
+    assert main_file in written and adapter in written
     modes = {p.relative_to(run_dir).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [run_dir, *written]}
     assert modes == {name: 0o755 if (run_dir / name).is_dir() else 0o644 for name in modes}, modes
