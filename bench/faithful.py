@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.steps import alphas_cumprod, make_step  # noqa: E402
-from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels  # noqa: E402
-from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
-from lora_studio.core.training.fast_step import FastStep, capturable_adamw  # noqa: E402
+from lora_studio.core.accel.fast_kernels import compile_choice, prepare_fast_kernels  # noqa: E402
+from lora_studio.core.accel.fast_norm import installed as fast_norm_installed  # noqa: E402
+from lora_studio.core.accel.graphs import FastStep, capturable_adamw  # noqa: E402
 
 PROMPTS = ["a photo of a red circle", "a blue square on a white background", "a green triangle",
            "a yellow star, flat colour", "sks toy in zebra style", "a purple heart, centered"]

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from lora_studio.core.training import fast_geglu as fg  # noqa: E402
-from lora_studio.core.training import fast_layernorm as fl  # noqa: E402
-from lora_studio.core.training import fast_norm as fn  # noqa: E402
+from lora_studio.core.accel import fast_geglu as fg  # noqa: E402
+from lora_studio.core.accel import fast_layernorm as fl  # noqa: E402
+from lora_studio.core.accel import fast_norm as fn  # noqa: E402
 
 # one step's calls: {shape: count}, from forward hooks on the full-size UNets (SD 1.5 b8 at 512 px, SDXL b4 at 1024)
 NORM_CALLS = {

@@ -9,7 +9,7 @@ GPU (cached latents and embeddings). Variants per model:
   bf16+fast       the same through FastStep (the graph's memory pool counted)
   int8            (stretch) frozen Linear weights stored as int8 with a per-output-channel scale,
                   dequantised on the fly in forward and backward (nothing extra saved for backward):
-                  lora_studio.core.training.int8_base, quantised on the host before the move as the engine does
+                  lora_studio.core.accel.int8_base, quantised on the host before the move as the engine does
   int8+fast       the same through FastStep
   bf16+engine     FastStep with the engine's kernels for a checkpointed run (prepare_fast_kernels: fast LoRA
   int8+engine     forward, pure bf16, fused q/k/v, fast_proj, fast_geglu, fast_layernorm + fast_block,
@@ -35,10 +35,10 @@ import torch  # noqa: E402
 
 from bench import models as M  # noqa: E402
 from bench.steps import alphas_cumprod, free, make_step, time_steps  # noqa: E402
-from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels  # noqa: E402
-from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
-from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
-from lora_studio.core.training.int8_base import quantize_frozen_linears  # noqa: E402
+from lora_studio.core.accel.fast_kernels import compile_choice, prepare_fast_kernels  # noqa: E402
+from lora_studio.core.accel.fast_norm import installed as fast_norm_installed  # noqa: E402
+from lora_studio.core.accel.graphs import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
+from lora_studio.core.accel.int8_base import quantize_frozen_linears  # noqa: E402
 
 GIB = 2 ** 30
 

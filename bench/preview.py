@@ -7,7 +7,7 @@ diffusers' fuse_lora, Euler, the full-size VAE decoder), full-size with random w
 embeddings already cached (a slider move does not change the prompt). Variants:
   live     both adapters run on every step (no fusing)
   fused    unfuse + set_adapters(weights) + fuse_lora on release, then plain UNet steps
-  graphed  as fused, with fast_step.GraphedForward: the UNet forward replayed from a CUDA graph captured
+  graphed  as fused, with accel.graphs.GraphedForward: the UNet forward replayed from a CUDA graph captured
            once per image size; fusing writes the weights in place, so the graph stays valid
 Each timed sample changes both slider weights; the clock stops when the uint8 image is on the host.
 """
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench import models as M  # noqa: E402
-from lora_studio.core.training.fast_step import GraphedForward  # noqa: E402
+from lora_studio.core.accel.graphs import GraphedForward  # noqa: E402
 
 
 def build(name, spec, device, dtype, tiny):

@@ -42,8 +42,8 @@ import torch  # noqa: E402
 
 from bench import models as M  # noqa: E402
 from bench.steps import alphas_cumprod, cold_cache, count_flops, free, make_step, time_steps  # noqa: E402
-from lora_studio.core.training import fast_kernels as fk  # noqa: E402
-from lora_studio.core.training import fast_step as fs  # noqa: E402
+from lora_studio.core.accel import fast_kernels as fk  # noqa: E402
+from lora_studio.core.accel import graphs as fs  # noqa: E402
 
 KINDS = [
     ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
@@ -168,24 +168,24 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
     if opts["lora"]:
         row["fast_lora_layers"] = fk.install_fast_lora(unet)
     if opts.get("qkv"):
-        from lora_studio.core.training.fast_qkv import install_fused_qkv
+        from lora_studio.core.accel.fast_qkv import install_fused_qkv
 
         row["fused_qkv"] = install_fused_qkv(unet)
     if opts.get("proj"):
-        from lora_studio.core.training.fast_proj import install_fast_proj
+        from lora_studio.core.accel.fast_proj import install_fast_proj
 
         row["fast_proj"] = install_fast_proj(unet)
     if opts.get("gn"):
-        from lora_studio.core.training.fast_norm import install_nhwc_group_norm
+        from lora_studio.core.accel.fast_norm import install_nhwc_group_norm
 
         row["nhwc_group_norms"] = install_nhwc_group_norm(unet)
     if opts.get("geglu"):
-        from lora_studio.core.training.fast_geglu import install_fast_geglu
+        from lora_studio.core.accel.fast_geglu import install_fast_geglu
 
         row["fast_geglu"] = install_fast_geglu(unet)
     if opts.get("ln"):
-        from lora_studio.core.training.fast_block import install_fast_block
-        from lora_studio.core.training.fast_layernorm import install_fast_layernorm
+        from lora_studio.core.accel.fast_block import install_fast_block
+        from lora_studio.core.accel.fast_layernorm import install_fast_layernorm
 
         row["fast_layernorms"] = install_fast_layernorm(unet)
         row["fast_blocks"] = install_fast_block(unet)

@@ -5,7 +5,7 @@
 
 Reference: frozen bf16 UNet, peft LoRA rank 32 on to_q/to_k/to_v/to_out.0 with fp32 trainable weights,
 AdamW (foreach), bf16 autocast, cached latents, eager. Engine: the same step wrapped in
-``lora_studio.core.training.fast_step.FastStep`` with a fused capturable AdamW.
+``lora_studio.core.accel.graphs.FastStep`` with a fused capturable AdamW.
 Writes ``bench/results/train_step_<card>_<date>.json`` and ``.md`` (or under --out).
 """
 
@@ -27,10 +27,10 @@ import torch  # noqa: E402
 from bench import models as M  # noqa: E402
 from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
                          matmul_peak_tflops, time_steps, use_cache)
-from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels, undo_fast_kernels  # noqa: E402
-from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
-from lora_studio.core.training.fast_norm import uninstall_resnet_forward  # noqa: E402
-from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
+from lora_studio.core.accel.fast_kernels import compile_choice, prepare_fast_kernels, undo_fast_kernels  # noqa: E402
+from lora_studio.core.accel.fast_norm import installed as fast_norm_installed  # noqa: E402
+from lora_studio.core.accel.fast_norm import uninstall_resnet_forward  # noqa: E402
+from lora_studio.core.accel.graphs import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
 
 GIB = 2 ** 30
 SETUP_PATHS = ("reference", "graph", "fast", "fast_compiled_qkv", "engine")
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     if args.cache_dir:
         use_cache(args.cache_dir)
     if args.grad_input == "off":
-        import lora_studio.core.training.fast_kernels as fast_kernels
+        import lora_studio.core.accel.fast_kernels as fast_kernels
 
         fast_kernels.GRAD_INPUT_CLASSES = ()
     batches = [int(b) for b in (args.batches or ("1,2" if tiny else "1,4,8")).split(",")]

@@ -11,7 +11,7 @@ import torch
 from lora_testkit import output_and_grads, tiny_unet_with_lora
 
 from lora_studio.config import TrainingConfig
-from lora_studio.core.training.fast_step import (FastStep, _key, capturable_adamw, capturable_checkpointing,
+from lora_studio.core.accel.graphs import (FastStep, _key, capturable_adamw, capturable_checkpointing,
                                                  fast_path_reason)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_grouped_capturable_adamw_is_plain_adamw_groups_off_cuda():
 def test_schedulers_fill_each_groups_lr_tensor_in_place():
     from diffusers.optimization import get_scheduler
 
-    from lora_studio.core.training.fast_step import _param_groups, tensor_lr_groups
+    from lora_studio.core.accel.graphs import _param_groups, tensor_lr_groups
 
     # What capturable_adamw builds on a GPU, here on the CPU: a tensor LR per group, float initial_lr.
     groups = tensor_lr_groups(_param_groups(_groups(), 5e-3), "cpu")
@@ -271,7 +271,7 @@ def test_uncapturable_step_falls_back_to_eager_on_gpu():
 
 
 def test_host_calls_are_recorded_not_run_and_bookkeeping_keys_dropped():
-    from lora_studio.core.training.fast_step import _HostCalls
+    from lora_studio.core.accel.graphs import _HostCalls
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
@@ -290,7 +290,7 @@ def test_host_calls_are_recorded_not_run_and_bookkeeping_keys_dropped():
 
 
 def test_graphed_forward_installs_and_passes_through_off_cuda():
-    from lora_studio.core.training.fast_step import GraphedForward
+    from lora_studio.core.accel.graphs import GraphedForward
 
     unet, _ = tiny_unet_with_lora()
     x, t, ehs = torch.randn(2, 4, 8, 8), torch.tensor(10), torch.randn(2, 5, 16)
@@ -307,7 +307,7 @@ def test_graphed_forward_installs_and_passes_through_off_cuda():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_graphed_forward_sees_in_place_weight_changes_on_gpu():
-    from lora_studio.core.training.fast_step import GraphedForward
+    from lora_studio.core.accel.graphs import GraphedForward
 
     unet, _ = tiny_unet_with_lora(device="cuda")
     g = GraphedForward(unet).install()
@@ -366,7 +366,7 @@ def _fwd_bwd(unet, params, batch):
 
 
 def test_fast_lora_forward_matches_peft_and_uninstalls():
-    from lora_studio.core.training.fast_kernels import install_fast_lora, uninstall_fast_lora
+    from lora_studio.core.accel.fast_kernels import install_fast_lora, uninstall_fast_lora
 
     unet, params = tiny_unet_with_lora()
     for p in params:
@@ -396,7 +396,7 @@ def test_fast_lora_forward_matches_peft_and_uninstalls():
 def test_fast_lora_skips_dropout_and_disabled_adapters():
     from peft import LoraConfig
 
-    from lora_studio.core.training.fast_kernels import install_fast_lora
+    from lora_studio.core.accel.fast_kernels import install_fast_lora
 
     unet, _ = tiny_unet_with_lora()
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, lora_dropout=0.1, target_modules=["to_k"]), adapter_name="drop")
@@ -405,7 +405,7 @@ def test_fast_lora_skips_dropout_and_disabled_adapters():
 
 
 def test_sdpa_context_names_backends():
-    from lora_studio.core.training.fast_kernels import sdpa_context
+    from lora_studio.core.accel.fast_kernels import sdpa_context
 
     with sdpa_context(None), sdpa_context("auto"), sdpa_context("math"):
         q = torch.randn(1, 2, 4, 8)
@@ -417,7 +417,7 @@ def test_sdpa_context_names_backends():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_fast_kernels_step_stays_close_to_the_autocast_step_on_gpu():
-    from lora_studio.core.training.fast_kernels import install_fast_lora
+    from lora_studio.core.accel.fast_kernels import install_fast_lora
 
     sys.path.insert(0, str(ROOT))
     from bench.steps import alphas_cumprod, make_step
@@ -476,7 +476,7 @@ def test_failed_first_step_runs_the_fallback_then_captures_on_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_failed_graphed_capture_leaves_random_draws_working_on_gpu():
-    from lora_studio.core.training.fast_step import GraphedForward
+    from lora_studio.core.accel.graphs import GraphedForward
 
     class Syncs(torch.nn.Module):
         def forward(self, x):
@@ -512,7 +512,7 @@ def test_cudnn_autotuning_follows_the_steps_layout_unless_told():
 
 
 def test_undo_fast_kernels_gives_the_unet_its_own_modules_back():
-    from lora_studio.core.training.fast_kernels import prepare_fast_kernels, undo_fast_kernels
+    from lora_studio.core.accel.fast_kernels import prepare_fast_kernels, undo_fast_kernels
 
     unet, params = tiny_unet_with_lora(channels=(32, 64), use_linear_projection=True,
                                        targets=("to_q", "to_k", "to_v", "to_out.0"))
@@ -532,7 +532,7 @@ def test_undo_fast_kernels_gives_the_unet_its_own_modules_back():
 
 
 def test_prepare_fast_kernels_sets_the_step_up_and_its_fallback_undoes_compilation():
-    from lora_studio.core.training.fast_kernels import prepare_fast_kernels
+    from lora_studio.core.accel.fast_kernels import prepare_fast_kernels
 
     class Step:
         autocast = True
@@ -565,7 +565,7 @@ def test_compiled_blocks_with_the_engines_options_match_eager(device):
     """The engine's compile options (static shapes, no pattern matcher) must be ones torch.compile accepts,
     and the compiled blocks must compute what the eager ones do, LoRA gradients included: this UNet's
     blocks get strided views as input (1x1-conv proj_in), for which inductor's own input gradient was wrong."""
-    from lora_studio.core.training.fast_kernels import COMPILE_OPTIONS, compile_blocks, uncompile_blocks
+    from lora_studio.core.accel.fast_kernels import COMPILE_OPTIONS, compile_blocks, uncompile_blocks
 
     torch._dynamo.reset()
     unet, params = tiny_unet_with_lora(seed=3, device=device)
@@ -589,7 +589,7 @@ def test_compiled_blocks_build_one_graph_per_block_shape():
     """The UNet's first transformer block gets an input without gradient (only frozen layers before it), the
     others one with: without `compile_blocks` evening that out, the same block shape compiled twice, forward
     and backward (SDXL: three graphs for two widths, a third of its cold setup)."""
-    from lora_studio.core.training.fast_kernels import compile_blocks, uncompile_blocks
+    from lora_studio.core.accel.fast_kernels import compile_blocks, uncompile_blocks
 
     torch._dynamo.reset()
     graphs = []
@@ -625,7 +625,7 @@ def test_compiled_blocks_build_one_graph_per_block_shape():
 def test_conv_lora_targets_keep_autocast():
     from peft import LoraConfig
 
-    from lora_studio.core.training.fast_kernels import prepare_fast_kernels
+    from lora_studio.core.accel.fast_kernels import prepare_fast_kernels
 
     class Step:
         autocast = True
@@ -642,8 +642,8 @@ def test_conv_lora_targets_keep_autocast():
 
 
 def test_channels_last_needs_cuda_and_leaves_a_cpu_unet_alone():
-    from lora_studio.core.training.fast_kernels import prepare_fast_kernels
-    from lora_studio.core.training.fast_norm import installed
+    from lora_studio.core.accel.fast_kernels import prepare_fast_kernels
+    from lora_studio.core.accel.fast_norm import installed
 
     class Step:
         autocast, channels_last = True, False
@@ -661,7 +661,7 @@ def _train_recorded(monkeypatch, cfg):
     """``train(cfg)`` with its FastStep (if any), Warning events and dynamo's recompile-limit messages kept."""
     import logging
 
-    import lora_studio.core.training.fast_step as fs
+    import lora_studio.core.accel.graphs as fs
     from lora_studio.core import events as ev
     from lora_studio.core.training import train
 
@@ -754,7 +754,7 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
 def test_int8_base_runs_on_the_fast_path_on_gpu(monkeypatch, tmp_path):
     """int8_base on the GPU: the UNet reaches the device quantised, the captured pure-bf16 step replays on it."""
     from lora_studio.core.training import demo_quality as dq
-    from lora_studio.core.training.int8_base import Int8Linear
+    from lora_studio.core.accel.int8_base import Int8Linear
 
     steps = 12
     kw = dict(max_train_steps=steps, mixed_precision="bf16", gradient_checkpointing=True,

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from lora_studio.core.training.fast_kernels import triton_available, triton_self_check
+from lora_studio.core.accel.fast_kernels import triton_available, triton_self_check
 
 CUDA = torch.cuda.is_available()
 if not CUDA:

@@ -166,7 +166,7 @@ class _FusedLayer:
 # A base layer's weight is held by `_base_tensors(base)`: ``(weight,)``, or ``(q, scale)`` for an 8-bit layer.
 # Snapshots are copies of those tensors; the helpers below are the only places that tell the two apart.
 def _is_int8(base) -> bool:
-    from lora_studio.core.training.int8_base import Int8Linear
+    from lora_studio.core.accel.int8_base import Int8Linear
 
     return isinstance(base, Int8Linear)
 
@@ -179,7 +179,7 @@ def _fp32_weight(base, snapshot, device):
     """The snapshot's weight in fp32 on `device`, a fresh tensor (fusing adds to it)."""
     import torch
 
-    from lora_studio.core.training.int8_base import dequantize
+    from lora_studio.core.accel.int8_base import dequantize
 
     if _is_int8(base):
         q, scale = (t.to(device) for t in snapshot)
@@ -245,7 +245,7 @@ class PreviewEngine:
             self.base_loads += 1
         self.pipe = pipe
         if self.int8_unet:
-            from lora_studio.core.training.int8_base import PeftInt8Linear, quantize_frozen_linears
+            from lora_studio.core.accel.int8_base import PeftInt8Linear, quantize_frozen_linears
 
             # Each layer quantised on the device it will run on, one 16-bit layer there at a time.
             pipe.unet.requires_grad_(False)  # nothing here trains (a loaded model's weights want gradients)
@@ -289,7 +289,7 @@ class PreviewEngine:
             self.graphed.uninstall()
             self.graphed = None
         if on and str(self.device).startswith("cuda") and torch.cuda.is_available():
-            from lora_studio.core.training.fast_step import GraphedForward
+            from lora_studio.core.accel.graphs import GraphedForward
 
             self.graphed = GraphedForward(self.pipe.unet).install()
 

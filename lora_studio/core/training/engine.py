@@ -193,7 +193,7 @@ class _Run:
         set_seed(self.config.seed)  # LoRA init (A is random) must not depend on what ran before
         self.params = build_lora(self.models, self.config)
         if self.config.int8_base:
-            from lora_studio.core.training.int8_base import quantize_frozen_linears
+            from lora_studio.core.accel.int8_base import quantize_frozen_linears
 
             saved = quantize_frozen_linears(self.models.unet)
             self.models.unet.to(self.device)  # Module.to keeps the Parameter objects: self.params stays valid
@@ -216,7 +216,7 @@ class _Run:
         return paths
 
     def setup_memory(self):
-        from lora_studio.core.training.fast_step import capturable_checkpointing, fast_path_reason
+        from lora_studio.core.accel.graphs import capturable_checkpointing, fast_path_reason
 
         cfg = self.config
         self.fast_reason = fast_path_reason(cfg, self.device)
@@ -263,7 +263,7 @@ class _Run:
     def make_optimizer(self):
         from diffusers.optimization import get_scheduler
 
-        from lora_studio.core.training.fast_step import capturable_adamw
+        from lora_studio.core.accel.graphs import capturable_adamw
         from lora_studio.core.training.step import TrainingStep
 
         cfg, acc, m = self.config, self.accelerator, self.models
@@ -299,8 +299,8 @@ class _Run:
                             self.weight_dtype)
         self.step_fn = step
         if self.fast_reason is None:
-            from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels
-            from lora_studio.core.training.fast_step import FastStep
+            from lora_studio.core.accel.fast_kernels import compile_choice, prepare_fast_kernels
+            from lora_studio.core.accel.graphs import FastStep
 
             # accelerate wraps the forward in autocast; the fast step decides that itself (pure bf16).
             step.unet = self.unet = acc.unwrap_model(self.unet, keep_fp32_wrapper=False)
@@ -473,10 +473,10 @@ class _Run:
 
     def fast_path_stats(self) -> dict[str, Any]:
         """The CUDA-graph step's record for the result: replays, eager steps, and which kernel changes ran."""
-        from lora_studio.core.training.fast_block import installed as fast_block_count
-        from lora_studio.core.training.fast_geglu import installed as fast_geglu_count
-        from lora_studio.core.training.fast_layernorm import installed as fast_layernorm_count
-        from lora_studio.core.training.fast_step import FastStep
+        from lora_studio.core.accel.fast_block import installed as fast_block_count
+        from lora_studio.core.accel.fast_geglu import installed as fast_geglu_count
+        from lora_studio.core.accel.fast_layernorm import installed as fast_layernorm_count
+        from lora_studio.core.accel.graphs import FastStep
 
         if not isinstance(getattr(self, "step_fn", None), FastStep):
             return {"active": False, "reason": getattr(self, "fast_reason", None)}

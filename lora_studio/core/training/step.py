@@ -2,7 +2,7 @@
 
 ``prepare_batch`` (data, VAE, text encoders when frozen, noise, timesteps) runs outside the step, so
 the step itself is a pure function of tensors: forward, loss, backward, clip, optimizer step, zero grad.
-``TrainingStep.__call__(batch) -> loss`` is the contract; ``fast_step.FastStep(step)`` is a drop-in replacement
+``TrainingStep.__call__(batch) -> loss`` is the contract; ``accel.graphs.FastStep(step)`` is a drop-in replacement
 with the same call signature (it captures the step in a CUDA graph, or runs it eagerly where it cannot).
 """
 
@@ -13,7 +13,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import sdpa_context
+from lora_studio.core.accel.fast_kernels import sdpa_context
 from lora_studio.core.training.models import encode_tokens, module_device, tokenize_all
 
 

@@ -20,7 +20,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import (count_patched, install_forward, triton_available,
+from lora_studio.core.accel.fast_kernels import (count_patched, install_forward, triton_available,
                                                      triton_self_check, unpatch)
 
 BLOCK_R, BLOCK_D = 4, 256  # rows x output columns per program (SD's feed-forward widths are multiples of 256)

@@ -25,7 +25,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import (count_patched, install_forward, triton_available,
+from lora_studio.core.accel.fast_kernels import (count_patched, install_forward, triton_available,
                                                      triton_self_check, unpatch)
 
 # A program holds whole rows in registers: BLOCK_M = TILE // BLOCK_C rows (at least one) of BLOCK_C =

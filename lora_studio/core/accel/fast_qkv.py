@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import compute_dtype, fast_lora_ready, scaled_b
+from lora_studio.core.accel.fast_kernels import compute_dtype, fast_lora_ready, scaled_b
 
 
 def _qkv(attn, x: torch.Tensor):

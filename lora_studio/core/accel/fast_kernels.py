@@ -1,4 +1,4 @@
-"""Kernel-level speed-ups of the fast training step (the CUDA graph in `fast_step` removes launches; these
+"""Kernel-level speed-ups of the fast training step (the CUDA graph in `graphs` removes launches; these
 remove memory passes inside the step). Each one is optional, measured in bench/NOTES.md, and leaves the
 arithmetic the same up to bf16 rounding:
 
@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from lora_studio.core.training.int8_base import Int8Linear, base_dtype
+from lora_studio.core.accel.int8_base import Int8Linear, base_dtype
 
 SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
 
@@ -289,7 +289,7 @@ def uncompile_blocks(module) -> int:
 def channels_last_unet(unet) -> bool:
     """Make a CUDA UNet channels-last with `fast_norm`'s GroupNorms; False (and nothing changed) without CUDA
     or Triton, where ATen's GroupNorm would copy every channels-last map to NCHW and back (slower than NCHW)."""
-    from lora_studio.core.training.fast_norm import install_nhwc_group_norm
+    from lora_studio.core.accel.fast_norm import install_nhwc_group_norm
 
     p = next(unet.parameters(), None)
     if p is None or not p.is_cuda or not install_nhwc_group_norm(unet):  # (the install checks its kernels)
@@ -359,20 +359,20 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
     if sdpa and step is not None and hasattr(step, "sdpa_backend"):
         step.sdpa_backend = sdpa
     if fuse_qkv:
-        from lora_studio.core.training.fast_qkv import install_fused_qkv
+        from lora_studio.core.accel.fast_qkv import install_fused_qkv
 
         install_fused_qkv(unet)
     if fast_proj:
-        from lora_studio.core.training.fast_proj import install_fast_proj
+        from lora_studio.core.accel.fast_proj import install_fast_proj
 
         install_fast_proj(unet)
     if fast_geglu:
-        from lora_studio.core.training.fast_geglu import install_fast_geglu
+        from lora_studio.core.accel.fast_geglu import install_fast_geglu
 
         install_fast_geglu(unet)
     if fast_ln:
-        from lora_studio.core.training.fast_block import install_fast_block
-        from lora_studio.core.training.fast_layernorm import install_fast_layernorm
+        from lora_studio.core.accel.fast_block import install_fast_block
+        from lora_studio.core.accel.fast_layernorm import install_fast_layernorm
 
         install_fast_layernorm(unet)
         install_fast_block(unet)
@@ -393,12 +393,12 @@ def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: 
 def undo_fast_kernels(unet) -> None:
     """Take back everything `prepare_fast_kernels` did to `unet` (its feature maps NCHW again), e.g. to set up
     another variant on the same model."""
-    from lora_studio.core.training.fast_block import uninstall_fast_block
-    from lora_studio.core.training.fast_geglu import uninstall_fast_geglu
-    from lora_studio.core.training.fast_layernorm import uninstall_fast_layernorm
-    from lora_studio.core.training.fast_norm import uninstall_nhwc_group_norm
-    from lora_studio.core.training.fast_proj import uninstall_fast_proj
-    from lora_studio.core.training.fast_qkv import uninstall_fused_qkv
+    from lora_studio.core.accel.fast_block import uninstall_fast_block
+    from lora_studio.core.accel.fast_geglu import uninstall_fast_geglu
+    from lora_studio.core.accel.fast_layernorm import uninstall_fast_layernorm
+    from lora_studio.core.accel.fast_norm import uninstall_nhwc_group_norm
+    from lora_studio.core.accel.fast_proj import uninstall_fast_proj
+    from lora_studio.core.accel.fast_qkv import uninstall_fused_qkv
 
     uncompile_blocks(unet)
     for uninstall in (uninstall_fast_block, uninstall_fast_layernorm, uninstall_fast_geglu, uninstall_fast_proj,

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from lora_studio.core.training import fast_layernorm as fln
-from lora_studio.core.training.fast_kernels import count_patched, install_forward, unpatch
+from lora_studio.core.accel import fast_layernorm as fln
+from lora_studio.core.accel.fast_kernels import count_patched, install_forward, unpatch
 
 
 def _add_norm(a: torch.Tensor, h: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,7 +25,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import (count_patched, install_forward, triton_available,
+from lora_studio.core.accel.fast_kernels import (count_patched, install_forward, triton_available,
                                                      triton_self_check, unpatch)
 
 BLOCK_P = 64  # pixels per tile
