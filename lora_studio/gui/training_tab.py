@@ -389,14 +389,11 @@ class TrainingTab(QWidget):
         """Show a finished run's curves, samples and result from its events.jsonl (and config)."""
         folder = Path(folder)
         events_path = folder / "events.jsonl" if folder.is_dir() else folder
-        if folder.is_dir():
-            for name in ("config.toml", "run_config.toml", "training_config.toml"):
-                if (folder / name).exists():
-                    try:
-                        self.set_config(cfgmod.load(folder / name))
-                    except cfgmod.ConfigError as exc:
-                        self.append_log(f"warning: {exc}")
-                    break
+        if folder.is_dir() and (folder / "config.toml").exists():  # (the engine writes config.toml)
+            try:
+                self.set_config(cfgmod.load(folder / "config.toml"))
+            except cfgmod.ConfigError as exc:
+                self.append_log(f"warning: {exc}")
         events = workers.events_from_file(str(events_path))
         self.plot.clear()
         self.samples.clear()

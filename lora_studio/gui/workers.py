@@ -65,17 +65,9 @@ class JobThread(QThread):
 # ------------------------------------------------------------------------------------------ system info
 def gpu_info() -> dict[str, Any]:
     """{'name', 'total' (bytes), 'cuda'}; the CPU when torch sees no GPU. Imports torch: call off-thread."""
-    try:
-        from lora_studio.core import system
+    from lora_studio.core import system
 
-        info = system.gpu_info()
-    except ImportError:
-        info = None
-        import torch
-
-        if torch.cuda.is_available():
-            props = torch.cuda.get_device_properties(0)
-            return {"name": props.name, "total": int(props.total_memory), "cuda": True}
+    info = system.gpu_info()
     if info is None:
         return {"name": "CPU", "total": 0, "cuda": False}
     return {"name": info.name, "total": int(info.total_memory), "cuda": True, "backend": info.backend}
@@ -188,10 +180,6 @@ def class_images_job(config) -> JobThread:
                                        getattr(config, "sample_steps", 20))
 
     return JobThread(fn)
-
-
-def call_job(fn: Callable[[], Any]) -> JobThread:
-    return JobThread(lambda emit, stop: fn())
 
 
 # ------------------------------------------------------------------------------------- preview engine

@@ -511,78 +511,73 @@ def test_cudnn_autotuning_follows_the_steps_layout_unless_told():
     assert FastStep(nchw, device="cpu", cudnn_benchmark=False).cudnn_benchmark is False
 
 
-def test_undo_fast_kernels_gives_the_unet_its_own_modules_back():
-    from lora_studio.core.accel.fast_kernels import prepare_fast_kernels, undo_fast_kernels
+def test_undo_gives_the_unet_its_own_modules_back():
+    from lora_studio.core.accel import Options, prepare, undo
 
     unet, params = tiny_unet_with_lora(channels=(32, 64), use_linear_projection=True,
                                        targets=("to_q", "to_k", "to_v", "to_out.0"))
     x, t, ehs = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 5, 16)
     want = output_and_grads(unet, params, x, t, ehs)
-    prepare_fast_kernels(unet, None, compile="blocks")
+    accel = prepare(unet, Options.training(compile="blocks"))
 
     def changed():
         return [n for n, m in unet.named_modules() if {"forward", "_fast_lora_name", "_fused_qkv_weight", "_fast_proj"}
                 & m.__dict__.keys() or getattr(m, "_compiled_call_impl", None) is not None]
 
     assert changed()  # (on this CPU at least the LoRA forward, fused q/k/v, projections and compiled blocks)
-    undo_fast_kernels(unet)
+    stats = accel.stats()
+    assert stats["fast_lora"] > 0 and stats["fused_qkv"] > 0 and stats["fast_proj"] > 0
+    assert stats["compiled_modules"] > 0
+    undo(accel)
     assert not changed()
+    assert accel.stats()["fast_lora"] == accel.stats()["compiled_modules"] == 0
     got = output_and_grads(unet, params, x, t, ehs)
     assert torch.equal(got[0], want[0])
 
 
-def test_prepare_fast_kernels_sets_the_step_up_and_its_fallback_undoes_compilation():
-    from lora_studio.core.accel.fast_kernels import prepare_fast_kernels
+def test_undo_leaves_what_another_prepare_installed():
+    from lora_studio.core.accel import Options, prepare, undo
 
-    class Step:
-        autocast = True
-        sdpa_backend = None
+    unet, _ = tiny_unet_with_lora(targets=("to_q", "to_k", "to_v", "to_out.0"))
+    kernels = prepare(unet, Options(fast_lora=True, fuse_qkv=True))
+    undo(prepare(unet, Options(graphs=True)))
+    assert kernels.stats()["fast_lora"] > 0 and kernels.stats()["fused_qkv"] > 0
+    assert "forward" not in unet.__dict__  # the forward graphs are gone
+
+
+def test_default_options_change_nothing():
+    from lora_studio.core.accel import Options, prepare
 
     unet, _ = tiny_unet_with_lora()
-    step, warnings = Step(), []
+    accel = prepare(unet, Options())
+    assert accel.autocast is True and accel.channels_last is False and accel.sdpa_backend is None
+    assert not any({"forward", "_fast_lora_name"} & m.__dict__.keys() for m in unet.modules())
+
+
+def test_prepare_records_the_step_settings_and_its_fallback_undoes_compilation():
+    from lora_studio.core.accel import Options, prepare
+
+    unet, params = tiny_unet_with_lora()
+    warnings = []
     benchmark = torch.backends.cudnn.benchmark
-    fallback = prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, compile="blocks", sdpa="cudnn",
-                                    on_warning=warnings.append)
-    assert step.autocast is False and step.sdpa_backend == "cudnn"
+    accel = prepare(unet, Options.training(torch.bfloat16, compile="blocks", sdpa="cudnn",
+                                           on_warning=warnings.append))
+    assert accel.autocast is False and accel.sdpa_backend == "cudnn"
     assert torch.backends.cudnn.benchmark == benchmark  # no process-wide change
     assert any("_fast_lora_name" in m.__dict__ for m in unet.modules())
     compiled = [m for m in unet.modules() if getattr(m, "_compiled_call_impl", None) is not None]
     assert compiled and all(type(m).__name__ == "BasicTransformerBlock" for m in compiled)
-    fallback(RuntimeError("inductor could not build"))
+    step = accel.capture_step(lambda batch: torch.zeros(()), device="cpu", params=params)
+    assert accel.step is step and step.cudnn_benchmark is (not accel.channels_last)
+    step.fallback(RuntimeError("inductor could not build"))
     assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in unet.modules())
+    assert accel.stats()["compiled_modules"] == 0
     assert len(warnings) == 1 and "inductor could not build" in warnings[0]
     with pytest.raises(RuntimeError, match="again"):  # nothing left to undo: the error is the step's own
-        fallback(RuntimeError("again"))
+        step.fallback(RuntimeError("again"))
     # fp32 weights (no mixed precision) keep autocast's path: there is nothing to gain without it
-    step32 = Step()
-    prepare_fast_kernels(unet, step32, weight_dtype=torch.float32)
-    assert step32.autocast is True
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not CUDA, reason="needs a CUDA GPU")])])
-def test_compiled_blocks_with_the_engines_options_match_eager(device):
-    """The engine's compile options (static shapes, no pattern matcher) must be ones torch.compile accepts,
-    and the compiled blocks must compute what the eager ones do, LoRA gradients included: this UNet's
-    blocks get strided views as input (1x1-conv proj_in), for which inductor's own input gradient was wrong."""
-    from lora_studio.core.accel.fast_kernels import COMPILE_OPTIONS, compile_blocks, uncompile_blocks
-
-    torch._dynamo.reset()
-    unet, params = tiny_unet_with_lora(seed=3, device=device)
-    x = torch.randn(1, 4, 8, 8, device=device)
-    t = torch.tensor([500], device=device)
-    text = torch.randn(1, 5, unet.config.cross_attention_dim, device=device)
-
-    eager_out, eager_grads = output_and_grads(unet, params, x, t, text)
-    assert compile_blocks(unet, **COMPILE_OPTIONS) > 0
-    out, grads = output_and_grads(unet, params, x, t, text)
-    uncompile_blocks(unet)
-    # Fused kernels sum in another order (and cuDNN's convolutions use TF32 on the GPU: 1.1e-3 measured on an
-    # H100): compare as whole tensors. The bug this guards against was 5-21% off.
-    tol = 1e-3 if device == "cpu" else 5e-3
-    assert float((out - eager_out).norm() / eager_out.norm()) < tol
-    for g, e in zip(grads, eager_grads):
-        assert float((g - e).norm() / e.norm()) < tol
+    unet32, _ = tiny_unet_with_lora()
+    assert prepare(unet32, Options.training(torch.float32)).autocast is True
 
 
 def test_compiled_blocks_build_one_graph_per_block_shape():
@@ -625,34 +620,26 @@ def test_compiled_blocks_build_one_graph_per_block_shape():
 def test_conv_lora_targets_keep_autocast():
     from peft import LoraConfig
 
-    from lora_studio.core.accel.fast_kernels import prepare_fast_kernels
-
-    class Step:
-        autocast = True
+    from lora_studio.core.accel import Options, prepare
 
     unet, _ = tiny_unet_with_lora()
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "conv1"]), adapter_name="conv")
     unet.delete_adapters("default")  # only the conv+attention adapter is left
     assert any(type(m).__name__ == "Conv2d" and hasattr(m, "lora_A") for m in unet.modules())
-    step = Step()
-    prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, channels_last=True)
+    accel = prepare(unet, Options.training(torch.bfloat16))
     # peft's conv LoRA would run in fp32 without autocast: the step keeps autocast, and with it NCHW maps
-    assert step.autocast is True and not hasattr(step, "channels_last")
+    assert accel.autocast is True and accel.channels_last is False
     assert next(m for m in unet.modules() if type(m).__name__ == "Conv2d").weight.is_contiguous()
 
 
 def test_channels_last_needs_cuda_and_leaves_a_cpu_unet_alone():
-    from lora_studio.core.accel.fast_kernels import prepare_fast_kernels
+    from lora_studio.core.accel import Options, prepare
     from lora_studio.core.accel.fast_norm import installed
 
-    class Step:
-        autocast, channels_last = True, False
-
     unet, _ = tiny_unet_with_lora(dtype=torch.bfloat16, targets=("to_q", "to_k", "to_v", "to_out.0"))
-    step = Step()
-    prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, channels_last=True)
-    assert step.autocast is False  # the pure step, so channels-last was considered ...
-    assert step.channels_last is False and not installed(unet)  # ... and refused on the CPU: nothing converted
+    accel = prepare(unet, Options.training(torch.bfloat16))
+    assert accel.autocast is False  # the pure step, so channels-last was considered ...
+    assert accel.channels_last is False and not installed(unet)  # ... and refused on the CPU: nothing converted
     assert all(p.is_contiguous() for p in unet.parameters())
 
 
@@ -723,11 +710,11 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
     inner = step.step_fn
     assert res_f["fast_path"]["replays"] == step.replays and res_e["fast_path"]["active"] is False
     assert res_f["fast_path"]["pure_low_precision"] is (not inner.autocast)
-    assert res_f["fast_path"]["fused_qkv"] > 0  # self-attention q/k/v as one product (prepare_fast_kernels)
+    assert res_f["fast_path"]["fused_qkv"] > 0  # self-attention q/k/v as one product (accel.Options.training)
     # Transformer2DModel's projections without layout copies, where no LoRA wraps them (the recipe's TARGETS do)
     assert (res_f["fast_path"]["fast_proj"] > 0) is bool(targets)
     # the pure step (attention-only LoRA, no text encoder) on CUDA with Triton: channels-last maps (fast_norm),
-    # both families (prepare_fast_kernels' default); the feed-forwards' fused GEGLU on every step
+    # both families (accel.Options.training); the feed-forwards' fused GEGLU on every step
     assert res_f["fast_path"]["channels_last"] is (not inner.autocast)
     assert res_f["fast_path"]["fast_geglu"] > 0
     # LayerNorms on Triton, each transformer block's residual adds inside them (attempt 17)

@@ -5,7 +5,9 @@ arithmetic the same up to bf16 rounding:
 - ``install_fast_lora``: peft's LoRA Linear forward without its fp32 input copy, scale and add passes;
 - ``compile_blocks``: regional torch.compile of the UNet's repeated blocks (``COMPILE_SETS``);
 - ``sdpa_context``: a fixed scaled-dot-product-attention backend;
-- ``prepare_fast_kernels``: what the engine turns on for a run, and the fallback if compiling fails.
+- the Triton kernel modules' shared self-check and per-instance forward patching.
+
+`lora_studio.core.accel.prepare` is what turns these on.
 """
 
 from __future__ import annotations
@@ -177,12 +179,17 @@ def install_fast_lora(module) -> int:
     return n
 
 
-def _count_lora_layers(module) -> int:
+def count_lora_layers(module) -> int:
     try:
         from peft.tuners.lora.layer import LoraLayer
     except ImportError:  # pragma: no cover
         return 0
     return sum(1 for sub in module.modules() if isinstance(sub, LoraLayer))
+
+
+def installed_fast_lora(module) -> int:
+    """How many LoRA Linears in `module` run `_fast_lora_linear`."""
+    return sum("_fast_lora_name" in sub.__dict__ for sub in module.modules())
 
 
 def uninstall_fast_lora(module) -> int:
@@ -277,6 +284,11 @@ def _block_inputs(compiled: Callable, grad_input: bool) -> Callable:
     return call
 
 
+def compiled(module) -> int:
+    """How many submodules of `module` run a compiled forward (`compile_blocks`)."""
+    return sum(getattr(sub, "_compiled_call_impl", None) is not None for sub in module.modules())
+
+
 def uncompile_blocks(module) -> int:
     n = 0
     for sub in module.modules():
@@ -284,125 +296,3 @@ def uncompile_blocks(module) -> int:
             sub._compiled_call_impl = None
             n += 1
     return n
-
-
-def channels_last_unet(unet) -> bool:
-    """Make a CUDA UNet channels-last with `fast_norm`'s GroupNorms; False (and nothing changed) without CUDA
-    or Triton, where ATen's GroupNorm would copy every channels-last map to NCHW and back (slower than NCHW)."""
-    from lora_studio.core.accel.fast_norm import install_nhwc_group_norm
-
-    p = next(unet.parameters(), None)
-    if p is None or not p.is_cuda or not install_nhwc_group_norm(unet):  # (the install checks its kernels)
-        return False
-    unet.to(memory_format=torch.channels_last)
-    return True
-
-
-def compile_choice(compile_unet: str = "auto") -> str | None:
-    """The `COMPILE_SETS` name the engine compiles for the config's ``compile_unet`` (bench/NOTES.md attempts 8-16).
-
-    H100, one bucket shape, cold compile cache: SDXL b4 205 ms uncompiled -> 187 compiled blocks (~20 s of
-    compile) -> 174 compiling whole regions (152 s of compile); attempt 16's hand-written kernels (channels-last
-    maps with fused GroupNorm + SiLU, fused GEGLU) reach 173.3 ms uncompiled, compiled blocks on top 170.9 ms
-    for 10-30 s of compile. SD 1.5 b8: 54.1 ms uncompiled. So "auto" compiles nothing in either family (the
-    first step starts in seconds); "blocks" / "regions" are there for long runs; the config has already
-    checked the value.
-    """
-    return None if compile_unet in ("auto", "off") else compile_unet
-
-
-def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
-                         compile: str | None = None, fuse_qkv: bool = True, fast_proj: bool = True,
-                         fast_geglu: bool = True, fast_ln: bool = True, channels_last: bool = True,
-                         sdpa: str | None = None,
-                         on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
-    """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
-
-    - the LoRA Linear forward without peft's extra passes (`install_fast_lora`);
-    - ``pure``: the step runs without autocast when the frozen UNet is bf16/fp16 (``step.autocast = False``):
-      autocast runs every LayerNorm/GroupNorm in fp32 and casts each activation back for the next matrix
-      product (measured: a third of the elementwise time). Needs a step object with an ``autocast`` flag,
-      and every LoRA layer on the fast forward (Linear, no dropout); otherwise autocast stays;
-    - ``sdpa``: an attention backend for the step (``step.sdpa_backend``);
-    - ``compile``: a `COMPILE_SETS` name ("blocks": the repeated transformer blocks, the engine's
-      ``compile_unet = "blocks"``;
-      setup cost and speed of each in bench/NOTES.md), None: nothing compiled;
-    - ``fuse_qkv``: self-attention's q/k/v and their LoRA A factors as one product each (`fast_qkv`; on in the
-      engine: SDXL b4 186.9 -> 184.5 ms on an H100);
-    - ``fast_proj``: Transformer2DModel's projections in and out of its token layout without layout copies
-      (`fast_proj`; bench/NOTES.md attempt 15);
-    - ``fast_geglu``: the feed-forwards' GEGLU as one Triton kernel forward and one backward where Triton is
-      present (`fast_geglu`; outside compiled blocks, which fuse it themselves; bench/NOTES.md attempt 16);
-    - ``fast_ln``: LayerNorms on Triton kernels, with each transformer block's residual adds inside them
-      (`fast_layernorm`, `fast_block`; attempt 17);
-    - ``channels_last``: with the pure step on CUDA and Triton present, the UNet's feature maps channels-last
-      (cuDNN's layout: no transposes around each convolution) and its GroupNorms on `fast_norm`'s kernels
-      (``step.channels_last``, which a caller without a step object reads from `fast_norm.installed`;
-      SD 1.5 b8 67.9 -> 61.0 ms, SDXL b4 183.9 -> 178.1 on an H100, attempt 15), with each plain ResNet block's
-      GroupNorm + SiLU fused (attempt 16: then SD 1.5 b8 57.7 ms, SDXL b4 177.6 uncompiled, so both families),
-      and then FastStep runs no cuDNN autotuning (`step.channels_last`).
-    Every speed-up is on unless turned off (the engine's choice); `compile_choice` gives the engine's ``compile``.
-    The returned fallback undoes the compilation if the first step fails to build it, and says so.
-    """
-    warn = on_warning or (lambda msg: None)
-    fast = install_fast_lora(unet)
-    # A LoRA layer left on peft's forward (convolutions, dropout, DoRA) would compute in fp32 without
-    # autocast (peft casts its input to the fp32 adapter dtype): such runs keep autocast.
-    pure = (pure and fast == _count_lora_layers(unet) and weight_dtype in (torch.bfloat16, torch.float16)
-            and (step is None or hasattr(step, "autocast")))
-    if pure and step is not None:
-        step.autocast = False
-    if pure and channels_last and (step is None or hasattr(step, "channels_last")):
-        cl = channels_last_unet(unet)
-        if step is not None:
-            step.channels_last = cl
-    if sdpa and step is not None and hasattr(step, "sdpa_backend"):
-        step.sdpa_backend = sdpa
-    if fuse_qkv:
-        from lora_studio.core.accel.fast_qkv import install_fused_qkv
-
-        install_fused_qkv(unet)
-    if fast_proj:
-        from lora_studio.core.accel.fast_proj import install_fast_proj
-
-        install_fast_proj(unet)
-    if fast_geglu:
-        from lora_studio.core.accel.fast_geglu import install_fast_geglu
-
-        install_fast_geglu(unet)
-    if fast_ln:
-        from lora_studio.core.accel.fast_block import install_fast_block
-        from lora_studio.core.accel.fast_layernorm import install_fast_layernorm
-
-        install_fast_layernorm(unet)
-        install_fast_block(unet)
-    if compile:
-        compile_blocks(unet, COMPILE_SETS[compile], **COMPILE_OPTIONS)
-    # (cuDNN autotuning: FastStep's, around each warm-up and capture of an NCHW step.)
-
-    def fallback(exc: BaseException) -> None:
-        if uncompile_blocks(unet):
-            warn(f"fast path: compiling the UNet's blocks failed ({type(exc).__name__}: "
-                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); they run uncompiled.")
-        else:
-            raise exc
-
-    return fallback
-
-
-def undo_fast_kernels(unet) -> None:
-    """Take back everything `prepare_fast_kernels` did to `unet` (its feature maps NCHW again), e.g. to set up
-    another variant on the same model."""
-    from lora_studio.core.accel.fast_block import uninstall_fast_block
-    from lora_studio.core.accel.fast_geglu import uninstall_fast_geglu
-    from lora_studio.core.accel.fast_layernorm import uninstall_fast_layernorm
-    from lora_studio.core.accel.fast_norm import uninstall_nhwc_group_norm
-    from lora_studio.core.accel.fast_proj import uninstall_fast_proj
-    from lora_studio.core.accel.fast_qkv import uninstall_fused_qkv
-
-    uncompile_blocks(unet)
-    for uninstall in (uninstall_fast_block, uninstall_fast_layernorm, uninstall_fast_geglu, uninstall_fast_proj,
-                      uninstall_fused_qkv, uninstall_fast_lora):
-        uninstall(unet)
-    if uninstall_nhwc_group_norm(unet):
-        unet.to(memory_format=torch.contiguous_format)

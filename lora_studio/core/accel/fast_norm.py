@@ -75,9 +75,14 @@ def _kernels():
     # step took 27-31 s instead of 0.6 (H100, attempts 15-16; the variants are cached on disk afterwards).
     # (NBLK, the combine's loop count, stays a constant: Triton's interpreter, which the CPU tests use, cannot
     # loop over a runtime count; it takes one to three values in SD 1.5 and SDXL.)
-    sizes = ["P", "C", "NP", "G", "CG", "GRAD", "SILU", "SHIFT"]
+    return (triton, _tile_moments_kernel(triton, tl), _group_combine_kernel(triton, tl), *_apply_kernels(triton, tl))
 
-    @triton.jit(do_not_specialize=sizes)
+
+_SIZES = ["P", "C", "NP", "G", "CG", "GRAD", "SILU", "SHIFT"]  # runtime (unspecialised) kernel arguments
+
+
+def _tile_moments_kernel(triton, tl):
+    @triton.jit(do_not_specialize=_SIZES)
     def tile_moments(X, S, DY, MEAN, RSTD, W, B_, OUT1, OUT2, P, C, NP, G, CG, GRAD, SILU, SHIFT,
                      BP: tl.constexpr, BC: tl.constexpr):
         # forward (GRAD False): per channel of the tile, mean and sum of squared deviations of x;
@@ -118,7 +123,11 @@ def _kernels():
         tl.store(OUT1 + out, s1, mask=cmask)
         tl.store(OUT2 + out, s2, mask=cmask)
 
-    @triton.jit(do_not_specialize=sizes)
+    return tile_moments
+
+
+def _group_combine_kernel(triton, tl):
+    @triton.jit(do_not_specialize=_SIZES)
     def group_combine(IN1, IN2, W, OUT1, OUT2, P, C, NP, G, CG, eps, GRAD, BP: tl.constexpr,
                       BN: tl.constexpr, BG: tl.constexpr, NBLK: tl.constexpr):
         # one program per (sample, group). Forward: Chan's combination of the tiles' means / squared
@@ -162,7 +171,11 @@ def _kernels():
             tl.store(OUT1 + pid, mean)
             tl.store(OUT2 + pid, 1.0 / tl.sqrt(var + eps))
 
-    @triton.jit(do_not_specialize=sizes)
+    return group_combine
+
+
+def _apply_kernels(triton, tl):
+    @triton.jit(do_not_specialize=_SIZES)
     def apply(X, S, DY, Y, W, B_, MEAN, RSTD, C1, C2, P, C, NP, G, CG, GRAD, SILU, SHIFT,
               BP: tl.constexpr, BC: tl.constexpr):
         # forward: y = x_hat * w + b (SILU: silu of it); backward: dx = rstd * (w * dy - c1 - x_hat * c2).
@@ -209,7 +222,7 @@ def _kernels():
         out += tl.load(BIAS + cols, mask=cmask, other=0.0)[None, :]
         tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
-    return triton, tile_moments, group_combine, apply, residual
+    return apply, residual
 
 
 def _launch(x, dy, weight, bias, groups, eps, stats=None, silu=False, shift=None):

@@ -6,7 +6,7 @@ backward sums three input gradients with two more passes. Here the frozen weight
 one (3C, C) tensor — the three Linear weights become views into it, so no memory is added — and the three
 A factors into one (3r, C) product, the three B into one block-diagonal product added in place. Same
 arithmetic up to rounding; on an H100 it took SDXL b4 from 186.9 to 184.5 ms (compiled blocks) and SD 1.5 b8 from 74.9 to
-74.4 ms (bench/NOTES.md attempt 11), so the engine's fast path turns it on (`prepare_fast_kernels(fuse_qkv=True)`).
+74.4 ms (bench/NOTES.md attempt 11), so the engine's fast path turns it on (`accel.Options.training`).
 
 Covered: self-attention (no encoder states, no mask, 3-D input, no group/spatial/q/k norms) whose to_q /
 to_k / to_v all run `fast_kernels`' LoRA forward with the same adapter and rank, on bias-free Linears of one
@@ -110,3 +110,8 @@ def uninstall_fused_qkv(module) -> int:
             del sub.__dict__["_fused_qkv_weight"]
             n += 1
     return n
+
+
+def installed(module) -> int:
+    """How many attentions in `module` run q/k/v fused."""
+    return sum("_fused_qkv_weight" in sub.__dict__ for sub in module.modules())

@@ -26,7 +26,7 @@ snapshots of the LoRA layers' original weights stay in (pinned) system memory, a
 The UNet stays on the GPU, so the denoising loop and its CUDA graph are unchanged.
 
 8-bit UNet (``int8_unet``; on by itself for SDXL on cards under 10 GiB): the UNet's large Linear weights are
-stored as int8 rows with a scale each (`int8_base.PeftInt8Linear`, dequantised inside each forward), SDXL's
+stored as int8 rows with a scale each (`core.accel.int8_base.PeftInt8Linear`, dequantised inside each forward), SDXL's
 UNet 4.8 -> 2.7 GiB. Fusing then writes int8 too: a slider move dequantises each changed layer's snapshot,
 adds the LoRAs and rounds the sum back to int8 in place (the CUDA graph stays valid).
 
@@ -245,11 +245,11 @@ class PreviewEngine:
             self.base_loads += 1
         self.pipe = pipe
         if self.int8_unet:
-            from lora_studio.core.accel.int8_base import PeftInt8Linear, quantize_frozen_linears
+            from lora_studio.core.accel import Options, prepare
 
             # Each layer quantised on the device it will run on, one 16-bit layer there at a time.
             pipe.unet.requires_grad_(False)  # nothing here trains (a loaded model's weights want gradients)
-            quantize_frozen_linears(pipe.unet, cls=PeftInt8Linear, device=self.device)
+            prepare(pipe.unet, Options(int8=True, int8_peft=True, int8_device=self.device))
         if self.low_memory:
             self._place_low_memory()
         elif staged or self.int8_unet:  # (8 bits: its quantised layers are on the device already)
@@ -269,6 +269,7 @@ class PreviewEngine:
         self.last_apply_s = 0.0
         self.last_apply_layers = 0  # layers whose fused weight the last apply recomputed
         self.graphed = None  # GraphedForward on the UNet (CUDA only)
+        self._graph_accel = None  # what core.accel.prepare installed for it
         self.use_graph(graph)
 
     # ------------------------------------------------------------------ adapters and weights
@@ -285,13 +286,14 @@ class PreviewEngine:
         """Replay the UNet forward from a CUDA graph (on CUDA; elsewhere this does nothing)."""
         import torch
 
-        if self.graphed is not None:
-            self.graphed.uninstall()
-            self.graphed = None
-        if on and str(self.device).startswith("cuda") and torch.cuda.is_available():
-            from lora_studio.core.accel.graphs import GraphedForward
+        from lora_studio.core.accel import Options, prepare, undo
 
-            self.graphed = GraphedForward(self.pipe.unet).install()
+        if self._graph_accel is not None:
+            undo(self._graph_accel)
+            self._graph_accel = self.graphed = None
+        if on and str(self.device).startswith("cuda") and torch.cuda.is_available():
+            self._graph_accel = prepare(self.pipe.unet, Options(graphs=True))
+            self.graphed = self._graph_accel.graphed
 
     def _text_encoders(self) -> list:
         return [m for m in (getattr(self.pipe, "text_encoder", None), getattr(self.pipe, "text_encoder_2", None))

@@ -30,7 +30,7 @@ class TrainingStep:
     """Loss of one micro-batch, backward, and (at accumulation boundaries) clip + update + zero grad."""
 
     def __init__(self, accelerator, unet, text_encoders, models, optimizer, lr_scheduler, params, config,
-                 weight_dtype):
+                 weight_dtype, accel=None):
         self.accelerator = accelerator
         self.unet = unet
         self.text_encoders = text_encoders  # the (possibly wrapped) encoders; trained only if configured
@@ -43,11 +43,11 @@ class TrainingStep:
         self.prediction_type = models.noise_scheduler.config.prediction_type
         self._empty = None  # the base model's empty-prompt embeddings (preserve_unconditional)
         self._empty_ids = None  # its token ids on the encoders' devices (a captured step cannot copy from the host)
-        # The fast path may turn these on (fast_kernels.prepare_fast_kernels): the UNet forward without autocast
-        # (inputs are cast to weight_dtype below; a pure bf16 step) and a fixed attention backend.
-        self.autocast = True
-        self.sdpa_backend = None
-        self.channels_last = False  # the latents go in channels-last (a channels-last UNet, fast_norm)
+        # What the fast path's `accel.prepare` decided for this UNet: the forward without autocast (inputs cast to
+        # weight_dtype below: a pure bf16 step), channels-last latents (a channels-last UNet), an attention backend.
+        self.autocast = accel.autocast if accel is not None else True
+        self.sdpa_backend = accel.sdpa_backend if accel is not None else None
+        self.channels_last = accel.channels_last if accel is not None else False
 
     # ------------------------------------------------------------------ pieces
     def _conditioning(self, part):
