@@ -202,7 +202,7 @@ def uninstall_fast_lora(module) -> int:
     return n
 
 
-# What `compile_blocks` compiles (bench/NOTES.md attempts 8-10): "blocks" = the repeated transformer block
+# What `compile_blocks` compiles: "blocks" = the repeated transformer block
 # (GEGLU, residual adds, norms fused); "blocks_res" + every ResnetBlock2D (GroupNorm + SiLU + the time-embedding
 # add fused around cuDNN's convolutions); "regions" = every Transformer2DModel whole (its GroupNorm and
 # projections too, but all its blocks in one graph: longer compiles) and ResnetBlock2D; "unet" = the whole UNet
@@ -218,10 +218,9 @@ COMPILE_SETS = {
 RECOMPILE_LIMIT = 64
 
 
-# dynamic=False: one graph per bucket shape, like the captured step. Two inductor passes that cost SDXL's cold
-# compile seconds and bought no speed (H100, bench/NOTES.md attempt 12, same machine, SDXL b1 / b4 ms/step):
-# the pattern matcher (~2.8 s; 73.6 / 184.5 either way) and autotuning each pointwise kernel's launch
-# configuration (setup 27.2 -> 22.6 s; 73.6 / 184.7 vs 184.2-184.5).
+# dynamic=False: one graph per bucket shape, like the captured step. Two inductor passes are off: they cost
+# SDXL's cold compile seconds and bought no speed (bench/NOTES.md): the pattern matcher and autotuning each
+# pointwise kernel's launch configuration.
 COMPILE_OPTIONS = {"dynamic": False, "options": {"pattern_matcher": False, "triton.autotune_pointwise": False}}
 
 
@@ -263,13 +262,13 @@ def _block_inputs(compiled: Callable, grad_input: bool) -> Callable:
       as a detached copy that does. The first transformer block of a UNet gets its input from frozen layers
       only (no gradient), every later one from LoRA layers: to dynamo these are two signatures, so the same
       block width was compiled twice, forward and backward (SDXL: three graphs, two of 640 channels). With one
-      signature per width SDXL compiles two (bench/NOTES.md attempt 13). The gradient this computes for the
+      signature per width SDXL compiles two. The gradient this computes for the
       input is dropped with the step's autograd graph.
     - CPU tensors are made contiguous. With a strided view as input (SD 1.5's transformer blocks get
       ``permute(0, 2, 3, 1).reshape(...)`` of the 1x1 proj_in output) inductor's CPU code returned a wrong
       gradient for that input (torch 2.13: 7% off; the LoRA layers upstream of the block then trained on it)
-      while the forward was right. On CUDA the same block was exact (H100, torch 2.11, bench/NOTES.md attempt
-      12), so GPU tensors pass as they are: the copy would cost a pass over the input for nothing.
+      while the forward was right. On CUDA the same block was exact (bench/NOTES.md), so GPU tensors pass
+      as they are: the copy would cost a pass over the input for nothing.
     """
     def fix(t):
         return t.contiguous() if isinstance(t, torch.Tensor) and t.device.type == "cpu" else t

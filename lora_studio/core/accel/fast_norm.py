@@ -1,7 +1,7 @@
-"""GroupNorm on channels-last feature maps without layout copies (issue 8, bench/NOTES.md attempts 15-16).
+"""GroupNorm on channels-last feature maps without layout copies.
 
 cuDNN runs a UNet's bf16 convolutions in NHWC. On NCHW activations it transposes every input and output
-(SD 1.5 b8 on an H100: 200 transposes, 8 ms of a 68 ms step). Channels-last activations would remove them,
+(hundreds of transposes a step, bench/NOTES.md). Channels-last activations would remove them,
 but ATen's CUDA GroupNorm only works on NCHW and copies a channels-last input to NCHW and back, which made
 the channels-last step slower than the NCHW one. These Triton kernels normalise the (batch, pixels,
 channels) memory as it lies: per tile of pixels x channels a partial mean and sum of squared deviations,
@@ -12,10 +12,9 @@ combine, one pass for dx. The frozen weight and bias get no gradient (LoRA never
 `install_nhwc_group_norm` gives a module's GroupNorms this path for channels-last CUDA inputs whose affine
 parameters are frozen; anything else runs ATen's GroupNorm. It also gives each plain ResnetBlock2D a forward
 that applies the SiLU after each of its norms inside the same kernels (a pass over the map saved forward and
-backward, and the norm's output no longer kept) and keeps its shortcut channels-last (attempt 16: SD 1.5 b8
-61.1 -> 57.7 ms on an H100), and adds its frozen convolutions' biases and the time embedding inside the norm
-and residual kernels instead of in passes of their own (attempt 17: with fast_qkv's copies removed in the same
-change, SD 1.5 b8 54.6 -> 52.5 ms, H100, two calls). Needs Triton (shipped with torch's CUDA builds on Linux).
+backward, and the norm's output no longer kept) and keeps its shortcut channels-last, and adds its frozen
+convolutions' biases and the time embedding inside the norm and residual kernels instead of in passes of
+their own. Needs Triton (shipped with torch's CUDA builds on Linux).
 """
 
 from __future__ import annotations
@@ -30,8 +29,7 @@ from lora_studio.core.accel.fast_kernels import (count_patched, install_forward,
 
 BLOCK_P = 64  # pixels per tile
 BLOCK_C = 64  # channels per tile
-# warps per program: 8 on these 64 x 64 tiles made one step's GroupNorms 5.0 -> 4.5 ms (SD 1.5 b8) and
-# 8.1 -> 7.1 ms (SDXL b4); larger tiles were slower (H100, bench/kernel_tiles.py, attempt 17)
+# warps per program: the best of the settings bench/kernel_tiles.py sweeps (larger tiles were slower)
 WARPS = 8
 
 
@@ -71,8 +69,8 @@ def _kernels():
     # Sizes and the GRAD / SILU switches stay runtime values, so one compiled kernel serves forward and
     # backward, with and without SiLU, at every size: a fresh install compiles each kernel once per dtype
     # (the combine once per group width) instead of per variant. Triton's default specialises on integer
-    # arguments (divisible by 16, equal to 1): with that and constexpr switches a fresh install's first SD 1.5
-    # step took 27-31 s instead of 0.6 (H100, attempts 15-16; the variants are cached on disk afterwards).
+    # arguments (divisible by 16, equal to 1): with that and constexpr switches a fresh install's first step
+    # took tens of seconds instead of under one (the variants are cached on disk afterwards).
     # (NBLK, the combine's loop count, stays a constant: Triton's interpreter, which the CPU tests use, cannot
     # loop over a runtime count; it takes one to three values in SD 1.5 and SDXL.)
     return (triton, _tile_moments_kernel(triton, tl), _group_combine_kernel(triton, tl), *_apply_kernels(triton, tl))
