@@ -1,6 +1,6 @@
 """Where the captured step's milliseconds go, and what each kernel-level speed-up buys (issue 8, attempts 6+).
 
-    python bench/profile_step.py [--models sd15:8,sdxl:4] [--variants base,cudnn,...] [--out bench/results]
+    python -m bench.profile_step [--models sd15:8,sdxl:4] [--variants base,cudnn,...] [--out bench/results]
 
 For each model:batch it profiles the fast step's kernels once (torch.profiler, the step run eagerly: the
 same kernels the graph replays) and sums GPU time by kind (GEMM, convolution, attention, norms,
@@ -31,19 +31,19 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench import models as M  # noqa: E402
-from bench.steps import alphas_cumprod, cold_cache, count_flops, free, make_step, time_steps  # noqa: E402
-from lora_studio.core.accel import fast_kernels as fk  # noqa: E402
-from lora_studio.core.accel import graphs as fs  # noqa: E402
+from bench import models as M
+from bench.steps import alphas_cumprod, cold_cache, count_flops, free, make_step, time_steps
+from lora_studio.core.accel import fast_kernels as fk
+from lora_studio.core.accel import graphs as fs
+from bench.record import default_out
+from bench.record import save as save_result
 
 KINDS = [
     ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
@@ -264,7 +264,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=2.0)
     ap.add_argument("--min-steps", type=int, default=6)
     ap.add_argument("--rank", type=int, default=32)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=default_out())
     args = ap.parse_args(argv)
     args.profile_variants = [v for v in args.profile_variants.split(",") if v]
     device = "cuda"
@@ -279,8 +279,7 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "rows": [], "profiles": {}, "flops": {}}
 
     def save():
-        (out / f"profile_{tag}.json").write_text(json.dumps(result, indent=1))
-        (out / f"profile_{tag}.md").write_text(render(result))
+        save_result(out, f"profile_{tag}", result, render(result))
 
     acp = alphas_cumprod(device)
     for item in args.models.split(","):

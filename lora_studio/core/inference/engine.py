@@ -98,7 +98,7 @@ class _Cancelled(Exception):
 
 
 # GPU memory (GiB) under which the preview runs in low-memory mode by itself. Full mode measured on an H100
-# (bench/results/preview_engine_h100_cudnn_on.md, bf16, two LoRAs): SDXL 1024 11.7 GiB allocated, SD 1.5 512 3.0.
+# (bench/results/archive/preview_engine_h100_cudnn_on.md, bf16, two LoRAs): SDXL 1024 11.7 GiB allocated, SD 1.5 512 3.0.
 LOW_MEMORY_BELOW_GIB = {"sdxl": 16.0, "sd": 6.0}
 # An 8-bit UNet for SDXL on 6-8 GB cards: low memory alone peaks at 6.9 GiB allocated, 7.7 reserved (H100,
 # bench/NOTES.md), more than an 8 GB card has left beside its CUDA context. SD 1.5's UNet is mostly
