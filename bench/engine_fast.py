@@ -18,13 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 
 from lora_studio.config import TrainingConfig
 from lora_studio.core import events as ev
 from bench.record import default_out
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(model, data, out, steps, fast, batch):

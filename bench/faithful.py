@@ -24,15 +24,15 @@ import json
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 
 from bench.steps import alphas_cumprod, make_step
 from lora_studio.core.accel import Options, compile_choice, prepare
 from lora_studio.core.accel.graphs import FastStep, capturable_adamw
-from bench.record import default_out
+from bench.record import default_out, invoked
 from bench.record import save as save_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PROMPTS = ["a photo of a red circle", "a blue square on a white background", "a green triangle",
            "a yellow star, flat colour", "sks toy in zebra style", "a purple heart, centered"]
@@ -124,6 +124,7 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--models", default="demo,demo-xl")

@@ -24,6 +24,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+
 from bench.record import default_out
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,14 +20,14 @@ import json
 import statistics
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 
 from lora_studio.core.accel import fast_geglu as fg
 from lora_studio.core.accel import fast_layernorm as fl
 from lora_studio.core.accel import fast_norm as fn
-from bench.record import default_out, save
+from bench.record import default_out, invoked, save
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # one step's calls: {shape: count}, from forward hooks on the full-size UNets (SD 1.5 b8 at 512 px, SDXL b4 at 1024)
 NORM_CALLS = {
@@ -173,6 +173,7 @@ def render(res: dict) -> str:
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=default_out())
     ap.add_argument("--reps", type=int, default=10)

@@ -27,8 +27,6 @@ import os
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 
 from bench import models as M
@@ -36,8 +34,10 @@ from bench.steps import alphas_cumprod, free, make_step, time_steps
 from lora_studio.core.accel import Options, compile_choice, prepare
 from lora_studio.core.accel.graphs import FastStep, capturable_adamw, capturable_checkpointing
 from lora_studio.core.accel.int8_base import quantize_frozen_linears
-from bench.record import default_out
+from bench.record import default_out, invoked
 from bench.record import save as save_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GIB = 2 ** 30
 
@@ -100,6 +100,7 @@ def measure(name, spec, *, int8, fast, device, args, rank=32, engine=False):
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--models", default="sdxl,sd15")

@@ -13,13 +13,13 @@ import argparse
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 
 from bench import models as M
 from bench.steps import alphas_cumprod, make_step
 from bench.record import default_out
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None) -> int:

@@ -31,13 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 
 from bench import models as M
-from bench.record import default_out
+from bench.record import default_out, invoked
 from bench.record import save as save_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
               num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
@@ -127,6 +127,7 @@ VARIANTS = {  # name -> (dtype, CUDA graph, prompt cache); "head": the engine fi
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="sd15,sdxl")
     ap.add_argument("--tiny", action="store_true")

@@ -34,16 +34,16 @@ import json
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 
 from bench import models as M
 from bench.steps import alphas_cumprod, cold_cache, count_flops, free, make_step, time_steps
 from lora_studio.core.accel import fast_kernels as fk
 from lora_studio.core.accel import graphs as fs
-from bench.record import default_out
+from bench.record import default_out, invoked
 from bench.record import save as save_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KINDS = [
     ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
@@ -255,6 +255,7 @@ def render(result) -> str:
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="sd15:8,sdxl:4")
     ap.add_argument("--variants", default="base,lora,bf16,bf16_ff,bf16_blocks")

@@ -30,12 +30,21 @@ def card() -> str:
         return "unknown"
 
 
-def command_line(argv: list[str] | None = None) -> str:
+_command: str | None = None
+
+
+def invoked(module: str, argv: list[str] | None) -> None:
+    """A script's ``main(argv)`` says how it was called (argv None: the process's own arguments)."""
+    global _command
+    _command = shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def command_line() -> str:
     """The command that reproduces this run: ``python -m bench.<script> <its arguments>``."""
-    argv = sys.argv if argv is None else argv
-    script = Path(argv[0]).stem if argv else "?"
-    module = "bench" if script == "__main__" else f"bench.{script}"
-    return shlex.join(["python", "-m", module, *argv[1:]])
+    if _command is not None:
+        return _command
+    script = Path(sys.argv[0]).stem if sys.argv else "?"
+    return shlex.join(["python", "-m", "bench" if script == "__main__" else f"bench.{script}", *sys.argv[1:]])
 
 
 def provenance() -> dict:

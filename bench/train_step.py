@@ -19,8 +19,6 @@ import platform
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 import torch
 
 from bench import models as M
@@ -29,8 +27,10 @@ from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_ste
 from lora_studio.core.accel import Options, compile_choice, prepare, undo
 from lora_studio.core.accel.fast_norm import uninstall_resnet_forward
 from lora_studio.core.accel.graphs import FastStep, capturable_adamw, capturable_checkpointing
-from bench.record import default_out
+from bench.record import default_out, invoked
 from bench.record import save as save_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GIB = 2 ** 30
 SETUP_PATHS = ("reference", "graph", "fast", "fast_compiled_qkv", "engine")
@@ -197,6 +197,7 @@ def markdown(result) -> str:
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="demo-sized UNets (CPU smoke test of the harness)")
     ap.add_argument("--models", default="sd15,sdxl")

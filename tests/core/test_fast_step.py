@@ -205,6 +205,10 @@ def test_bench_harness_smoke(tmp_path):
     assert all(r["ms"] > 0 and r["loss"] == r["loss"] for r in rows.values())
     assert result["setup"]["sd15"]["flops_per_image"] > 0
     assert "| sd15 | engine | 1 |" in next(tmp_path.glob("train_step_tiny_*.md")).read_text()
+    # each result records how to make it again, and on what
+    assert result["provenance"]["command"].startswith("python -m bench.train_step --tiny --device cpu")
+    assert result["provenance"]["card"] == "cpu" and result["provenance"]["date"].endswith("UTC")
+    assert next(tmp_path.glob("train_step_tiny_*.md")).read_text().startswith("Command: `python -m bench.train_step")
 
 
 # ------------------------------------------------------------------------------------------ on a GPU

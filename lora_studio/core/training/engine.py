@@ -1,7 +1,8 @@
 """``train(config, emit, stop) -> result``: the one training engine behind the CLI and the Training tab.
 
-The run reads top to bottom as named steps: preflight, accelerator, models, class images, LoRA, data,
-optimizer, resume, loop, save. Every outcome is an event: ``Finished`` once on success (also after a
+The run reads top to bottom as named steps (`_Run.run`): preflight, accelerator, models, class images, LoRA,
+data, optimizer, step (on the fast path: the UNet prepared by `core.accel` and the step captured in CUDA
+graphs), resume, loop, save. Every outcome is an event: ``Finished`` once on success (also after a
 stop, with ``result["stopped"] = True``), ``Failed`` before the exception is re-raised otherwise.
 """
 
