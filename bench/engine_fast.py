@@ -1,6 +1,6 @@
 """The training engine end to end, fast path on against off: same loss curve, same LR schedule, faster.
 
-    python bench/engine_fast.py [--steps 200] [--model demo] [--out bench/results]
+    python -m bench.engine_fast [--steps 200] [--model demo] [--out bench/results]
 
 Runs ``lora_studio.core.training.train`` twice on the demo model and the demo style dataset (bf16, cosine
 schedule with warm-up, batch 2) with ``fast_path`` true and false, and compares the loss histories (10-step
@@ -14,18 +14,17 @@ import argparse
 import datetime as _dt
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from lora_studio.config import TrainingConfig
+from lora_studio.core import events as ev
+from bench.record import default_out
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from lora_studio.config import TrainingConfig  # noqa: E402
-from lora_studio.core import events as ev  # noqa: E402
 
 
 def run(model, data, out, steps, fast, batch):
@@ -57,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="demo")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--data", default=str(ROOT / "resources" / "datasets" / "demo-style"))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=default_out())
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     result = {"card": torch.cuda.get_device_name(0) if cuda else "cpu", "model": args.model, "steps": args.steps,

@@ -1,12 +1,12 @@
 """Is the captured step the same training? 200 steps on the demo model, fast path against eager.
 
-    python bench/faithful.py [--steps 200] [--out bench/results]
+    python -m bench.faithful [--steps 200] [--out bench/results]
 
 Both runs start from the same weights and see the same batches, noise and timesteps (drawn on the host
 from one seed), so any difference is the step's arithmetic. Three runs per model:
   eager      the engine's step (fused capturable AdamW, autocast, peft's LoRA forward) run eagerly,
   fast       the engine's fast path: FastStep (CUDA graphs, two bucket shapes interleaved) over the step
-             with prepare_fast_kernels' changes as the engine makes them (LoRA forward without peft's extra
+             with core.accel.prepare's changes as the engine makes them (LoRA forward without peft's extra
              passes, pure bf16, fused self-attention q/k/v, copy-free projections, fused GEGLU, Triton
              LayerNorms with the blocks' residual adds inside, channels-last maps with fast_norm's GroupNorm +
              SiLU where Triton is; nothing compiled since attempt 16),
@@ -21,19 +21,18 @@ import argparse
 import copy
 import datetime as _dt
 import json
-import sys
 import time
 from pathlib import Path
 
+import torch
+
+from bench.steps import alphas_cumprod, make_step
+from lora_studio.core.accel import Options, compile_choice, prepare
+from lora_studio.core.accel.graphs import FastStep, capturable_adamw
+from bench.record import default_out, invoked
+from bench.record import save as save_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from bench.steps import alphas_cumprod, make_step  # noqa: E402
-from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels  # noqa: E402
-from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
-from lora_studio.core.training.fast_step import FastStep, capturable_adamw  # noqa: E402
 
 PROMPTS = ["a photo of a red circle", "a blue square on a white background", "a green triangle",
            "a yellow star, flat colour", "sks toy in zebra style", "a purple heart, centered"]
@@ -95,10 +94,11 @@ def run(unet, params, batches, kind, device, lr=1e-4, sdxl=False):
     else:
         opt = capturable_adamw(params, lr=lr, weight_decay=1e-2, device=device)
     pure = kind == "fast" and device != "cpu"
-    if pure:  # the engine's fast path as engine.make_optimizer sets it up + graphs
-        prepare_fast_kernels(unet, None, compile=compile_choice())  # as the engine: every speed-up on
+    cl = False
+    if pure:  # the engine's fast path as engine.make_step sets it up + graphs: every speed-up on
+        cl = prepare(unet, Options.training(compile=compile_choice())).channels_last
     step = make_step(unet, params, opt, acp=acp, autocast_cache=kind == "reference", autocast=not pure,
-                     channels_last=pure and fast_norm_installed(unet))
+                     channels_last=cl)
     warnings = []
     if kind == "fast":
         step = FastStep(step, device=device, params=params, on_warning=warnings.append)
@@ -124,11 +124,12 @@ def compare(a: torch.Tensor, b: torch.Tensor) -> dict:
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--models", default="demo,demo-xl")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=default_out())
     args = ap.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     result = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -159,8 +160,7 @@ def main(argv=None) -> int:
 def save(result, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = "cpu" if result["card"] == "cpu" else "h100" if "H100" in result["card"] else "gpu"
-    (out / f"faithful_{tag}.json").write_text(json.dumps(result, indent=1))
-    (out / f"faithful_{tag}.md").write_text(render(result))
+    save_result(out, f"faithful_{tag}", result, render(result))
 
 
 def render(result) -> str:

@@ -1,6 +1,6 @@
 """Do the fast path's adapters pass the judge bars as often as the eager path's? (issue 8, second half)
 
-    python bench/judge_fast.py [--recipes subject:demo style:demo style:demo-xl subject:demo-xl] [--seeds 3]
+    python -m bench.judge_fast [--recipes subject:demo style:demo style:demo-xl subject:demo-xl] [--seeds 3]
                                [--precisions bf16] [--parallel 8] [--judge-seeds 16] [--out bench/results]
 
 For each judged recipe (``demo_quality.RECIPES``), training seed 0..K-1 and precision, it runs
@@ -25,6 +25,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from bench.record import default_out
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("subject:demo", "style:demo", "style:demo-xl", "subject:demo-xl")
 
@@ -34,7 +36,6 @@ def _one(job: dict, work: str) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # several runs share the CPU: no worker pools
-    sys.path.insert(0, str(ROOT))
     import logging
 
     import torch
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
                     help="override any config key for every run, e.g. --set int8_base=true")
     ap.add_argument("--work", default="/tmp/judge_fast")
     ap.add_argument("--tag", default="", help="appended to the result file names")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=default_out())
     ap.add_argument("--render", help="only rewrite the .md table next to this results .json")
     args = ap.parse_args(argv)
     if args.render:

@@ -1,6 +1,6 @@
 """Tile sizes and warps of the engine's Triton kernels, timed on the shapes and counts of a real step (issue 8).
 
-    python bench/kernel_tiles.py [--out bench/results] [--tag _x] [--kernels norm,ln,geglu]
+    python -m bench.kernel_tiles [--out bench/results] [--tag _x] [--kernels norm,ln,geglu]
 
 `fast_norm` (GroupNorm + SiLU on channels-last maps), `fast_layernorm` and `fast_geglu` are memory-bound:
 each reads and writes a few full activations. For each candidate setting (tile shape, warps) this times
@@ -18,17 +18,16 @@ import argparse
 import datetime as _dt
 import json
 import statistics
-import sys
 from pathlib import Path
 
+import torch
+
+from lora_studio.core.accel import fast_geglu as fg
+from lora_studio.core.accel import fast_layernorm as fl
+from lora_studio.core.accel import fast_norm as fn
+from bench.record import default_out, invoked, save
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from lora_studio.core.training import fast_geglu as fg  # noqa: E402
-from lora_studio.core.training import fast_layernorm as fl  # noqa: E402
-from lora_studio.core.training import fast_norm as fn  # noqa: E402
 
 # one step's calls: {shape: count}, from forward hooks on the full-size UNets (SD 1.5 b8 at 512 px, SDXL b4 at 1024)
 NORM_CALLS = {
@@ -174,8 +173,9 @@ def render(res: dict) -> str:
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=default_out())
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--tag", default="")
     ap.add_argument("--kernels", default="norm,ln,geglu")
@@ -191,8 +191,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     for kernel in args.kernels.split(","):
         res["rows"] += sweep(kernel, args.reps)
-        (out / f"kernel_tiles_{card}{args.tag}.json").write_text(json.dumps(res, indent=1))
-        (out / f"kernel_tiles_{card}{args.tag}.md").write_text(render(res))
+        save(out, f"kernel_tiles_{card}{args.tag}", res, render(res))
     print(render(res))
     return 0
 

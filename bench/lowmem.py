@@ -1,6 +1,6 @@
 """Low-memory presets: the training run's GPU peak for SDXL 1024 and SD 1.5 512, rank 32, batch 1.
 
-    python bench/lowmem.py [--tiny]
+    python -m bench.lowmem [--tiny]
 
 Everything the run keeps on the GPU is counted: the frozen UNet, LoRA weights with their gradients and
 AdamW state, the cached latents and text embeddings of the batch; the VAE and text encoders are off the
@@ -9,9 +9,9 @@ GPU (cached latents and embeddings). Variants per model:
   bf16+fast       the same through FastStep (the graph's memory pool counted)
   int8            (stretch) frozen Linear weights stored as int8 with a per-output-channel scale,
                   dequantised on the fly in forward and backward (nothing extra saved for backward):
-                  lora_studio.core.training.int8_base, quantised on the host before the move as the engine does
+                  lora_studio.core.accel.int8_base, quantised on the host before the move as the engine does
   int8+fast       the same through FastStep
-  bf16+engine     FastStep with the engine's kernels for a checkpointed run (prepare_fast_kernels: fast LoRA
+  bf16+engine     FastStep with the engine's kernels for a checkpointed run (core.accel.Options.training: fast LoRA
   int8+engine     forward, pure bf16, fused q/k/v, fast_proj, fast_geglu, fast_layernorm + fast_block,
                   channels-last maps on fast_norm)
 Peaks are torch.cuda.max_memory_allocated from an empty GPU (build included) and, separately, during
@@ -24,21 +24,20 @@ import argparse
 import datetime as _dt
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
+import torch
+
+from bench import models as M
+from bench.steps import alphas_cumprod, free, make_step, time_steps
+from lora_studio.core.accel import Options, compile_choice, prepare
+from lora_studio.core.accel.graphs import FastStep, capturable_adamw, capturable_checkpointing
+from lora_studio.core.accel.int8_base import quantize_frozen_linears
+from bench.record import default_out, invoked
+from bench.record import save as save_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from bench import models as M  # noqa: E402
-from bench.steps import alphas_cumprod, free, make_step, time_steps  # noqa: E402
-from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels  # noqa: E402
-from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
-from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
-from lora_studio.core.training.int8_base import quantize_frozen_linears  # noqa: E402
 
 GIB = 2 ** 30
 
@@ -71,8 +70,7 @@ def measure(name, spec, *, int8, fast, device, args, rank=32, engine=False):
     data["timesteps"] = torch.tensor([500], device=device)
     cl = False
     if engine:  # the engine's kernels as it sets them up with gradient checkpointing (nothing compiled)
-        prepare_fast_kernels(unet, None, compile=compile_choice())
-        cl = fast_norm_installed(unet)
+        cl = prepare(unet, Options.training(compile=compile_choice())).channels_last
     step = make_step(unet, params, opt, acp=alphas_cumprod(device), autocast_cache=not fast, channels_last=cl,
                      autocast=not engine)
     if fast:
@@ -102,6 +100,7 @@ def measure(name, spec, *, int8, fast, device, args, rank=32, engine=False):
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--models", default="sdxl,sd15")
@@ -111,7 +110,7 @@ def main(argv=None) -> int:
     ap.add_argument("--image", type=int, default=0, help="image size in pixels (default: the model's own)")
     ap.add_argument("--tag", default="", help="appended to the result file names")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=default_out())
     args = ap.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tiny = args.tiny or device == "cpu"
@@ -141,8 +140,7 @@ def main(argv=None) -> int:
 
 
 def save(result, out: Path, tag: str) -> None:
-    (out / f"lowmem_{tag}.json").write_text(json.dumps(result, indent=1))
-    (out / f"lowmem_{tag}.md").write_text(render(result))
+    save_result(out, f"lowmem_{tag}", result, render(result))
 
 
 def render(result) -> str:

@@ -1,6 +1,6 @@
 """Provoke one real CUDA out-of-memory in a training step and record what the user would be told.
 
-    python bench/oom.py [--cap-gib 7] [--out bench/results]
+    python -m bench.oom [--cap-gib 7] [--out bench/results]
 
 Full-size SDXL at 1024, rank 32, batch 2, no checkpointing (needs ~20+ GiB), with the process capped by
 torch.cuda.set_per_process_memory_fraction. Writes oom_<card>.txt: the exception's text, and the message
@@ -10,23 +10,22 @@ and advice that the training engine (engine._failure_words) and errors.describe 
 from __future__ import annotations
 
 import argparse
-import sys
 import traceback
 from pathlib import Path
 
+import torch
+
+from bench import models as M
+from bench.steps import alphas_cumprod, make_step
+from bench.record import default_out
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from bench import models as M  # noqa: E402
-from bench.steps import alphas_cumprod, make_step  # noqa: E402
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cap-gib", type=float, default=7.0)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=default_out())
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")

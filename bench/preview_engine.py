@@ -1,6 +1,6 @@
 """Preview latency through the app's own PreviewEngine, on full-size pipelines with random weights.
 
-    python bench/preview_engine.py [--models sd15,sdxl] [--variants old,fp16,bf16-eager,bf16] [--tiny]
+    python -m bench.preview_engine [--models sd15,sdxl] [--variants old,fp16,bf16-eager,bf16] [--tiny]
 
 Builds full-size SD 1.5 / SDXL pipelines (UNet, VAE and CLIP text encoders at their real sizes, random
 weights, the bundled CLIP tokenizer), writes two rank-16 LoRA files in diffusers format -- "a" with UNet
@@ -31,12 +31,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from bench import models as M
+from bench.record import default_out, invoked
+from bench.record import save as save_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from bench import models as M  # noqa: E402
 
 CLIP_L = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
               num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768)
@@ -126,6 +127,7 @@ VARIANTS = {  # name -> (dtype, CUDA graph, prompt cache); "head": the engine fi
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="sd15,sdxl")
     ap.add_argument("--tiny", action="store_true")
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--variants", default="old,fp16,bf16-eager,bf16")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=default_out())
     ap.add_argument("--cudnn-benchmark", choices=("off", "on"), default="off",
                     help="off (default): as the app previews (nothing sets it); on: cuDNN autotunes each "
                          "convolution on first use (slow first image, as after training in the same process)")
@@ -254,8 +256,7 @@ def save(result, out: Path, tiny: bool, cuda: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tag = ("tiny_" if tiny else "") + ("h100" if "H100" in result["card"] else "gpu" if cuda else "cpu")
     tag += result.get("tag") or ""
-    (out / f"preview_engine_{tag}.json").write_text(json.dumps(result, indent=1))
-    (out / f"preview_engine_{tag}.md").write_text(render(result))
+    save_result(out, f"preview_engine_{tag}", result, render(result))
 
 
 def render(result) -> str:

@@ -1,6 +1,6 @@
 """Where the captured step's milliseconds go, and what each kernel-level speed-up buys (issue 8, attempts 6+).
 
-    python bench/profile_step.py [--models sd15:8,sdxl:4] [--variants base,cudnn,...] [--out bench/results]
+    python -m bench.profile_step [--models sd15:8,sdxl:4] [--variants base,cudnn,...] [--out bench/results]
 
 For each model:batch it profiles the fast step's kernels once (torch.profiler, the step run eagerly: the
 same kernels the graph replays) and sums GPU time by kind (GEMM, convolution, attention, norms,
@@ -31,19 +31,19 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import sys
 import time
 from pathlib import Path
 
+import torch
+
+from bench import models as M
+from bench.steps import alphas_cumprod, cold_cache, count_flops, free, make_step, time_steps
+from lora_studio.core.accel import fast_kernels as fk
+from lora_studio.core.accel import graphs as fs
+from bench.record import default_out, invoked
+from bench.record import save as save_result
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from bench import models as M  # noqa: E402
-from bench.steps import alphas_cumprod, cold_cache, count_flops, free, make_step, time_steps  # noqa: E402
-from lora_studio.core.training import fast_kernels as fk  # noqa: E402
-from lora_studio.core.training import fast_step as fs  # noqa: E402
 
 KINDS = [
     ("attention", ("flash", "fmha", "attention", "sdpa", "softmax")),
@@ -168,24 +168,24 @@ def run_variant(model, spec, batch, name, opts, device, args, acp):
     if opts["lora"]:
         row["fast_lora_layers"] = fk.install_fast_lora(unet)
     if opts.get("qkv"):
-        from lora_studio.core.training.fast_qkv import install_fused_qkv
+        from lora_studio.core.accel.fast_qkv import install_fused_qkv
 
         row["fused_qkv"] = install_fused_qkv(unet)
     if opts.get("proj"):
-        from lora_studio.core.training.fast_proj import install_fast_proj
+        from lora_studio.core.accel.fast_proj import install_fast_proj
 
         row["fast_proj"] = install_fast_proj(unet)
     if opts.get("gn"):
-        from lora_studio.core.training.fast_norm import install_nhwc_group_norm
+        from lora_studio.core.accel.fast_norm import install_nhwc_group_norm
 
         row["nhwc_group_norms"] = install_nhwc_group_norm(unet)
     if opts.get("geglu"):
-        from lora_studio.core.training.fast_geglu import install_fast_geglu
+        from lora_studio.core.accel.fast_geglu import install_fast_geglu
 
         row["fast_geglu"] = install_fast_geglu(unet)
     if opts.get("ln"):
-        from lora_studio.core.training.fast_block import install_fast_block
-        from lora_studio.core.training.fast_layernorm import install_fast_layernorm
+        from lora_studio.core.accel.fast_block import install_fast_block
+        from lora_studio.core.accel.fast_layernorm import install_fast_layernorm
 
         row["fast_layernorms"] = install_fast_layernorm(unet)
         row["fast_blocks"] = install_fast_block(unet)
@@ -255,6 +255,7 @@ def render(result) -> str:
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="sd15:8,sdxl:4")
     ap.add_argument("--variants", default="base,lora,bf16,bf16_ff,bf16_blocks")
@@ -264,7 +265,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=2.0)
     ap.add_argument("--min-steps", type=int, default=6)
     ap.add_argument("--rank", type=int, default=32)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=default_out())
     args = ap.parse_args(argv)
     args.profile_variants = [v for v in args.profile_variants.split(",") if v]
     device = "cuda"
@@ -279,8 +280,7 @@ def main(argv=None) -> int:
               "torch": torch.__version__, "rows": [], "profiles": {}, "flops": {}}
 
     def save():
-        (out / f"profile_{tag}.json").write_text(json.dumps(result, indent=1))
-        (out / f"profile_{tag}.md").write_text(render(result))
+        save_result(out, f"profile_{tag}", result, render(result))
 
     acp = alphas_cumprod(device)
     for item in args.models.split(","):

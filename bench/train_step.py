@@ -1,11 +1,11 @@
 """Training-step benchmark: the reference recipe against LoRA Studio's fast step, in one run.
 
-    python bench/train_step.py                  # full-size SD 1.5 (512) and SDXL (1024) on a CUDA GPU
-    python bench/train_step.py --tiny           # demo-sized UNets on the CPU: a smoke test of the harness
+    python -m bench.train_step                  # full-size SD 1.5 (512) and SDXL (1024) on a CUDA GPU
+    python -m bench.train_step --tiny           # demo-sized UNets on the CPU: a smoke test of the harness
 
 Reference: frozen bf16 UNet, peft LoRA rank 32 on to_q/to_k/to_v/to_out.0 with fp32 trainable weights,
 AdamW (foreach), bf16 autocast, cached latents, eager. Engine: the same step wrapped in
-``lora_studio.core.training.fast_step.FastStep`` with a fused capturable AdamW.
+``lora_studio.core.accel.graphs.FastStep`` with a fused capturable AdamW.
 Writes ``bench/results/train_step_<card>_<date>.json`` and ``.md`` (or under --out).
 """
 
@@ -13,24 +13,24 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import dataclasses
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from bench import models as M  # noqa: E402
-from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,  # noqa: E402
+from bench import models as M
+from bench.steps import (alphas_cumprod, cold_cache, count_flops, free, make_step,
                          matmul_peak_tflops, time_steps, use_cache)
-from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels, undo_fast_kernels  # noqa: E402
-from lora_studio.core.training.fast_norm import installed as fast_norm_installed  # noqa: E402
-from lora_studio.core.training.fast_norm import uninstall_resnet_forward  # noqa: E402
-from lora_studio.core.training.fast_step import FastStep, capturable_adamw, capturable_checkpointing  # noqa: E402
+from lora_studio.core.accel import Options, compile_choice, prepare, undo
+from lora_studio.core.accel.fast_norm import uninstall_resnet_forward
+from lora_studio.core.accel.graphs import FastStep, capturable_adamw, capturable_checkpointing
+from bench.record import default_out, invoked
+from bench.record import save as save_result
+
+ROOT = Path(__file__).resolve().parents[1]
 
 GIB = 2 ** 30
 SETUP_PATHS = ("reference", "graph", "fast", "fast_compiled_qkv", "engine")
@@ -78,6 +78,7 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
     row = {"model": name, "path": path, "batch": batch, "checkpointing": ckpt}
     warnings: list[str] = []
     compiling = False
+    accel = None
     t_setup = time.perf_counter()
     if path == "reference":
         if ckpt:
@@ -93,24 +94,23 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         else:
             unet.disable_gradient_checkpointing()
         opt = capturable_adamw(params, lr=1e-4, weight_decay=1e-2, device=device)
-        # graph: the captured step alone (attempt 1). fast*: the engine's fast path through the engine's own
-        # prepare_fast_kernels (LoRA forward without peft's extra passes, pure bf16 step) and PATH_WORDS.
+        # graph: the captured step alone. fast*: the engine's fast path through core.accel.prepare (LoRA
+        # forward without peft's extra passes, pure bf16 step) with the kernels PATH_WORDS name.
         pure = path != "graph"
-        if path.split("_")[0] == "engine":  # exactly what the engine's fast path does for this model and checkpointing
-            kernels = {"compile": compile_choice()}  # prepare_fast_kernels' defaults are the engine's
-        else:  # gn (with cl): channels-last maps on fast_norm's GroupNorm, as prepare_fast_kernels makes them
-            kernels = {"compile": next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None),
-                       "fuse_qkv": "qkv" in words, "fast_proj": "proj" in words, "channels_last": "gn" in words,
-                       "fast_geglu": "geglu" in words, "fast_ln": "ln" in words}
-        compiling = bool(kernels["compile"])
+        options = Options.training(compile=compile_choice())  # exactly the engine's fast path
+        if path.split("_")[0] != "engine":  # gn (with cl): channels-last maps on fast_norm's GroupNorm
+            options = dataclasses.replace(options, compile=next((PATH_WORDS[w] for w in words if w in PATH_WORDS), None),
+                                          fuse_qkv="qkv" in words, fast_proj="proj" in words,
+                                          channels_last="gn" in words, fast_geglu="geglu" in words, fast_ln="ln" in words)
+        compiling = bool(options.compile)
         if compiling:
             torch._dynamo.reset()  # each row compiles its own shapes (and stays under the recompile limit)
             if not args.cache_dir:  # else: the given cache, warm from an earlier process (a user's second run)
                 cold_cache(f"{name}_{path}")
         if pure:
-            prepare_fast_kernels(unet, None, **kernels)
-            channels_last = channels_last or fast_norm_installed(unet)  # the latents follow the UNet's layout
-            if "nores" in words:  # fast_norm's GroupNorms without its fused ResnetBlock2D forward (attempt 16)
+            accel = prepare(unet, options)
+            channels_last = channels_last or accel.channels_last  # the latents follow the UNet's layout
+            if "nores" in words:  # fast_norm's GroupNorms without its fused ResnetBlock2D forward
                 uninstall_resnet_forward(unet)
         step = FastStep(make_step(unet, params, opt, acp=acp, autocast_cache=False, channels_last=channels_last,
                                   autocast=not pure or not cuda),
@@ -153,7 +153,8 @@ def run_config(name, spec, unet, params, *, path, batch, ckpt, device, args, acp
         del step, run, opt
         for p in params:
             p.grad = None
-        undo_fast_kernels(unet)
+        if accel is not None:
+            undo(accel)
         if channels_last:  # (the "cl" word without fast_norm)
             unet.to(memory_format=torch.contiguous_format)
         free(device)
@@ -196,6 +197,7 @@ def markdown(result) -> str:
 
 
 def main(argv=None) -> int:
+    invoked(__spec__.name, argv)  # the command line every result records
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="demo-sized UNets (CPU smoke test of the harness)")
     ap.add_argument("--models", default="sd15,sdxl")
@@ -224,7 +226,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-steps", type=int, default=60)
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--device", default=None)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--out", default=default_out())
     ap.add_argument("--tag", default="")
     args = ap.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -240,7 +242,7 @@ def main(argv=None) -> int:
     if args.cache_dir:
         use_cache(args.cache_dir)
     if args.grad_input == "off":
-        import lora_studio.core.training.fast_kernels as fast_kernels
+        import lora_studio.core.accel.fast_kernels as fast_kernels
 
         fast_kernels.GRAD_INPUT_CLASSES = ()
     batches = [int(b) for b in (args.batches or ("1,2" if tiny else "1,4,8")).split(",")]
@@ -279,8 +281,7 @@ def main(argv=None) -> int:
     stem = f"train_step_{'tiny_' if tiny else ''}{card}{args.tag}"
 
     def save():  # after every row, so a run cut short still leaves its numbers
-        (out / f"{stem}.json").write_text(json.dumps(result, indent=1))
-        (out / f"{stem}.md").write_text(markdown(result))
+        save_result(out, stem, result, markdown(result))
 
     acp = alphas_cumprod(device)
     for name in args.models.split(","):

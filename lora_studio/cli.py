@@ -29,10 +29,6 @@ COMMANDS = [
 VERBOSE_HELP = "also show the libraries' own messages: warnings, deprecation notices, loading progress bars"
 
 
-class UserError(Exception):
-    """An error whose message is for the user as it is (no traceback)."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-studio",
@@ -85,8 +81,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         if advice:
             print(f"what to do: {advice}", file=sys.stderr)
-        if __debug__ and "--debug" in (argv or sys.argv):
-            raise
         return 1
 
 

@@ -306,7 +306,7 @@ def save(cfg: TrainingConfig, path: str | Path) -> None:
 
 # ------------------------------------------------------------------------------------------- presets
 # Settings per GPU memory; what does not appear keeps its default. Measured values live in bench/.
-# Peaks measured on an H100 (bench/results/lowmem_h100.md, train_step_h100.md, 2026-11-27): allocated GPU memory
+# Peaks measured on an H100 (bench/results/archive/lowmem_h100.md, train_step_h100.md, 2026-11-27): allocated GPU memory
 # of the whole run at rank 32 with the frozen base in 16-bit, cached latents and text embeddings (encoders off the
 # GPU), eager / fast step. A card also loses ~0.3-0.6 GB to the CUDA context and fragmentation: keep ~1 GB spare.
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {
@@ -331,7 +331,7 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
     },
     "sdxl": {
         # The frozen UNet alone is 4.8 GiB in 16-bit; stored in 8 bits (int8_base) 768 px, rank 4, batch 1 peaks
-        # at 3.29 GiB (bench/results/lowmem_h100_768r4.md): a 4 GB card with little to spare.
+        # at 3.29 GiB (bench/results/archive/lowmem_h100_768r4.md): a 4 GB card with little to spare.
         4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
                 cache_text_embeddings=True, resolution=768, rank=4, int8_base=True),
         # 1024, batch 1, checkpointing, 8-bit base: 4.03 GiB at rank 32 (lowmem_h100_int8engine.md), ~30% slower

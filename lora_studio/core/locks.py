@@ -1,7 +1,7 @@
 """Cross-process locks, so two app windows (or the app and the CLI) never interleave writes.
 
 The lock file lives in the user's cache folder, keyed by the locked folder's real path, so nothing is
-left inside the user's dataset.
+left inside the user's dataset. The locking itself is `filelock`'s (flock on POSIX, msvcrt on Windows).
 """
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import sys
 from pathlib import Path
 from typing import Iterator
+
+from filelock import FileLock
 
 
 def _lock_dir() -> Path:
@@ -29,30 +30,5 @@ def lock_path_for(folder: str | os.PathLike) -> Path:
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock for ``folder`` (blocks until other holders, in any process, let go)."""
-    fh = open(lock_path_for(folder), "a+b")
-    try:
-        if sys.platform == "win32":
-            import msvcrt
-
-            fh.seek(0)
-            while True:
-                try:
-                    msvcrt.locking(fh.fileno(), msvcrt.LK_LOCK, 1)
-                    break
-                except OSError:  # LK_LOCK gives up after ~10 s; keep waiting
-                    continue
-            try:
-                yield
-            finally:
-                fh.seek(0)
-                msvcrt.locking(fh.fileno(), msvcrt.LK_UNLCK, 1)
-        else:
-            import fcntl
-
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-    finally:
-        fh.close()
+    with FileLock(lock_path_for(folder)):
+        yield

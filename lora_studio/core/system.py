@@ -21,7 +21,7 @@ REINSTALL = "run the LoRA Studio installer again (it repairs the environment and
 # torch's CUDA allocator settings for this app, unless the user set their own: growable segments instead of
 # fixed-size ones, so memory freed between the preview's and the trainer's differently sized tensors is not
 # stranded in half-used blocks. On a small card that is the margin (SDXL preview in 8 bits: 5.5 GiB reserved
-# for 4.8 allocated with fixed segments, 5.2 with these; bench/NOTES.md attempt 14). Read when CUDA starts: set before that.
+# for 4.8 allocated with fixed segments, 5.2 with these; bench/NOTES.md). Read when CUDA starts: set before that.
 ALLOCATOR_SETTINGS = "expandable_segments:True"
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from lora_studio.core.dataset import (Dataset, check_image, load_training_image, make_buckets, to_rgb,
                                       validate_dataset)
-from lora_studio.core.dataset.samples import write_bad_images, write_good_images, write_png
+from tests.image_samples import write_bad_images, write_good_images, write_png
 from lora_studio.errors import LoraStudioError
 
 ERRORS = {"unreadable", "truncated", "decompression_bomb"}

@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 
 from lora_testkit import output_and_grads, rel, tiny_unet_with_lora  # noqa: E402
 
-from lora_studio.core.training import fast_block, fast_layernorm  # noqa: E402
+from lora_studio.core.accel import fast_block, fast_layernorm  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 

@@ -15,7 +15,7 @@ pytest.importorskip("triton")
 
 from lora_testkit import rel  # noqa: E402
 
-from lora_studio.core.training.fast_geglu import geglu, reference  # noqa: E402
+from lora_studio.core.accel.fast_geglu import geglu, reference  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 
@@ -51,7 +51,7 @@ def test_a_strided_incoming_gradient_is_read_right():
 def test_install_covers_every_geglu_and_a_cpu_unet_keeps_its_arithmetic():
     from lora_testkit import tiny_unet_with_lora
 
-    from lora_studio.core.training.fast_geglu import install_fast_geglu, installed, uninstall_fast_geglu
+    from lora_studio.core.accel.fast_geglu import install_fast_geglu, installed, uninstall_fast_geglu
 
     unet, params = tiny_unet_with_lora(seed=3)
     x, t, ehs = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 5, 16)
@@ -68,7 +68,7 @@ def test_install_covers_every_geglu_and_a_cpu_unet_keeps_its_arithmetic():
 def test_installed_geglu_trains_a_unet_like_eager(monkeypatch):
     from lora_testkit import output_and_grads, tiny_unet_with_lora
 
-    from lora_studio.core.training.fast_geglu import install_fast_geglu, uninstall_fast_geglu
+    from lora_studio.core.accel.fast_geglu import install_fast_geglu, uninstall_fast_geglu
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)

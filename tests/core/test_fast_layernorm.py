@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 
 from lora_testkit import rel  # noqa: E402
 
-from lora_studio.core.training.fast_layernorm import add_layer_norm, layer_norm  # noqa: E402
+from lora_studio.core.accel.fast_layernorm import add_layer_norm, layer_norm  # noqa: E402
 
 DEVICE = "cuda" if CUDA else "cpu"
 DTYPES = ((torch.float32, 1e-5), (torch.bfloat16, 8e-3), (torch.float16, 1e-3))
@@ -118,7 +118,7 @@ class _OwnNorm(torch.nn.LayerNorm):  # a subclass may compute something else: le
 
 
 def test_install_covers_frozen_layer_norms_and_a_trained_one_falls_back():
-    from lora_studio.core.training.fast_layernorm import (covered, install_fast_layernorm, installed,
+    from lora_studio.core.accel.fast_layernorm import (covered, install_fast_layernorm, installed,
                                                           uninstall_fast_layernorm)
 
     torch.manual_seed(5)

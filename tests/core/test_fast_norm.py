@@ -16,8 +16,8 @@ pytest.importorskip("triton")
 
 from lora_testkit import rel  # noqa: E402
 
-from lora_studio.core.training.fast_kernels import patched  # noqa: E402
-from lora_studio.core.training.fast_norm import (group_norm_nhwc, install_nhwc_group_norm,  # noqa: E402
+from lora_studio.core.accel.fast_kernels import patched  # noqa: E402
+from lora_studio.core.accel.fast_norm import (group_norm_nhwc, install_nhwc_group_norm,  # noqa: E402
                                                  uninstall_nhwc_group_norm)
 
 DEVICE = "cuda" if CUDA else "cpu"
@@ -71,7 +71,7 @@ def test_a_shift_read_with_the_map_is_group_norm_of_the_shifted_map(per_sample):
 
 
 def test_the_residual_kernel_adds_two_maps_and_a_channel_bias_in_one_pass():
-    from lora_studio.core.training import fast_norm
+    from lora_studio.core.accel import fast_norm
 
     g = torch.Generator().manual_seed(6)
     a, b = (torch.randn(2, 300, 5, 3, generator=g).to(DEVICE).contiguous(memory_format=torch.channels_last)
@@ -99,7 +99,7 @@ def test_the_resnet_forward_trains_like_diffusers_through_the_kernels(monkeypatc
     device: on the CPU through Triton's interpreter, with the module paths (CUDA only) taking CPU tensors too."""
     from lora_testkit import output_and_grads, tiny_unet_with_lora
 
-    from lora_studio.core.training import fast_norm
+    from lora_studio.core.accel import fast_norm
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
@@ -182,7 +182,7 @@ class _ConvLayouts(torch.overrides.TorchFunctionMode):
 def test_install_takes_the_plain_resnet_blocks_and_uninstall_gives_them_back():
     from lora_testkit import tiny_unet_with_lora
 
-    from lora_studio.core.training import fast_norm
+    from lora_studio.core.accel import fast_norm
 
     unet, _ = tiny_unet_with_lora(seed=3, device=DEVICE, channels=(32, 64))
     resnets = [m for m in unet.modules() if type(m).__name__ == "ResnetBlock2D"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from lora_testkit import rel, tiny_unet_with_lora
 
-from lora_studio.core.training.fast_kernels import install_fast_lora
-from lora_studio.core.training.fast_proj import install_fast_proj, uninstall_fast_proj
+from lora_studio.core.accel.fast_kernels import install_fast_lora
+from lora_studio.core.accel.fast_proj import install_fast_proj, uninstall_fast_proj
 
 
 def _unet(dtype, linear: bool, targets=("to_q", "to_k", "to_v", "to_out.0"), device="cpu"):
@@ -77,7 +77,7 @@ def test_copy_free_projections_in_bf16_are_as_close_to_fp32_as_diffusers_code(li
 
 
 def test_the_copy_free_path_really_runs(monkeypatch):
-    from lora_studio.core.training import fast_proj
+    from lora_studio.core.accel import fast_proj
 
     unet, params = _unet(torch.float32, linear=False)
     install_fast_proj(unet)

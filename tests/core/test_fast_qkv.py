@@ -6,8 +6,9 @@ import pytest
 import torch
 from lora_testkit import tiny_unet_with_lora
 
-from lora_studio.core.training.fast_kernels import COMPILE_SETS, compile_choice, install_fast_lora
-from lora_studio.core.training.fast_qkv import install_fused_qkv, uninstall_fused_qkv
+from lora_studio.core.accel import compile_choice
+from lora_studio.core.accel.fast_kernels import COMPILE_SETS, install_fast_lora
+from lora_studio.core.accel.fast_qkv import install_fused_qkv, uninstall_fused_qkv
 
 
 def _unet(dtype=torch.float32, seed=0):

@@ -11,7 +11,7 @@ import torch
 from lora_testkit import output_and_grads, tiny_unet_with_lora
 
 from lora_studio.config import TrainingConfig
-from lora_studio.core.training.fast_step import (FastStep, _key, capturable_adamw, capturable_checkpointing,
+from lora_studio.core.accel.graphs import (FastStep, _key, capturable_adamw, capturable_checkpointing,
                                                  fast_path_reason)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_grouped_capturable_adamw_is_plain_adamw_groups_off_cuda():
 def test_schedulers_fill_each_groups_lr_tensor_in_place():
     from diffusers.optimization import get_scheduler
 
-    from lora_studio.core.training.fast_step import _param_groups, tensor_lr_groups
+    from lora_studio.core.accel.graphs import _param_groups, tensor_lr_groups
 
     # What capturable_adamw builds on a GPU, here on the CPU: a tensor LR per group, float initial_lr.
     groups = tensor_lr_groups(_param_groups(_groups(), 5e-3), "cpu")
@@ -205,6 +205,10 @@ def test_bench_harness_smoke(tmp_path):
     assert all(r["ms"] > 0 and r["loss"] == r["loss"] for r in rows.values())
     assert result["setup"]["sd15"]["flops_per_image"] > 0
     assert "| sd15 | engine | 1 |" in next(tmp_path.glob("train_step_tiny_*.md")).read_text()
+    # each result records how to make it again, and on what
+    assert result["provenance"]["command"].startswith("python -m bench.train_step --tiny --device cpu")
+    assert result["provenance"]["card"] == "cpu" and result["provenance"]["date"].endswith("UTC")
+    assert next(tmp_path.glob("train_step_tiny_*.md")).read_text().startswith("Command: `python -m bench.train_step")
 
 
 # ------------------------------------------------------------------------------------------ on a GPU
@@ -271,7 +275,7 @@ def test_uncapturable_step_falls_back_to_eager_on_gpu():
 
 
 def test_host_calls_are_recorded_not_run_and_bookkeeping_keys_dropped():
-    from lora_studio.core.training.fast_step import _HostCalls
+    from lora_studio.core.accel.graphs import _HostCalls
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
@@ -290,7 +294,7 @@ def test_host_calls_are_recorded_not_run_and_bookkeeping_keys_dropped():
 
 
 def test_graphed_forward_installs_and_passes_through_off_cuda():
-    from lora_studio.core.training.fast_step import GraphedForward
+    from lora_studio.core.accel.graphs import GraphedForward
 
     unet, _ = tiny_unet_with_lora()
     x, t, ehs = torch.randn(2, 4, 8, 8), torch.tensor(10), torch.randn(2, 5, 16)
@@ -307,7 +311,7 @@ def test_graphed_forward_installs_and_passes_through_off_cuda():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_graphed_forward_sees_in_place_weight_changes_on_gpu():
-    from lora_studio.core.training.fast_step import GraphedForward
+    from lora_studio.core.accel.graphs import GraphedForward
 
     unet, _ = tiny_unet_with_lora(device="cuda")
     g = GraphedForward(unet).install()
@@ -366,7 +370,7 @@ def _fwd_bwd(unet, params, batch):
 
 
 def test_fast_lora_forward_matches_peft_and_uninstalls():
-    from lora_studio.core.training.fast_kernels import install_fast_lora, uninstall_fast_lora
+    from lora_studio.core.accel.fast_kernels import install_fast_lora, uninstall_fast_lora
 
     unet, params = tiny_unet_with_lora()
     for p in params:
@@ -396,7 +400,7 @@ def test_fast_lora_forward_matches_peft_and_uninstalls():
 def test_fast_lora_skips_dropout_and_disabled_adapters():
     from peft import LoraConfig
 
-    from lora_studio.core.training.fast_kernels import install_fast_lora
+    from lora_studio.core.accel.fast_kernels import install_fast_lora
 
     unet, _ = tiny_unet_with_lora()
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, lora_dropout=0.1, target_modules=["to_k"]), adapter_name="drop")
@@ -405,7 +409,7 @@ def test_fast_lora_skips_dropout_and_disabled_adapters():
 
 
 def test_sdpa_context_names_backends():
-    from lora_studio.core.training.fast_kernels import sdpa_context
+    from lora_studio.core.accel.fast_kernels import sdpa_context
 
     with sdpa_context(None), sdpa_context("auto"), sdpa_context("math"):
         q = torch.randn(1, 2, 4, 8)
@@ -417,7 +421,7 @@ def test_sdpa_context_names_backends():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_fast_kernels_step_stays_close_to_the_autocast_step_on_gpu():
-    from lora_studio.core.training.fast_kernels import install_fast_lora
+    from lora_studio.core.accel.fast_kernels import install_fast_lora
 
     sys.path.insert(0, str(ROOT))
     from bench.steps import alphas_cumprod, make_step
@@ -476,7 +480,7 @@ def test_failed_first_step_runs_the_fallback_then_captures_on_gpu():
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_failed_graphed_capture_leaves_random_draws_working_on_gpu():
-    from lora_studio.core.training.fast_step import GraphedForward
+    from lora_studio.core.accel.graphs import GraphedForward
 
     class Syncs(torch.nn.Module):
         def forward(self, x):
@@ -511,85 +515,80 @@ def test_cudnn_autotuning_follows_the_steps_layout_unless_told():
     assert FastStep(nchw, device="cpu", cudnn_benchmark=False).cudnn_benchmark is False
 
 
-def test_undo_fast_kernels_gives_the_unet_its_own_modules_back():
-    from lora_studio.core.training.fast_kernels import prepare_fast_kernels, undo_fast_kernels
+def test_undo_gives_the_unet_its_own_modules_back():
+    from lora_studio.core.accel import Options, prepare, undo
 
     unet, params = tiny_unet_with_lora(channels=(32, 64), use_linear_projection=True,
                                        targets=("to_q", "to_k", "to_v", "to_out.0"))
     x, t, ehs = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 5, 16)
     want = output_and_grads(unet, params, x, t, ehs)
-    prepare_fast_kernels(unet, None, compile="blocks")
+    accel = prepare(unet, Options.training(compile="blocks"))
 
     def changed():
         return [n for n, m in unet.named_modules() if {"forward", "_fast_lora_name", "_fused_qkv_weight", "_fast_proj"}
                 & m.__dict__.keys() or getattr(m, "_compiled_call_impl", None) is not None]
 
     assert changed()  # (on this CPU at least the LoRA forward, fused q/k/v, projections and compiled blocks)
-    undo_fast_kernels(unet)
+    stats = accel.stats()
+    assert stats["fast_lora"] > 0 and stats["fused_qkv"] > 0 and stats["fast_proj"] > 0
+    assert stats["compiled_modules"] > 0
+    undo(accel)
     assert not changed()
+    assert accel.stats()["fast_lora"] == accel.stats()["compiled_modules"] == 0
     got = output_and_grads(unet, params, x, t, ehs)
     assert torch.equal(got[0], want[0])
 
 
-def test_prepare_fast_kernels_sets_the_step_up_and_its_fallback_undoes_compilation():
-    from lora_studio.core.training.fast_kernels import prepare_fast_kernels
+def test_undo_leaves_what_another_prepare_installed():
+    from lora_studio.core.accel import Options, prepare, undo
 
-    class Step:
-        autocast = True
-        sdpa_backend = None
+    unet, _ = tiny_unet_with_lora(targets=("to_q", "to_k", "to_v", "to_out.0"))
+    kernels = prepare(unet, Options(fast_lora=True, fuse_qkv=True))
+    undo(prepare(unet, Options(graphs=True)))
+    assert kernels.stats()["fast_lora"] > 0 and kernels.stats()["fused_qkv"] > 0
+    assert "forward" not in unet.__dict__  # the forward graphs are gone
+
+
+def test_default_options_change_nothing():
+    from lora_studio.core.accel import Options, prepare
 
     unet, _ = tiny_unet_with_lora()
-    step, warnings = Step(), []
+    accel = prepare(unet, Options())
+    assert accel.autocast is True and accel.channels_last is False and accel.sdpa_backend is None
+    assert not any({"forward", "_fast_lora_name"} & m.__dict__.keys() for m in unet.modules())
+
+
+def test_prepare_records_the_step_settings_and_its_fallback_undoes_compilation():
+    from lora_studio.core.accel import Options, prepare
+
+    unet, params = tiny_unet_with_lora()
+    warnings = []
     benchmark = torch.backends.cudnn.benchmark
-    fallback = prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, compile="blocks", sdpa="cudnn",
-                                    on_warning=warnings.append)
-    assert step.autocast is False and step.sdpa_backend == "cudnn"
+    accel = prepare(unet, Options.training(torch.bfloat16, compile="blocks", sdpa="cudnn",
+                                           on_warning=warnings.append))
+    assert accel.autocast is False and accel.sdpa_backend == "cudnn"
     assert torch.backends.cudnn.benchmark == benchmark  # no process-wide change
     assert any("_fast_lora_name" in m.__dict__ for m in unet.modules())
     compiled = [m for m in unet.modules() if getattr(m, "_compiled_call_impl", None) is not None]
     assert compiled and all(type(m).__name__ == "BasicTransformerBlock" for m in compiled)
-    fallback(RuntimeError("inductor could not build"))
+    step = accel.capture_step(lambda batch: torch.zeros(()), device="cpu", params=params)
+    assert accel.step is step and step.cudnn_benchmark is (not accel.channels_last)
+    step.fallback(RuntimeError("inductor could not build"))
     assert not any(getattr(m, "_compiled_call_impl", None) is not None for m in unet.modules())
+    assert accel.stats()["compiled_modules"] == 0
     assert len(warnings) == 1 and "inductor could not build" in warnings[0]
     with pytest.raises(RuntimeError, match="again"):  # nothing left to undo: the error is the step's own
-        fallback(RuntimeError("again"))
+        step.fallback(RuntimeError("again"))
     # fp32 weights (no mixed precision) keep autocast's path: there is nothing to gain without it
-    step32 = Step()
-    prepare_fast_kernels(unet, step32, weight_dtype=torch.float32)
-    assert step32.autocast is True
-
-
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
-    not CUDA, reason="needs a CUDA GPU")])])
-def test_compiled_blocks_with_the_engines_options_match_eager(device):
-    """The engine's compile options (static shapes, no pattern matcher) must be ones torch.compile accepts,
-    and the compiled blocks must compute what the eager ones do, LoRA gradients included: this UNet's
-    blocks get strided views as input (1x1-conv proj_in), for which inductor's own input gradient was wrong."""
-    from lora_studio.core.training.fast_kernels import COMPILE_OPTIONS, compile_blocks, uncompile_blocks
-
-    torch._dynamo.reset()
-    unet, params = tiny_unet_with_lora(seed=3, device=device)
-    x = torch.randn(1, 4, 8, 8, device=device)
-    t = torch.tensor([500], device=device)
-    text = torch.randn(1, 5, unet.config.cross_attention_dim, device=device)
-
-    eager_out, eager_grads = output_and_grads(unet, params, x, t, text)
-    assert compile_blocks(unet, **COMPILE_OPTIONS) > 0
-    out, grads = output_and_grads(unet, params, x, t, text)
-    uncompile_blocks(unet)
-    # Fused kernels sum in another order (and cuDNN's convolutions use TF32 on the GPU: 1.1e-3 measured on an
-    # H100): compare as whole tensors. The bug this guards against was 5-21% off.
-    tol = 1e-3 if device == "cpu" else 5e-3
-    assert float((out - eager_out).norm() / eager_out.norm()) < tol
-    for g, e in zip(grads, eager_grads):
-        assert float((g - e).norm() / e.norm()) < tol
+    unet32, _ = tiny_unet_with_lora()
+    assert prepare(unet32, Options.training(torch.float32)).autocast is True
 
 
 def test_compiled_blocks_build_one_graph_per_block_shape():
     """The UNet's first transformer block gets an input without gradient (only frozen layers before it), the
     others one with: without `compile_blocks` evening that out, the same block shape compiled twice, forward
     and backward (SDXL: three graphs for two widths, a third of its cold setup)."""
-    from lora_studio.core.training.fast_kernels import compile_blocks, uncompile_blocks
+    from lora_studio.core.accel.fast_kernels import compile_blocks, uncompile_blocks
 
     torch._dynamo.reset()
     graphs = []
@@ -625,34 +624,26 @@ def test_compiled_blocks_build_one_graph_per_block_shape():
 def test_conv_lora_targets_keep_autocast():
     from peft import LoraConfig
 
-    from lora_studio.core.training.fast_kernels import prepare_fast_kernels
-
-    class Step:
-        autocast = True
+    from lora_studio.core.accel import Options, prepare
 
     unet, _ = tiny_unet_with_lora()
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "conv1"]), adapter_name="conv")
     unet.delete_adapters("default")  # only the conv+attention adapter is left
     assert any(type(m).__name__ == "Conv2d" and hasattr(m, "lora_A") for m in unet.modules())
-    step = Step()
-    prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, channels_last=True)
+    accel = prepare(unet, Options.training(torch.bfloat16))
     # peft's conv LoRA would run in fp32 without autocast: the step keeps autocast, and with it NCHW maps
-    assert step.autocast is True and not hasattr(step, "channels_last")
+    assert accel.autocast is True and accel.channels_last is False
     assert next(m for m in unet.modules() if type(m).__name__ == "Conv2d").weight.is_contiguous()
 
 
 def test_channels_last_needs_cuda_and_leaves_a_cpu_unet_alone():
-    from lora_studio.core.training.fast_kernels import prepare_fast_kernels
-    from lora_studio.core.training.fast_norm import installed
-
-    class Step:
-        autocast, channels_last = True, False
+    from lora_studio.core.accel import Options, prepare
+    from lora_studio.core.accel.fast_norm import installed
 
     unet, _ = tiny_unet_with_lora(dtype=torch.bfloat16, targets=("to_q", "to_k", "to_v", "to_out.0"))
-    step = Step()
-    prepare_fast_kernels(unet, step, weight_dtype=torch.bfloat16, channels_last=True)
-    assert step.autocast is False  # the pure step, so channels-last was considered ...
-    assert step.channels_last is False and not installed(unet)  # ... and refused on the CPU: nothing converted
+    accel = prepare(unet, Options.training(torch.bfloat16))
+    assert accel.autocast is False  # the pure step, so channels-last was considered ...
+    assert accel.channels_last is False and not installed(unet)  # ... and refused on the CPU: nothing converted
     assert all(p.is_contiguous() for p in unet.parameters())
 
 
@@ -661,7 +652,7 @@ def _train_recorded(monkeypatch, cfg):
     """``train(cfg)`` with its FastStep (if any), Warning events and dynamo's recompile-limit messages kept."""
     import logging
 
-    import lora_studio.core.training.fast_step as fs
+    import lora_studio.core.accel.graphs as fs
     from lora_studio.core import events as ev
     from lora_studio.core.training import train
 
@@ -723,11 +714,11 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
     inner = step.step_fn
     assert res_f["fast_path"]["replays"] == step.replays and res_e["fast_path"]["active"] is False
     assert res_f["fast_path"]["pure_low_precision"] is (not inner.autocast)
-    assert res_f["fast_path"]["fused_qkv"] > 0  # self-attention q/k/v as one product (prepare_fast_kernels)
+    assert res_f["fast_path"]["fused_qkv"] > 0  # self-attention q/k/v as one product (accel.Options.training)
     # Transformer2DModel's projections without layout copies, where no LoRA wraps them (the recipe's TARGETS do)
     assert (res_f["fast_path"]["fast_proj"] > 0) is bool(targets)
     # the pure step (attention-only LoRA, no text encoder) on CUDA with Triton: channels-last maps (fast_norm),
-    # both families (prepare_fast_kernels' default); the feed-forwards' fused GEGLU on every step
+    # both families (accel.Options.training); the feed-forwards' fused GEGLU on every step
     assert res_f["fast_path"]["channels_last"] is (not inner.autocast)
     assert res_f["fast_path"]["fast_geglu"] > 0
     # LayerNorms on Triton, each transformer block's residual adds inside them (attempt 17)
@@ -754,7 +745,7 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
 def test_int8_base_runs_on_the_fast_path_on_gpu(monkeypatch, tmp_path):
     """int8_base on the GPU: the UNet reaches the device quantised, the captured pure-bf16 step replays on it."""
     from lora_studio.core.training import demo_quality as dq
-    from lora_studio.core.training.int8_base import Int8Linear
+    from lora_studio.core.accel.int8_base import Int8Linear
 
     steps = 12
     kw = dict(max_train_steps=steps, mixed_precision="bf16", gradient_checkpointing=True,

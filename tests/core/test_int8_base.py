@@ -8,9 +8,9 @@ import pytest
 import torch
 from lora_testkit import tiny_unet_with_lora
 
-from lora_studio.core.training.fast_kernels import install_fast_lora
-from lora_studio.core.training.fast_qkv import install_fused_qkv
-from lora_studio.core.training.int8_base import Int8Linear, dequantize, quantize_frozen_linears
+from lora_studio.core.accel.fast_kernels import install_fast_lora
+from lora_studio.core.accel.fast_qkv import install_fused_qkv
+from lora_studio.core.accel.int8_base import Int8Linear, dequantize, quantize_frozen_linears
 
 
 def test_int8_linear_is_the_linear_up_to_rounding_and_passes_gradients():

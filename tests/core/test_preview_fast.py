@@ -220,7 +220,7 @@ def test_int8_unet_fuses_in_eight_bits_and_restores_exactly(files, model):
     a Linear); a slider move rounds snapshot + LoRAs back to int8 in place, so a moved engine draws exactly
     what a fresh one at those weights draws; removing the LoRAs gives back the very int8 weights it started
     with. Images stay close to the full-precision model's (rounding only)."""
-    from lora_studio.core.training.int8_base import Int8Linear
+    from lora_studio.core.accel.int8_base import Int8Linear
 
     weights = {"t": 0.8, "u": -0.5} if model == "demo" else {"xl": 0.7}
     moved = {"t": -0.3, "u": 1.2} if model == "demo" else {"xl": -0.9}
@@ -293,7 +293,7 @@ def test_low_memory_mode_on_gpu_keeps_encoders_and_snapshots_on_the_host(files):
 def test_int8_unet_on_gpu_replays_its_graph_across_slider_moves(files):
     """8 bits on the GPU, with low memory (as on a 6-8 GB card): the slider rewrites the int8 rows in place, so
     the captured UNet graph keeps replaying and draws what a fresh, uncaptured 8-bit engine draws."""
-    from lora_studio.core.training.int8_base import Int8Linear
+    from lora_studio.core.accel.int8_base import Int8Linear
 
     dtype = _default_device_dtype("cuda", None)[1]
 

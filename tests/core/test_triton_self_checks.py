@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from lora_studio.core.training.fast_kernels import triton_available, triton_self_check
+from lora_studio.core.accel.fast_kernels import triton_available, triton_self_check
 
 CUDA = torch.cuda.is_available()
 if not CUDA:
@@ -21,7 +21,7 @@ DEVICE = "cuda" if CUDA else "cpu"
 @pytest.mark.parametrize("name", ["fast_norm", "fast_geglu", "fast_layernorm"])
 def test_each_self_check_passes_and_leaves_the_random_stream_alone(name):
     pytest.importorskip("triton")
-    module = importlib.import_module(f"lora_studio.core.training.{name}")
+    module = importlib.import_module(f"lora_studio.core.accel.{name}")
     module._self_check.cache_clear()
     cpu, cuda = torch.random.get_rng_state(), (torch.cuda.get_rng_state() if CUDA else None)
     assert module.available(DEVICE)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from lora_studio.cli import main
-from lora_studio.core.dataset.samples import write_bad_images, write_good_images
+from tests.image_samples import write_bad_images, write_good_images
 
 REASONS = {
     "unreadable": "not an image", "truncated": "cut short|cannot be decoded", "decompression_bomb": "too large",

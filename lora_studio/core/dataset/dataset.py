@@ -132,39 +132,18 @@ class Dataset:
         return max(counts, key=lambda k: (counts[k], k == SIDECAR)) if counts else "none"
 
     def reload(self) -> None:
-        """Scan the folder again: images, captions and their problems (image validation is separate)."""
-        root = self.root
-        listing: dict[str, dict[str, str]] = {}  # rel dir -> {lower name: real name}
-        images: list[tuple[str, Path]] = []
-        problems: list[Problem] = []
-        metadata: dict[str, cap.MetadataFile] = {}
-        for d, files in walk(root):
-            rel_dir = d.relative_to(root).as_posix()
-            rel_dir = "" if rel_dir == "." else rel_dir
-            listing[rel_dir] = {f.lower(): f for f in files}
-            for f in files:
-                if is_image_name(f):
-                    images.append((posixpath.join(rel_dir, f) if rel_dir else f, d / f))
-                elif f.lower() == METADATA_NAME:
-                    meta = cap.read_metadata(d / f, root)
-                    metadata[rel_dir] = meta
-                    problems += meta.problems
-        images.sort(key=lambda t: natural_key(t[0]))
-        names = {rel for rel, _ in images}
-        for meta in metadata.values():
-            for image_rel, entry in meta.entries.items():
-                if image_rel not in names:
-                    problems.append(Problem(WARNING, "metadata_no_image", meta.rel,
-                                            f"line {entry.line}: no image {image_rel!r} in the dataset; the line is "
-                                            "unused", "fix the file name or remove the line", "metadata"))
+        """Scan the folder again: images, captions and their problems (image validation is separate).
 
+        Caption priority, lowest first: the kohya folder name, the nearest metadata.jsonl that names the image,
+        a sidecar file (``.txt`` before ``.caption``). Conflicts and shared sidecars are warnings, never errors."""
+        root = self.root
+        listing, images, metadata, problems = _scan(root)
         sidecar_counts = {ext: 0 for ext in CAPTION_EXTENSIONS}
         stems_seen: dict[tuple[str, str], str] = {}
         folder_problems_seen: set[tuple[str, str]] = set()
         items = []
         for rel, path in images:
             rel_dir = posixpath.dirname(rel)
-            stem = os.path.splitext(posixpath.basename(rel))[0]
             item = DatasetItem(path=path, name=rel)
             # folder name (lowest priority)
             repeats, folder_caption, _, fproblems = cap.kohya_folder(rel_dir)
@@ -181,49 +160,12 @@ class Dataset:
                 item.caption, item.caption_source, item.caption_path = entry.text, METADATA, meta.path
                 item.caption_stamp = meta.stamp
             # sidecars (highest priority)
-            files = listing.get(rel_dir, {})
-            found = [(ext, files[(stem + ext).lower()]) for ext in CAPTION_EXTENSIONS if (stem + ext).lower() in files]
-            texts = []
-            for ext, fname in found:
-                sidecar = root / rel_dir / fname
-                srel = posixpath.join(rel_dir, fname) if rel_dir else fname
-                text, sproblems = cap.read_sidecar(sidecar, srel)
-                item.problems += sproblems
-                texts.append((srel, text))
-                key = (rel_dir, srel)
-                if key in stems_seen:
-                    item.problems.append(Problem(WARNING, "shared_caption", rel,
-                                                 f"shares its caption file {srel} with {stems_seen[key]}; editing one "
-                                                 "changes both", "rename one of the two images (and give it its own "
-                                                 "caption file)", "caption"))
-                stems_seen[key] = rel
-            if found:
-                ext, fname = found[0]
+            ext = _read_sidecars(item, root, listing.get(rel_dir, {}), entry, meta, stems_seen)
+            if ext is not None:
                 sidecar_counts[ext] += 1
-                srel, text = texts[0]
-                if entry is not None and text is not None and text.strip() != entry.text.strip():
-                    item.problems.append(Problem(WARNING, "caption_conflict", rel,
-                                                 f"{srel} and {meta.rel} line {entry.line} give different captions; "
-                                                 f"{srel} is used", f"remove the caption you don't want", "caption"))
-                if len(texts) > 1 and texts[1][1] is not None and text is not None and texts[1][1].strip() != text.strip():
-                    item.problems.append(Problem(WARNING, "caption_conflict", rel,
-                                                 f"{srel} and {texts[1][0]} give different captions; {srel} is used",
-                                                 f"delete {texts[1][0]} or merge the two", "caption"))
-                item.caption = text if text is not None else ""
-                item.caption_source, item.caption_path = SIDECAR, root / rel_dir / fname
-                item.caption_stamp = cap.stamp(item.caption_path)
             items.append(item)
-
-        root_match = re.match(r"^(\d+)_(.+)$", root.name)
-        if root_match and any(item.caption_source is None for item in items):
-            problems.append(Problem(WARNING, "folder_name", "", f"the dataset folder itself is named like a kohya "
-                                    f"folder ({root.name!r}), but only its subfolders' names are read",
-                                    f"to use repeats {root_match.group(1)} and caption {root_match.group(2)!r}, "
-                                    "choose the folder above it", "folder"))
-        if sidecar_counts[".caption"] > sidecar_counts[".txt"]:
-            self.sidecar_extension = ".caption"
-        else:
-            self.sidecar_extension = ".txt"
+        problems += _root_name_warning(root, items)
+        self.sidecar_extension = ".caption" if sidecar_counts[".caption"] > sidecar_counts[".txt"] else ".txt"
         self.items, self.problems, self.metadata = items, problems, metadata
 
     @staticmethod
@@ -434,3 +376,81 @@ class Dataset:
         """Indices of items whose caption file changed since it was read or written here."""
         return [i for i, item in enumerate(self.items)
                 if item.caption_path is not None and cap.stamp(item.caption_path) != item.caption_stamp]
+
+
+def _scan(root: Path):
+    """(listing: rel dir -> {lower name: real name}, images [(rel, path)] in natural order, metadata files by
+    rel dir, problems of the metadata files, including lines that name no image)."""
+    listing: dict[str, dict[str, str]] = {}
+    images: list[tuple[str, Path]] = []
+    problems: list[Problem] = []
+    metadata: dict[str, cap.MetadataFile] = {}
+    for d, files in walk(root):
+        rel_dir = d.relative_to(root).as_posix()
+        rel_dir = "" if rel_dir == "." else rel_dir
+        listing[rel_dir] = {f.lower(): f for f in files}
+        for f in files:
+            if is_image_name(f):
+                images.append((posixpath.join(rel_dir, f) if rel_dir else f, d / f))
+            elif f.lower() == METADATA_NAME:
+                meta = cap.read_metadata(d / f, root)
+                metadata[rel_dir] = meta
+                problems += meta.problems
+    images.sort(key=lambda t: natural_key(t[0]))
+    names = {rel for rel, _ in images}
+    for meta in metadata.values():
+        for image_rel, entry in meta.entries.items():
+            if image_rel not in names:
+                problems.append(Problem(WARNING, "metadata_no_image", meta.rel,
+                                        f"line {entry.line}: no image {image_rel!r} in the dataset; the line is "
+                                        "unused", "fix the file name or remove the line", "metadata"))
+    return listing, images, metadata, problems
+
+
+def _read_sidecars(item, root: Path, files: dict[str, str], entry, meta, stems_seen: dict) -> str | None:
+    """Give `item` its sidecar caption (the first of CAPTION_EXTENSIONS found) and the sidecars' problems;
+    returns the extension used, or None when the image has no sidecar."""
+    rel = item.name
+    rel_dir = posixpath.dirname(rel)
+    stem = os.path.splitext(posixpath.basename(rel))[0]
+    found = [(ext, files[(stem + ext).lower()]) for ext in CAPTION_EXTENSIONS if (stem + ext).lower() in files]
+    texts = []
+    for ext, fname in found:
+        srel = posixpath.join(rel_dir, fname) if rel_dir else fname
+        text, sproblems = cap.read_sidecar(root / rel_dir / fname, srel)
+        item.problems += sproblems
+        texts.append((srel, text))
+        key = (rel_dir, srel)
+        if key in stems_seen:
+            item.problems.append(Problem(WARNING, "shared_caption", rel,
+                                         f"shares its caption file {srel} with {stems_seen[key]}; editing one "
+                                         "changes both", "rename one of the two images (and give it its own "
+                                         "caption file)", "caption"))
+        stems_seen[key] = rel
+    if not found:
+        return None
+    ext, fname = found[0]
+    srel, text = texts[0]
+    if entry is not None and text is not None and text.strip() != entry.text.strip():
+        item.problems.append(Problem(WARNING, "caption_conflict", rel,
+                                     f"{srel} and {meta.rel} line {entry.line} give different captions; "
+                                     f"{srel} is used", "remove the caption you don't want", "caption"))
+    if len(texts) > 1 and texts[1][1] is not None and text is not None and texts[1][1].strip() != text.strip():
+        item.problems.append(Problem(WARNING, "caption_conflict", rel,
+                                     f"{srel} and {texts[1][0]} give different captions; {srel} is used",
+                                     f"delete {texts[1][0]} or merge the two", "caption"))
+    item.caption = text if text is not None else ""
+    item.caption_source, item.caption_path = SIDECAR, root / rel_dir / fname
+    item.caption_stamp = cap.stamp(item.caption_path)
+    return ext
+
+
+def _root_name_warning(root: Path, items) -> list[Problem]:
+    """A dataset folder named like a kohya folder: its own name is not read (only its subfolders')."""
+    root_match = re.match(r"^(\d+)_(.+)$", root.name)
+    if not root_match or all(item.caption_source is not None for item in items):
+        return []
+    return [Problem(WARNING, "folder_name", "", f"the dataset folder itself is named like a kohya "
+                    f"folder ({root.name!r}), but only its subfolders' names are read",
+                    f"to use repeats {root_match.group(1)} and caption {root_match.group(2)!r}, "
+                    "choose the folder above it", "folder")]

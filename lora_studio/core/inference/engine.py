@@ -26,7 +26,7 @@ snapshots of the LoRA layers' original weights stay in (pinned) system memory, a
 The UNet stays on the GPU, so the denoising loop and its CUDA graph are unchanged.
 
 8-bit UNet (``int8_unet``; on by itself for SDXL on cards under 10 GiB): the UNet's large Linear weights are
-stored as int8 rows with a scale each (`int8_base.PeftInt8Linear`, dequantised inside each forward), SDXL's
+stored as int8 rows with a scale each (`core.accel.int8_base.PeftInt8Linear`, dequantised inside each forward), SDXL's
 UNet 4.8 -> 2.7 GiB. Fusing then writes int8 too: a slider move dequantises each changed layer's snapshot,
 adds the LoRAs and rounds the sum back to int8 in place (the CUDA graph stays valid).
 
@@ -98,10 +98,10 @@ class _Cancelled(Exception):
 
 
 # GPU memory (GiB) under which the preview runs in low-memory mode by itself. Full mode measured on an H100
-# (bench/results/preview_engine_h100_cudnn_on.md, bf16, two LoRAs): SDXL 1024 11.7 GiB allocated, SD 1.5 512 3.0.
+# (bench/results/archive/preview_engine_h100_cudnn_on.md, bf16, two LoRAs): SDXL 1024 11.7 GiB allocated, SD 1.5 512 3.0.
 LOW_MEMORY_BELOW_GIB = {"sdxl": 16.0, "sd": 6.0}
 # An 8-bit UNet for SDXL on 6-8 GB cards: low memory alone peaks at 6.9 GiB allocated, 7.7 reserved (H100,
-# bench/NOTES.md attempt 12), more than an 8 GB card has left beside its CUDA context. SD 1.5's UNet is mostly
+# bench/NOTES.md), more than an 8 GB card has left beside its CUDA context. SD 1.5's UNet is mostly
 # convolutions (8 bits would save 0.25 of its 1.6 GiB): never on by itself.
 INT8_UNET_BELOW_GIB = {"sdxl": 10.0}
 
@@ -166,7 +166,7 @@ class _FusedLayer:
 # A base layer's weight is held by `_base_tensors(base)`: ``(weight,)``, or ``(q, scale)`` for an 8-bit layer.
 # Snapshots are copies of those tensors; the helpers below are the only places that tell the two apart.
 def _is_int8(base) -> bool:
-    from lora_studio.core.training.int8_base import Int8Linear
+    from lora_studio.core.accel.int8_base import Int8Linear
 
     return isinstance(base, Int8Linear)
 
@@ -179,7 +179,7 @@ def _fp32_weight(base, snapshot, device):
     """The snapshot's weight in fp32 on `device`, a fresh tensor (fusing adds to it)."""
     import torch
 
-    from lora_studio.core.training.int8_base import dequantize
+    from lora_studio.core.accel.int8_base import dequantize
 
     if _is_int8(base):
         q, scale = (t.to(device) for t in snapshot)
@@ -245,11 +245,11 @@ class PreviewEngine:
             self.base_loads += 1
         self.pipe = pipe
         if self.int8_unet:
-            from lora_studio.core.training.int8_base import PeftInt8Linear, quantize_frozen_linears
+            from lora_studio.core.accel import Options, prepare
 
             # Each layer quantised on the device it will run on, one 16-bit layer there at a time.
             pipe.unet.requires_grad_(False)  # nothing here trains (a loaded model's weights want gradients)
-            quantize_frozen_linears(pipe.unet, cls=PeftInt8Linear, device=self.device)
+            prepare(pipe.unet, Options(int8=True, int8_peft=True, int8_device=self.device))
         if self.low_memory:
             self._place_low_memory()
         elif staged or self.int8_unet:  # (8 bits: its quantised layers are on the device already)
@@ -269,6 +269,7 @@ class PreviewEngine:
         self.last_apply_s = 0.0
         self.last_apply_layers = 0  # layers whose fused weight the last apply recomputed
         self.graphed = None  # GraphedForward on the UNet (CUDA only)
+        self._graph_accel = None  # what core.accel.prepare installed for it
         self.use_graph(graph)
 
     # ------------------------------------------------------------------ adapters and weights
@@ -285,13 +286,14 @@ class PreviewEngine:
         """Replay the UNet forward from a CUDA graph (on CUDA; elsewhere this does nothing)."""
         import torch
 
-        if self.graphed is not None:
-            self.graphed.uninstall()
-            self.graphed = None
-        if on and str(self.device).startswith("cuda") and torch.cuda.is_available():
-            from lora_studio.core.training.fast_step import GraphedForward
+        from lora_studio.core.accel import Options, prepare, undo
 
-            self.graphed = GraphedForward(self.pipe.unet).install()
+        if self._graph_accel is not None:
+            undo(self._graph_accel)
+            self._graph_accel = self.graphed = None
+        if on and str(self.device).startswith("cuda") and torch.cuda.is_available():
+            self._graph_accel = prepare(self.pipe.unet, Options(graphs=True))
+            self.graphed = self._graph_accel.graphed
 
     def _text_encoders(self) -> list:
         return [m for m in (getattr(self.pipe, "text_encoder", None), getattr(self.pipe, "text_encoder_2", None))

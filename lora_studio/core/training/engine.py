@@ -1,7 +1,8 @@
 """``train(config, emit, stop) -> result``: the one training engine behind the CLI and the Training tab.
 
-The run reads top to bottom as named steps: preflight, accelerator, models, class images, LoRA, data,
-optimizer, resume, loop, save. Every outcome is an event: ``Finished`` once on success (also after a
+The run reads top to bottom as named steps (`_Run.run`): preflight, accelerator, models, class images, LoRA,
+data, optimizer, step (on the fast path: the UNet prepared by `core.accel` and the step captured in CUDA
+graphs), resume, loop, save. Every outcome is an event: ``Finished`` once on success (also after a
 stop, with ``result["stopped"] = True``), ``Failed`` before the exception is re-raised otherwise.
 """
 
@@ -106,6 +107,7 @@ class _Run:
         self.tensorboard = False
         self.params: list | None = None
         self.int8_saved_bytes = 0
+        self.accel = None  # what core.accel changed on the UNet (the fast path)
 
     def emit(self, event) -> None:
         if self.accelerator is None or self.accelerator.is_main_process:
@@ -143,6 +145,7 @@ class _Run:
         self.setup_memory()
         self.prepare_data(examples, class_paths)
         self.make_optimizer()
+        self.make_step()
         start_step, micro = self.restore()
         stopped = self.loop(start_step, micro)
         return self.save_final(stopped, t0, len(class_paths))
@@ -220,11 +223,10 @@ class _Run:
         set_seed(self.config.seed)  # LoRA init (A is random) must not depend on what ran before
         self.params = build_lora(self.models, self.config)
         if self.config.int8_base:
-            from lora_studio.core.training.int8_base import quantize_frozen_linears
+            from lora_studio.core.accel import Options, prepare
 
-            saved = quantize_frozen_linears(self.models.unet)
+            self.int8_saved_bytes = prepare(self.models.unet, Options(int8=True)).int8_saved_bytes
             self.models.unet.to(self.device)  # Module.to keeps the Parameter objects: self.params stays valid
-            self.int8_saved_bytes = saved
 
     def class_images(self) -> list[Path]:
         from lora_studio.core.training.class_images import ensure_class_images
@@ -243,7 +245,7 @@ class _Run:
         return paths
 
     def setup_memory(self):
-        from lora_studio.core.training.fast_step import capturable_checkpointing, fast_path_reason
+        from lora_studio.core.accel.graphs import capturable_checkpointing, fast_path_reason
 
         cfg = self.config
         self.fast_reason = fast_path_reason(cfg, self.device)
@@ -284,13 +286,12 @@ class _Run:
                 (len({e.caption for e in all_examples}) if cache_text else 0)
             self.emit(Started(total_steps=total, phase="cache", description="encoding images and captions once"))
             self.batches.fill_caches(lambda done, todo: self.emit(Progress(step=done, total=todo, phase="cache")))
-        self.epoch_batches = orders[0].batches_per_process
 
     def make_optimizer(self):
+        """The optimizer over the trained modules' LoRA parameters and its LR schedule, through accelerate."""
         from diffusers.optimization import get_scheduler
 
-        from lora_studio.core.training.fast_step import capturable_adamw
-        from lora_studio.core.training.step import TrainingStep
+        from lora_studio.core.accel.graphs import capturable_adamw
 
         cfg, acc, m = self.config, self.accelerator, self.models
         unet_params = [p for p in m.unet.parameters() if p.requires_grad]
@@ -314,28 +315,32 @@ class _Run:
         else:
             optimizer = torch.optim.AdamW(groups, lr=cfg.learning_rate, **kw)
         # One scheduler step per optimizer update on every process: no scaling by the process count.
-        scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                                  num_training_steps=cfg.max_train_steps)
+        self.lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer=optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                          num_training_steps=cfg.max_train_steps)
         trained = [m.unet, *(m.text_encoders if cfg.train_text_encoder else [])]
         prepared = acc.prepare(*trained, optimizer)
-        self.unet, encs, self.optimizer = prepared[0], list(prepared[1:-1]), prepared[-1]
-        text_encoders = encs if cfg.train_text_encoder else m.text_encoders
-        self.lr_scheduler = scheduler
-        step = TrainingStep(acc, self.unet, text_encoders, m, self.optimizer, scheduler, self.params, cfg,
-                            self.weight_dtype)
-        self.step_fn = step
+        self.unet, self.trained_encoders, self.optimizer = prepared[0], list(prepared[1:-1]), prepared[-1]
+
+    def make_step(self):
+        """The training step; on the fast path, on the accelerated UNet and captured in CUDA graphs."""
+        from lora_studio.core.training.step import TrainingStep
+
+        cfg, m = self.config, self.models
+        text_encoders = self.trained_encoders if cfg.train_text_encoder else m.text_encoders
+        warn = lambda msg: self.emit(Warning(msg))  # noqa: E731
         if self.fast_reason is None:
-            from lora_studio.core.training.fast_kernels import compile_choice, prepare_fast_kernels
-            from lora_studio.core.training.fast_step import FastStep
+            from lora_studio.core.accel import Options, compile_choice, prepare
 
             # accelerate wraps the forward in autocast; the fast step decides that itself (pure bf16).
-            step.unet = self.unet = acc.unwrap_model(self.unet, keep_fp32_wrapper=False)
-            fallback = prepare_fast_kernels(self.unet, step, weight_dtype=self.weight_dtype,
-                                            pure=not cfg.train_text_encoder,
-                                            compile=compile_choice(cfg.compile_unet),
-                                            on_warning=lambda msg: self.emit(Warning(msg)))
-            self.step_fn = FastStep(step, device=self.device, params=self.params,
-                                    on_warning=lambda msg: self.emit(Warning(msg)), fallback=fallback)
+            self.unet = self.accelerator.unwrap_model(self.unet, keep_fp32_wrapper=False)
+            self.accel = prepare(self.unet, Options.training(self.weight_dtype, pure=not cfg.train_text_encoder,
+                                                             compile=compile_choice(cfg.compile_unet),
+                                                             on_warning=warn))
+        step = TrainingStep(self.accelerator, self.unet, text_encoders, m, self.optimizer, self.lr_scheduler,
+                            self.params, cfg, self.weight_dtype, accel=self.accel)
+        self.step_fn = step
+        if self.accel is not None:
+            self.step_fn = self.accel.capture_step(step, device=self.device, params=self.params, on_warning=warn)
 
     def restore(self) -> tuple[int, int]:
         from lora_studio.core.training.checkpoint import latest_checkpoint, load_checkpoint
@@ -499,23 +504,10 @@ class _Run:
         return result
 
     def fast_path_stats(self) -> dict[str, Any]:
-        """The CUDA-graph step's record for the result: replays, eager steps, and which kernel changes ran."""
-        from lora_studio.core.training.fast_block import installed as fast_block_count
-        from lora_studio.core.training.fast_geglu import installed as fast_geglu_count
-        from lora_studio.core.training.fast_layernorm import installed as fast_layernorm_count
-        from lora_studio.core.training.fast_step import FastStep
-
-        if not isinstance(getattr(self, "step_fn", None), FastStep):
+        """The fast path's record for the result (`Accel.stats`), or why the run had none."""
+        if self.accel is None:
             return {"active": False, "reason": getattr(self, "fast_reason", None)}
-        inner = self.step_fn.step_fn
-        return {**self.step_fn.stats(), "pure_low_precision": not inner.autocast,
-                "compiled_modules": sum(getattr(m, "_compiled_call_impl", None) is not None
-                                        for m in inner.unet.modules()),
-                "fused_qkv": sum("_fused_qkv_weight" in m.__dict__ for m in inner.unet.modules()),
-                "fast_proj": sum("_fast_proj" in m.__dict__ for m in inner.unet.modules()),
-                "fast_geglu": fast_geglu_count(inner.unet),
-                "fast_layernorm": fast_layernorm_count(inner.unet), "fast_block": fast_block_count(inner.unet),
-                "channels_last": inner.channels_last}
+        return self.accel.stats()
 
     def write_main_file(self, adapter: Path, step: int) -> str:
         """``<output_dir>/<run name>.safetensors``: the kohya layout (LyCORIS' for LoHa / LoKr) with alpha

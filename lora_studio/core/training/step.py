@@ -2,7 +2,7 @@
 
 ``prepare_batch`` (data, VAE, text encoders when frozen, noise, timesteps) runs outside the step, so
 the step itself is a pure function of tensors: forward, loss, backward, clip, optimizer step, zero grad.
-``TrainingStep.__call__(batch) -> loss`` is the contract; ``fast_step.FastStep(step)`` is a drop-in replacement
+``TrainingStep.__call__(batch) -> loss`` is the contract; ``accel.graphs.FastStep(step)`` is a drop-in replacement
 with the same call signature (it captures the step in a CUDA graph, or runs it eagerly where it cannot).
 """
 
@@ -13,7 +13,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import sdpa_context
+from lora_studio.core.accel.fast_kernels import sdpa_context
 from lora_studio.core.training.models import encode_tokens, module_device, tokenize_all
 
 
@@ -30,7 +30,7 @@ class TrainingStep:
     """Loss of one micro-batch, backward, and (at accumulation boundaries) clip + update + zero grad."""
 
     def __init__(self, accelerator, unet, text_encoders, models, optimizer, lr_scheduler, params, config,
-                 weight_dtype):
+                 weight_dtype, accel=None):
         self.accelerator = accelerator
         self.unet = unet
         self.text_encoders = text_encoders  # the (possibly wrapped) encoders; trained only if configured
@@ -43,11 +43,11 @@ class TrainingStep:
         self.prediction_type = models.noise_scheduler.config.prediction_type
         self._empty = None  # the base model's empty-prompt embeddings (preserve_unconditional)
         self._empty_ids = None  # its token ids on the encoders' devices (a captured step cannot copy from the host)
-        # The fast path may turn these on (fast_kernels.prepare_fast_kernels): the UNet forward without autocast
-        # (inputs are cast to weight_dtype below; a pure bf16 step) and a fixed attention backend.
-        self.autocast = True
-        self.sdpa_backend = None
-        self.channels_last = False  # the latents go in channels-last (a channels-last UNet, fast_norm)
+        # What the fast path's `accel.prepare` decided for this UNet: the forward without autocast (inputs cast to
+        # weight_dtype below: a pure bf16 step), channels-last latents (a channels-last UNet), an attention backend.
+        self.autocast = accel.autocast if accel is not None else True
+        self.sdpa_backend = accel.sdpa_backend if accel is not None else None
+        self.channels_last = accel.channels_last if accel is not None else False
 
     # ------------------------------------------------------------------ pieces
     def _conditioning(self, part):

@@ -4,8 +4,8 @@ The frozen base is most of a LoRA run's GPU memory (SDXL's UNet: 4.8 GiB in 16-b
 weight is stored as int8 rows with one scale per output row (symmetric, max-abs / 127) and dequantised to
 the compute dtype inside its forward and backward; nothing extra is saved for the backward (only the int8
 weight it already holds). The LoRA adapters stay in full precision and train exactly as before; only the
-frozen weights they sit on are rounded (per-row relative error <= 1/254). Measured (bench/lowmem.py, H100):
-SDXL 1024 rank 32 batch 1 with checkpointing 6.21 -> 4.03 GiB, the step 1.30x slower.
+frozen weights they sit on are rounded (per-row relative error <= 1/254). The memory saved and the step's
+cost: bench/lowmem.py, bench/NOTES.md.
 
 ``quantize_frozen_linears(unet)`` runs after the LoRA is injected (peft's base layers are swapped too) and
 before the UNet moves to the GPU, so the 16-bit copy never lands there.

@@ -1,11 +1,13 @@
-"""Kernel-level speed-ups of the fast training step (the CUDA graph in `fast_step` removes launches; these
+"""Kernel-level speed-ups of the fast training step (the CUDA graph in `graphs` removes launches; these
 remove memory passes inside the step). Each one is optional, measured in bench/NOTES.md, and leaves the
 arithmetic the same up to bf16 rounding:
 
 - ``install_fast_lora``: peft's LoRA Linear forward without its fp32 input copy, scale and add passes;
 - ``compile_blocks``: regional torch.compile of the UNet's repeated blocks (``COMPILE_SETS``);
 - ``sdpa_context``: a fixed scaled-dot-product-attention backend;
-- ``prepare_fast_kernels``: what the engine turns on for a run, and the fallback if compiling fails.
+- the Triton kernel modules' shared self-check and per-instance forward patching.
+
+`lora_studio.core.accel.prepare` is what turns these on.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from lora_studio.core.training.int8_base import Int8Linear, base_dtype
+from lora_studio.core.accel.int8_base import Int8Linear, base_dtype
 
 SDPA_BACKENDS = ("flash", "cudnn", "efficient", "math")
 
@@ -177,12 +179,17 @@ def install_fast_lora(module) -> int:
     return n
 
 
-def _count_lora_layers(module) -> int:
+def count_lora_layers(module) -> int:
     try:
         from peft.tuners.lora.layer import LoraLayer
     except ImportError:  # pragma: no cover
         return 0
     return sum(1 for sub in module.modules() if isinstance(sub, LoraLayer))
+
+
+def installed_fast_lora(module) -> int:
+    """How many LoRA Linears in `module` run `_fast_lora_linear`."""
+    return sum("_fast_lora_name" in sub.__dict__ for sub in module.modules())
 
 
 def uninstall_fast_lora(module) -> int:
@@ -195,7 +202,7 @@ def uninstall_fast_lora(module) -> int:
     return n
 
 
-# What `compile_blocks` compiles (bench/NOTES.md attempts 8-10): "blocks" = the repeated transformer block
+# What `compile_blocks` compiles: "blocks" = the repeated transformer block
 # (GEGLU, residual adds, norms fused); "blocks_res" + every ResnetBlock2D (GroupNorm + SiLU + the time-embedding
 # add fused around cuDNN's convolutions); "regions" = every Transformer2DModel whole (its GroupNorm and
 # projections too, but all its blocks in one graph: longer compiles) and ResnetBlock2D; "unet" = the whole UNet
@@ -211,10 +218,9 @@ COMPILE_SETS = {
 RECOMPILE_LIMIT = 64
 
 
-# dynamic=False: one graph per bucket shape, like the captured step. Two inductor passes that cost SDXL's cold
-# compile seconds and bought no speed (H100, bench/NOTES.md attempt 12, same machine, SDXL b1 / b4 ms/step):
-# the pattern matcher (~2.8 s; 73.6 / 184.5 either way) and autotuning each pointwise kernel's launch
-# configuration (setup 27.2 -> 22.6 s; 73.6 / 184.7 vs 184.2-184.5).
+# dynamic=False: one graph per bucket shape, like the captured step. Two inductor passes are off: they cost
+# SDXL's cold compile seconds and bought no speed (bench/NOTES.md): the pattern matcher and autotuning each
+# pointwise kernel's launch configuration.
 COMPILE_OPTIONS = {"dynamic": False, "options": {"pattern_matcher": False, "triton.autotune_pointwise": False}}
 
 
@@ -256,13 +262,13 @@ def _block_inputs(compiled: Callable, grad_input: bool) -> Callable:
       as a detached copy that does. The first transformer block of a UNet gets its input from frozen layers
       only (no gradient), every later one from LoRA layers: to dynamo these are two signatures, so the same
       block width was compiled twice, forward and backward (SDXL: three graphs, two of 640 channels). With one
-      signature per width SDXL compiles two (bench/NOTES.md attempt 13). The gradient this computes for the
+      signature per width SDXL compiles two. The gradient this computes for the
       input is dropped with the step's autograd graph.
     - CPU tensors are made contiguous. With a strided view as input (SD 1.5's transformer blocks get
       ``permute(0, 2, 3, 1).reshape(...)`` of the 1x1 proj_in output) inductor's CPU code returned a wrong
       gradient for that input (torch 2.13: 7% off; the LoRA layers upstream of the block then trained on it)
-      while the forward was right. On CUDA the same block was exact (H100, torch 2.11, bench/NOTES.md attempt
-      12), so GPU tensors pass as they are: the copy would cost a pass over the input for nothing.
+      while the forward was right. On CUDA the same block was exact (bench/NOTES.md), so GPU tensors pass
+      as they are: the copy would cost a pass over the input for nothing.
     """
     def fix(t):
         return t.contiguous() if isinstance(t, torch.Tensor) and t.device.type == "cpu" else t
@@ -277,6 +283,11 @@ def _block_inputs(compiled: Callable, grad_input: bool) -> Callable:
     return call
 
 
+def compiled(module) -> int:
+    """How many submodules of `module` run a compiled forward (`compile_blocks`)."""
+    return sum(getattr(sub, "_compiled_call_impl", None) is not None for sub in module.modules())
+
+
 def uncompile_blocks(module) -> int:
     n = 0
     for sub in module.modules():
@@ -284,125 +295,3 @@ def uncompile_blocks(module) -> int:
             sub._compiled_call_impl = None
             n += 1
     return n
-
-
-def channels_last_unet(unet) -> bool:
-    """Make a CUDA UNet channels-last with `fast_norm`'s GroupNorms; False (and nothing changed) without CUDA
-    or Triton, where ATen's GroupNorm would copy every channels-last map to NCHW and back (slower than NCHW)."""
-    from lora_studio.core.training.fast_norm import install_nhwc_group_norm
-
-    p = next(unet.parameters(), None)
-    if p is None or not p.is_cuda or not install_nhwc_group_norm(unet):  # (the install checks its kernels)
-        return False
-    unet.to(memory_format=torch.channels_last)
-    return True
-
-
-def compile_choice(compile_unet: str = "auto") -> str | None:
-    """The `COMPILE_SETS` name the engine compiles for the config's ``compile_unet`` (bench/NOTES.md attempts 8-16).
-
-    H100, one bucket shape, cold compile cache: SDXL b4 205 ms uncompiled -> 187 compiled blocks (~20 s of
-    compile) -> 174 compiling whole regions (152 s of compile); attempt 16's hand-written kernels (channels-last
-    maps with fused GroupNorm + SiLU, fused GEGLU) reach 173.3 ms uncompiled, compiled blocks on top 170.9 ms
-    for 10-30 s of compile. SD 1.5 b8: 54.1 ms uncompiled. So "auto" compiles nothing in either family (the
-    first step starts in seconds); "blocks" / "regions" are there for long runs; the config has already
-    checked the value.
-    """
-    return None if compile_unet in ("auto", "off") else compile_unet
-
-
-def prepare_fast_kernels(unet, step=None, *, weight_dtype=torch.bfloat16, pure: bool = True,
-                         compile: str | None = None, fuse_qkv: bool = True, fast_proj: bool = True,
-                         fast_geglu: bool = True, fast_ln: bool = True, channels_last: bool = True,
-                         sdpa: str | None = None,
-                         on_warning: Callable[[str], None] | None = None) -> Callable[[BaseException], None]:
-    """The fast path's kernel-level speed-ups for a training step; returns FastStep's `fallback`.
-
-    - the LoRA Linear forward without peft's extra passes (`install_fast_lora`);
-    - ``pure``: the step runs without autocast when the frozen UNet is bf16/fp16 (``step.autocast = False``):
-      autocast runs every LayerNorm/GroupNorm in fp32 and casts each activation back for the next matrix
-      product (measured: a third of the elementwise time). Needs a step object with an ``autocast`` flag,
-      and every LoRA layer on the fast forward (Linear, no dropout); otherwise autocast stays;
-    - ``sdpa``: an attention backend for the step (``step.sdpa_backend``);
-    - ``compile``: a `COMPILE_SETS` name ("blocks": the repeated transformer blocks, the engine's
-      ``compile_unet = "blocks"``;
-      setup cost and speed of each in bench/NOTES.md), None: nothing compiled;
-    - ``fuse_qkv``: self-attention's q/k/v and their LoRA A factors as one product each (`fast_qkv`; on in the
-      engine: SDXL b4 186.9 -> 184.5 ms on an H100);
-    - ``fast_proj``: Transformer2DModel's projections in and out of its token layout without layout copies
-      (`fast_proj`; bench/NOTES.md attempt 15);
-    - ``fast_geglu``: the feed-forwards' GEGLU as one Triton kernel forward and one backward where Triton is
-      present (`fast_geglu`; outside compiled blocks, which fuse it themselves; bench/NOTES.md attempt 16);
-    - ``fast_ln``: LayerNorms on Triton kernels, with each transformer block's residual adds inside them
-      (`fast_layernorm`, `fast_block`; attempt 17);
-    - ``channels_last``: with the pure step on CUDA and Triton present, the UNet's feature maps channels-last
-      (cuDNN's layout: no transposes around each convolution) and its GroupNorms on `fast_norm`'s kernels
-      (``step.channels_last``, which a caller without a step object reads from `fast_norm.installed`;
-      SD 1.5 b8 67.9 -> 61.0 ms, SDXL b4 183.9 -> 178.1 on an H100, attempt 15), with each plain ResNet block's
-      GroupNorm + SiLU fused (attempt 16: then SD 1.5 b8 57.7 ms, SDXL b4 177.6 uncompiled, so both families),
-      and then FastStep runs no cuDNN autotuning (`step.channels_last`).
-    Every speed-up is on unless turned off (the engine's choice); `compile_choice` gives the engine's ``compile``.
-    The returned fallback undoes the compilation if the first step fails to build it, and says so.
-    """
-    warn = on_warning or (lambda msg: None)
-    fast = install_fast_lora(unet)
-    # A LoRA layer left on peft's forward (convolutions, dropout, DoRA) would compute in fp32 without
-    # autocast (peft casts its input to the fp32 adapter dtype): such runs keep autocast.
-    pure = (pure and fast == _count_lora_layers(unet) and weight_dtype in (torch.bfloat16, torch.float16)
-            and (step is None or hasattr(step, "autocast")))
-    if pure and step is not None:
-        step.autocast = False
-    if pure and channels_last and (step is None or hasattr(step, "channels_last")):
-        cl = channels_last_unet(unet)
-        if step is not None:
-            step.channels_last = cl
-    if sdpa and step is not None and hasattr(step, "sdpa_backend"):
-        step.sdpa_backend = sdpa
-    if fuse_qkv:
-        from lora_studio.core.training.fast_qkv import install_fused_qkv
-
-        install_fused_qkv(unet)
-    if fast_proj:
-        from lora_studio.core.training.fast_proj import install_fast_proj
-
-        install_fast_proj(unet)
-    if fast_geglu:
-        from lora_studio.core.training.fast_geglu import install_fast_geglu
-
-        install_fast_geglu(unet)
-    if fast_ln:
-        from lora_studio.core.training.fast_block import install_fast_block
-        from lora_studio.core.training.fast_layernorm import install_fast_layernorm
-
-        install_fast_layernorm(unet)
-        install_fast_block(unet)
-    if compile:
-        compile_blocks(unet, COMPILE_SETS[compile], **COMPILE_OPTIONS)
-    # (cuDNN autotuning: FastStep's, around each warm-up and capture of an NCHW step.)
-
-    def fallback(exc: BaseException) -> None:
-        if uncompile_blocks(unet):
-            warn(f"fast path: compiling the UNet's blocks failed ({type(exc).__name__}: "
-                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); they run uncompiled.")
-        else:
-            raise exc
-
-    return fallback
-
-
-def undo_fast_kernels(unet) -> None:
-    """Take back everything `prepare_fast_kernels` did to `unet` (its feature maps NCHW again), e.g. to set up
-    another variant on the same model."""
-    from lora_studio.core.training.fast_block import uninstall_fast_block
-    from lora_studio.core.training.fast_geglu import uninstall_fast_geglu
-    from lora_studio.core.training.fast_layernorm import uninstall_fast_layernorm
-    from lora_studio.core.training.fast_norm import uninstall_nhwc_group_norm
-    from lora_studio.core.training.fast_proj import uninstall_fast_proj
-    from lora_studio.core.training.fast_qkv import uninstall_fused_qkv
-
-    uncompile_blocks(unet)
-    for uninstall in (uninstall_fast_block, uninstall_fast_layernorm, uninstall_fast_geglu, uninstall_fast_proj,
-                      uninstall_fused_qkv, uninstall_fast_lora):
-        uninstall(unet)
-    if uninstall_nhwc_group_norm(unet):
-        unet.to(memory_format=torch.contiguous_format)

@@ -1,10 +1,10 @@
-"""A Transformer2DModel's way in and out of its token layout without layout copies (issue 8).
+"""A Transformer2DModel's way in and out of its token layout without layout copies.
 
 diffusers' Transformer2DModel takes an NCHW feature map, group-normalises it, projects it (a 1x1
 convolution in SD 1.5, a Linear in SDXL), and permutes it to (batch, pixels, channels) tokens with a full
 copy; on the way out it permutes back with another copy, projects, and adds the residual. cuDNN runs a
-1x1 convolution on NCHW bf16 data by transposing its input and output to NHWC. Without these passes SD 1.5's
-b8 step went from 74.2 to 67.7 ms, SDXL's b4 from 183.5 to 181.9 (H100, bench/NOTES.md attempt 15).
+1x1 convolution on NCHW bf16 data by transposing its input and output to NHWC (passes measured in
+bench/NOTES.md).
 
 Here both projections are batched matrix products that read the NCHW map as a transposed view and write
 their result straight in the layout the next layer wants: (batch, pixels, channels) going in, NCHW (plus the
@@ -131,3 +131,8 @@ def uninstall_fast_proj(module) -> int:
             del sub.__dict__["_operate_on_continuous_inputs"], sub.__dict__["_get_output_for_continuous_inputs"]
             n += 1
     return n
+
+
+def installed(module) -> int:
+    """How many Transformer2DModels in `module` take the copy-free way in and out."""
+    return sum("_fast_proj" in sub.__dict__ for sub in module.modules())

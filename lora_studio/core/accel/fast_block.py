@@ -1,12 +1,10 @@
-"""A transformer block's residual adds inside its LayerNorms (issue 8).
+"""A transformer block's residual adds inside its LayerNorms.
 
 diffusers' BasicTransformerBlock (SD 1.5 and SDXL: LayerNorm, self-attention, LayerNorm, cross-attention,
 LayerNorm, feed-forward) adds each sub-layer's output to the residual stream and then normalises the sum:
 one pass writes the sum, the next reads it again; in the backward, the sum's gradient from the norm and the
 one from the next residual are added by a third pass. `fast_layernorm.add_layer_norm` does both in one
-kernel each way. Same arithmetic (the sum is rounded to the activation dtype, then normalised). With
-`fast_layernorm`'s kernels for every norm: SD 1.5 b8 52.5 -> 51.3 ms, SDXL b4 167.1 -> 164.1 ms (H100, same
-run; bench/NOTES.md attempt 17).
+kernel each way. Same arithmetic (the sum is rounded to the activation dtype, then normalised).
 
 Covered: blocks with ``norm_type == "layer_norm"``, plain frozen ``nn.LayerNorm``s, no positional embedding,
 no feed-forward chunking, not cross-attention-only, called with hidden states (3-D) and at most an attention
@@ -18,8 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from lora_studio.core.training import fast_layernorm as fln
-from lora_studio.core.training.fast_kernels import count_patched, install_forward, unpatch
+from lora_studio.core.accel import fast_layernorm as fln
+from lora_studio.core.accel.fast_kernels import count_patched, install_forward, unpatch
 
 
 def _add_norm(a: torch.Tensor, h: torch.Tensor, norm) -> tuple[torch.Tensor, torch.Tensor]:

@@ -218,8 +218,7 @@ class FastStep:
                  cudnn_benchmark: bool | None = None):
         self.step_fn = step_fn
         # cuDNN autotuning in the warm-up and capture: None = for NCHW steps only. On channels-last maps it
-        # picked nothing faster and cost the first step seconds (H100, attempt 16: SD 1.5 b8 55.1 ms either
-        # way, SDXL b4 177.0 / 176.9 ms, SDXL's first step 9.3 vs 1.6 s).
+        # picked nothing faster and cost the first step seconds (bench/NOTES.md).
         self.cudnn_benchmark = (not getattr(step_fn, "channels_last", False) if cudnn_benchmark is None
                                 else cudnn_benchmark)
         # Called once if the first warm-up step raises (not out of memory): it undoes an optional speed-up

@@ -1,12 +1,12 @@
-"""Self-attention's q/k/v as one matrix product, their LoRA A factors as another (issue 8).
+"""Self-attention's q/k/v as one matrix product, their LoRA A factors as another.
 
 In a UNet's self-attention the three projections read the same input. diffusers runs them as three
 products with N = C (and, with LoRA, three more of rank r, then three adds of the adapter outputs); the
 backward sums three input gradients with two more passes. Here the frozen weights are concatenated into
 one (3C, C) tensor — the three Linear weights become views into it, so no memory is added — and the three
 A factors into one (3r, C) product, the three B into one block-diagonal product added in place. Same
-arithmetic up to rounding; on an H100 it took SDXL b4 from 186.9 to 184.5 ms (compiled blocks) and SD 1.5 b8 from 74.9 to
-74.4 ms (bench/NOTES.md attempt 11), so the engine's fast path turns it on (`prepare_fast_kernels(fuse_qkv=True)`).
+arithmetic up to rounding; faster in both families (bench/NOTES.md), so the engine's fast path turns it on
+(`accel.Options.training`).
 
 Covered: self-attention (no encoder states, no mask, 3-D input, no group/spatial/q/k norms) whose to_q /
 to_k / to_v all run `fast_kernels`' LoRA forward with the same adapter and rank, on bias-free Linears of one
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import compute_dtype, fast_lora_ready, scaled_b
+from lora_studio.core.accel.fast_kernels import compute_dtype, fast_lora_ready, scaled_b
 
 
 def _qkv(attn, x: torch.Tensor):
@@ -32,9 +32,8 @@ def _qkv(attn, x: torch.Tensor):
     a = torch.cat([layer.lora_A[layer._fast_lora_name].weight for layer in layers]).to(dtype)  # (3r, C)
     # the three B factors as one block-diagonal (3C, 3r) matrix: the adapters' outputs are added in place to
     # the (tokens, 3C) product, and q / k / v are column blocks of it. (Three batched products over a
-    # (3, tokens, C) view cost a copy of that view forward and two layout copies backward: 0.76 ms of copies
-    # plus a 0.72 ms stack in SD 1.5's b8 step, profile of attempt 17; the zero blocks cost far less: rank x 3
-    # is still a thin product.)
+    # (3, tokens, C) view cost a copy of that view forward and two layout copies backward plus a stack; the
+    # zero blocks cost far less: rank x 3 is still a thin product.)
     b = torch.block_diag(*(scaled_b(layer) for layer in layers)).to(dtype)
     c = fused.shape[0] // 3
     x2 = x.reshape(-1, fused.shape[1])
@@ -110,3 +109,8 @@ def uninstall_fused_qkv(module) -> int:
             del sub.__dict__["_fused_qkv_weight"]
             n += 1
     return n
+
+
+def installed(module) -> int:
+    """How many attentions in `module` run q/k/v fused."""
+    return sum("_fused_qkv_weight" in sub.__dict__ for sub in module.modules())

@@ -1,7 +1,7 @@
-"""GroupNorm on channels-last feature maps without layout copies (issue 8, bench/NOTES.md attempts 15-16).
+"""GroupNorm on channels-last feature maps without layout copies.
 
 cuDNN runs a UNet's bf16 convolutions in NHWC. On NCHW activations it transposes every input and output
-(SD 1.5 b8 on an H100: 200 transposes, 8 ms of a 68 ms step). Channels-last activations would remove them,
+(hundreds of transposes a step, bench/NOTES.md). Channels-last activations would remove them,
 but ATen's CUDA GroupNorm only works on NCHW and copies a channels-last input to NCHW and back, which made
 the channels-last step slower than the NCHW one. These Triton kernels normalise the (batch, pixels,
 channels) memory as it lies: per tile of pixels x channels a partial mean and sum of squared deviations,
@@ -12,10 +12,9 @@ combine, one pass for dx. The frozen weight and bias get no gradient (LoRA never
 `install_nhwc_group_norm` gives a module's GroupNorms this path for channels-last CUDA inputs whose affine
 parameters are frozen; anything else runs ATen's GroupNorm. It also gives each plain ResnetBlock2D a forward
 that applies the SiLU after each of its norms inside the same kernels (a pass over the map saved forward and
-backward, and the norm's output no longer kept) and keeps its shortcut channels-last (attempt 16: SD 1.5 b8
-61.1 -> 57.7 ms on an H100), and adds its frozen convolutions' biases and the time embedding inside the norm
-and residual kernels instead of in passes of their own (attempt 17: with fast_qkv's copies removed in the same
-change, SD 1.5 b8 54.6 -> 52.5 ms, H100, two calls). Needs Triton (shipped with torch's CUDA builds on Linux).
+backward, and the norm's output no longer kept) and keeps its shortcut channels-last, and adds its frozen
+convolutions' biases and the time embedding inside the norm and residual kernels instead of in passes of
+their own. Needs Triton (shipped with torch's CUDA builds on Linux).
 """
 
 from __future__ import annotations
@@ -25,13 +24,12 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import (count_patched, install_forward, triton_available,
+from lora_studio.core.accel.fast_kernels import (count_patched, install_forward, triton_available,
                                                      triton_self_check, unpatch)
 
 BLOCK_P = 64  # pixels per tile
 BLOCK_C = 64  # channels per tile
-# warps per program: 8 on these 64 x 64 tiles made one step's GroupNorms 5.0 -> 4.5 ms (SD 1.5 b8) and
-# 8.1 -> 7.1 ms (SDXL b4); larger tiles were slower (H100, bench/kernel_tiles.py, attempt 17)
+# warps per program: the best of the settings bench/kernel_tiles.py sweeps (larger tiles were slower)
 WARPS = 8
 
 
@@ -71,13 +69,18 @@ def _kernels():
     # Sizes and the GRAD / SILU switches stay runtime values, so one compiled kernel serves forward and
     # backward, with and without SiLU, at every size: a fresh install compiles each kernel once per dtype
     # (the combine once per group width) instead of per variant. Triton's default specialises on integer
-    # arguments (divisible by 16, equal to 1): with that and constexpr switches a fresh install's first SD 1.5
-    # step took 27-31 s instead of 0.6 (H100, attempts 15-16; the variants are cached on disk afterwards).
+    # arguments (divisible by 16, equal to 1): with that and constexpr switches a fresh install's first step
+    # took tens of seconds instead of under one (the variants are cached on disk afterwards).
     # (NBLK, the combine's loop count, stays a constant: Triton's interpreter, which the CPU tests use, cannot
     # loop over a runtime count; it takes one to three values in SD 1.5 and SDXL.)
-    sizes = ["P", "C", "NP", "G", "CG", "GRAD", "SILU", "SHIFT"]
+    return (triton, _tile_moments_kernel(triton, tl), _group_combine_kernel(triton, tl), *_apply_kernels(triton, tl))
 
-    @triton.jit(do_not_specialize=sizes)
+
+_SIZES = ["P", "C", "NP", "G", "CG", "GRAD", "SILU", "SHIFT"]  # runtime (unspecialised) kernel arguments
+
+
+def _tile_moments_kernel(triton, tl):
+    @triton.jit(do_not_specialize=_SIZES)
     def tile_moments(X, S, DY, MEAN, RSTD, W, B_, OUT1, OUT2, P, C, NP, G, CG, GRAD, SILU, SHIFT,
                      BP: tl.constexpr, BC: tl.constexpr):
         # forward (GRAD False): per channel of the tile, mean and sum of squared deviations of x;
@@ -118,7 +121,11 @@ def _kernels():
         tl.store(OUT1 + out, s1, mask=cmask)
         tl.store(OUT2 + out, s2, mask=cmask)
 
-    @triton.jit(do_not_specialize=sizes)
+    return tile_moments
+
+
+def _group_combine_kernel(triton, tl):
+    @triton.jit(do_not_specialize=_SIZES)
     def group_combine(IN1, IN2, W, OUT1, OUT2, P, C, NP, G, CG, eps, GRAD, BP: tl.constexpr,
                       BN: tl.constexpr, BG: tl.constexpr, NBLK: tl.constexpr):
         # one program per (sample, group). Forward: Chan's combination of the tiles' means / squared
@@ -162,7 +169,11 @@ def _kernels():
             tl.store(OUT1 + pid, mean)
             tl.store(OUT2 + pid, 1.0 / tl.sqrt(var + eps))
 
-    @triton.jit(do_not_specialize=sizes)
+    return group_combine
+
+
+def _apply_kernels(triton, tl):
+    @triton.jit(do_not_specialize=_SIZES)
     def apply(X, S, DY, Y, W, B_, MEAN, RSTD, C1, C2, P, C, NP, G, CG, GRAD, SILU, SHIFT,
               BP: tl.constexpr, BC: tl.constexpr):
         # forward: y = x_hat * w + b (SILU: silu of it); backward: dx = rstd * (w * dy - c1 - x_hat * c2).
@@ -209,7 +220,7 @@ def _kernels():
         out += tl.load(BIAS + cols, mask=cmask, other=0.0)[None, :]
         tl.store(OUT + offs, out.to(OUT.dtype.element_ty), mask=mask)
 
-    return triton, tile_moments, group_combine, apply, residual
+    return apply, residual
 
 
 def _launch(x, dy, weight, bias, groups, eps, stats=None, silu=False, shift=None):

@@ -1,9 +1,8 @@
-"""The transformer blocks' LayerNorms in one pass forward and one backward (issue 8).
+"""The transformer blocks' LayerNorms in one pass forward and one backward.
 
 Each diffusers BasicTransformerBlock normalises its tokens three times (norm1/norm2/norm3: ``nn.LayerNorm``
 over the channels, affine, eps 1e-5), and LoRA training never trains their weight and bias. ATen's bf16
-LayerNorm on SD 1.5's (8, 4096, 320) runs at about 0.8 TB/s forward and 1.6 TB/s backward on an H100, far
-from the card's bandwidth, and its backward also reduces the weight's and bias's gradients that nobody wants.
+LayerNorm runs far below the card's memory bandwidth (bench/NOTES.md), and its backward also reduces the weight's and bias's gradients that nobody wants.
 Here one Triton program normalises a tile of whole rows held in registers: float32 mean and a two-pass
 variance over the loaded row, the output in the input's dtype, and each row's mean and 1/std kept (float32)
 for the backward. The backward reads the input and the incoming gradient once and writes the input's
@@ -25,15 +24,13 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import (count_patched, install_forward, triton_available,
+from lora_studio.core.accel.fast_kernels import (count_patched, install_forward, triton_available,
                                                      triton_self_check, unpatch)
 
 # A program holds whole rows in registers: BLOCK_M = TILE // BLOCK_C rows (at least one) of BLOCK_C =
 # next_pow2(C) columns, masked; WARPS warps up to BLOCK_C = WIDE, WIDE_WARPS beyond it (one row a program).
-# 16 elements a thread: with 32, ptxas gave the backward 113 registers (sm_90, SD 1.5's 320 channels), a
-# quarter of the card's warps resident; with 16, 64. Of six settings timed on an H100 (bench/kernel_tiles.py,
-# attempt 17) 2048 elements / 4 warps was best: one step's norms 1.59 ms (SD 1.5 b8), 7.21 ms (SDXL b4),
-# against 1.63 / 7.34 with 4096 / 8.
+# 16 elements a thread keeps the backward's register use low enough for most of the card's warps to stay
+# resident; TILE / WARPS are the best of the settings bench/kernel_tiles.py sweeps (figures in bench/NOTES.md).
 TILE = 2048
 WARPS = 4
 WIDE_WARPS, WIDE = 16, 4096

@@ -1,4 +1,4 @@
-"""The feed-forward's GEGLU in one pass forward and one backward (issue 8, bench/NOTES.md attempt 16).
+"""The feed-forward's GEGLU in one pass forward and one backward.
 
 Every transformer block's feed-forward starts with GEGLU: a Linear to twice the inner width, then
 ``a * gelu(g)`` on the two halves. Eagerly that is a GELU kernel, a multiply, and in the backward two
@@ -6,8 +6,8 @@ multiplies, GELU's backward and a ``cat`` of the halves' gradients: each reads o
 activation (SDXL b4: 60 blocks at 4096 tokens x 10240 channels). One Triton kernel reads the projection's
 output once and writes the product; the backward reads it and the incoming gradient once and writes the
 projection's gradient in place of the ``cat``. GELU is the exact (erf) form diffusers uses, in float32.
-Only the projection's output is saved for the backward (eager autograd also keeps ``gelu(g)``).
-Measured on an H100 (same run): SD 1.5 b8 57.7 -> 54.9 ms per step, peak memory 7.27 -> 6.59 GiB.
+Only the projection's output is saved for the backward (eager autograd also keeps ``gelu(g)``): less time
+and less peak memory per step (bench/NOTES.md).
 
 `install_fast_geglu` gives a module's diffusers GEGLUs this path for contiguous CUDA outputs outside a
 compiled region (inductor fuses those itself); anything else runs diffusers' own forward.
@@ -20,11 +20,11 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from lora_studio.core.training.fast_kernels import (count_patched, install_forward, triton_available,
+from lora_studio.core.accel.fast_kernels import (count_patched, install_forward, triton_available,
                                                      triton_self_check, unpatch)
 
 BLOCK_R, BLOCK_D = 4, 256  # rows x output columns per program (SD's feed-forward widths are multiples of 256)
-WARPS = 4  # (the best of six settings swept by bench/kernel_tiles.py on an H100, attempt 17)
+WARPS = 4  # (the best of the settings bench/kernel_tiles.py sweeps)
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -62,7 +62,7 @@ def _kernels():
 
     # Sizes stay runtime values (no variant per feed-forward width; see fast_norm). Tiles of rows x columns:
     # a flat index would need a 64-bit division per element to find its row, which made the first version
-    # run at about half the card's memory bandwidth (attempt 16's profile).
+    # run at about half the card's memory bandwidth.
     @triton.jit(do_not_specialize=["rows", "d"])
     def forward(H, OUT, rows, d, BR: tl.constexpr, BD: tl.constexpr):
         r = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)
