@@ -1,6 +1,6 @@
 """Several GPUs through the app's own launcher: one process vs N processes, images per second.
 
-    python bench/multi_gpu_launcher.py --out DIR [--processes 2] [--steps 200] [--batch 4] [--tiny]
+    python -m bench.multi_gpu_launcher --out DIR [--processes 2] [--steps 200] [--batch 4] [--tiny]
 
 Both runs go through `lora-studio train CONFIG --processes K` exactly as a user runs it (K = 1 trains in-process).
 The model is SD 1.5's full-size UNet with random weights (same FLOPs as the real one, no download) behind the
@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from bench import models as M  # noqa: E402
-from lora_studio.config import TrainingConfig, save  # noqa: E402
-from lora_studio.core import events as ev  # noqa: E402
+from bench import models as M
+from lora_studio.config import TrainingConfig, save
+from lora_studio.core import events as ev
 
 
 def build_model(folder: Path) -> Path:
