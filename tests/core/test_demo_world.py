@@ -13,7 +13,7 @@ from lora_studio.core.demo import demo_dataset_path, demo_model_path
 from lora_studio.core.demo import renderer
 from lora_studio.core.demo.build import build_pipeline, make_tokenizer
 from lora_studio.core.demo.judge import Judge, parse_prompt
-from lora_studio.core.demo.train_world import eval_prompts, judge_accuracy, judge_data
+from tools.train_world import eval_prompts, judge_accuracy, judge_data
 
 SEED_HELDOUT = 40  # a renderer stream no training run used (train_world uses 10, 20, 30)
 
