@@ -179,7 +179,8 @@ def main(argv=None) -> int:
     if args.only:
         configs = [c for c in configs if c["name"] in args.only]
     if args.train_seeds:
-        configs = [dict(c, name=f"{c['name']}_s{k}", seed=k) for k in range(args.train_seeds) for c in configs]
+        # config by config, so a sweep cut short has every seed of the first configs
+        configs = [dict(c, name=f"{c['name']}_s{k}", seed=k) for c in configs for k in range(args.train_seeds)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []

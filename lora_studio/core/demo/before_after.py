@@ -24,7 +24,7 @@ def before_after(images: dict, scores: dict, continuous: dict, line: str):
     """``images`` by score name (``subject_at_0.5``, ``class_prompt_subject_at_1``) -> one labelled PIL image."""
     from PIL import Image, ImageDraw
 
-    from lora_studio.core.inference.engine import draw_text, label_font, labelled_grid
+    from lora_studio.core.inference.engine import draw_text, label_font, labelled_grid, text_width
 
     def cells(key):
         return [im.convert("RGB").resize((CELL, CELL), Image.Resampling.BICUBIC) for im in images[key][:SEEDS]]
@@ -42,7 +42,7 @@ def before_after(images: dict, scores: dict, continuous: dict, line: str):
     grid = labelled_grid(rows, [f"seed {s}" for s in range(len(rows[0][1]))], pad=6, font=font)
     title_font = label_font(20)
     head = int(title_font.size * 2)
-    out = Image.new("RGB", (grid.width, grid.height + head), "white")
+    out = Image.new("RGB", (max(grid.width, text_width(line, title_font) + 12), grid.height + head), "white")
     out.paste(grid, (0, head))
     colour = (20, 120, 40) if line.startswith("PASSED") else (180, 30, 30)
     draw_text(ImageDraw.Draw(out), (6, head // 4), line, title_font, fill=colour)
