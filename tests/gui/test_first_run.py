@@ -9,8 +9,8 @@ from PySide6.QtCore import Qt
 from lora_studio.core.demo.recipe import BARS, recipe_config
 
 
-def _first_run_window(make_window, tmp_path):
-    window = make_window(first_run=True)  # the first start opens the demo (MainWindow.open_demo)
+def _first_run_window(make_window, tmp_path, **kw):
+    window = make_window(first_run=True, **kw)  # the first start opens the demo (MainWindow.open_demo)
     tab = window.training_tab
     # Outputs under tmp_path instead of ~/lora-studio-runs; nothing else is touched.
     tab.form.set_values({"output_dir": str(tmp_path / "lora"), "class_data_dir": str(tmp_path / "class_images")})
@@ -33,7 +33,8 @@ def test_first_run_training_learns_the_subject(qtbot, make_window, tmp_path):
 
     from lora_studio.core.demo.quality import judge_adapter
 
-    window, tab = _first_run_window(make_window, tmp_path)
+    window, tab = _first_run_window(make_window, tmp_path, probe_gpu=True)
+    # the app warms torch/diffusers imports on its start-up thread; a run starts after that, as for a user
     qtbot.waitUntil(lambda: window.gpu_label.text().startswith(("CPU", "GPU")), timeout=120000)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as `lora-studio demo` trains on a CPU, so the shipped seed's numbers apply
