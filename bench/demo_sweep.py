@@ -1,6 +1,7 @@
 """Sweep judged LoRA recipes on the demo models: many configs as parallel one-thread CPU processes.
 
     python -m bench.demo_sweep --grid subject1 --parallel 14 --out bench/results/demo_sweep_subject1.json
+    python -m bench.demo_sweep --grid seeds23 --train-seeds 5 --device cuda --parallel 16 --out OUT.json
 
 Each config is ``{"name", "kind", "model", <TrainingConfig overrides>}``, trained and judged by
 ``lora_studio.core.demo.quality.train_and_judge`` (one torch thread, CUDA hidden, so a
@@ -95,19 +96,24 @@ def _grid(name: str) -> list[dict]:
             dict(w6, name="xl_subject_te", model="demo-xl"),
             dict(z, name="xl_style_nosnr", model="demo-xl", snr_gamma=0.0),
         ]
-    if name == "seeds23":  # issue 23: the seed spread of the shipped recipe, then levers that cost no time
-        xs = dict(kind="subject", model="demo-xl")
-        return [
-            dict(s, name="demo_base"),
-            dict(xs, name="xl_base"),
-            dict(s, name="demo_telr3e-3", text_encoder_lr=3e-3),
-            dict(s, name="demo_plw0.5", prior_loss_weight=0.5),
-            dict(s, name="demo_r16", rank=16),
-            dict(s, name="demo_lr3e-3_telr3e-3", learning_rate=3e-3, text_encoder_lr=3e-3),
-            dict(xs, name="xl_telr3e-3", text_encoder_lr=3e-3),
-            dict(xs, name="xl_plw0.5", prior_loss_weight=0.5),
-        ]
+    if name == "seeds23":
+        return _seeds23(s)
     raise SystemExit(f"unknown grid {name!r}")
+
+
+def _seeds23(s: dict) -> list[dict]:
+    """Issue 23: the seed spread of the shipped recipe, then levers that cost no training time."""
+    xs = dict(kind="subject", model="demo-xl")
+    return [
+        dict(s, name="demo_base"),
+        dict(xs, name="xl_base"),
+        dict(s, name="demo_telr3e-3", text_encoder_lr=3e-3),
+        dict(s, name="demo_plw0.5", prior_loss_weight=0.5),
+        dict(s, name="demo_r16", rank=16),
+        dict(s, name="demo_lr3e-3_telr3e-3", learning_rate=3e-3, text_encoder_lr=3e-3),
+        dict(xs, name="xl_telr3e-3", text_encoder_lr=3e-3),
+        dict(xs, name="xl_plw0.5", prior_loss_weight=0.5),
+    ]
 
 
 def _one(config: dict, guidances: list[float], seeds: int, work: str, device: str = "cpu") -> dict:
