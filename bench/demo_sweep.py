@@ -1,9 +1,10 @@
 """Sweep judged LoRA recipes on the demo models: many configs as parallel one-thread CPU processes.
 
     python -m bench.demo_sweep --grid subject1 --parallel 14 --out bench/results/demo_sweep_subject1.json
+    python -m bench.demo_sweep --grid seeds23 --train-seeds 5 --device cuda --parallel 16 --out OUT.json
 
 Each config is ``{"name", "kind", "model", <TrainingConfig overrides>}``, trained and judged by
-``lora_studio.core.training.demo_quality.train_and_judge`` (one torch thread, CUDA hidden, so a
+``lora_studio.core.demo.quality.train_and_judge`` (one torch thread, CUDA hidden, so a
 16-core box reproduces this 2-core CPU's numerics config by config). ``--guidance 7.5 5`` judges the
 same adapter at several guidance scales (the first is the recipe's). Results are written after every
 finished config (JSON + a Markdown table next to it), so a run cut short keeps what it finished.
@@ -95,16 +96,34 @@ def _grid(name: str) -> list[dict]:
             dict(w6, name="xl_subject_te", model="demo-xl"),
             dict(z, name="xl_style_nosnr", model="demo-xl", snr_gamma=0.0),
         ]
+    if name == "seeds23":
+        return _seeds23(s)
     raise SystemExit(f"unknown grid {name!r}")
 
 
-def _one(config: dict, guidances: list[float], seeds: int, work: str) -> dict:
-    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+def _seeds23(s: dict) -> list[dict]:
+    """Issue 23: the seed spread of the shipped recipe, then levers that cost no training time."""
+    xs = dict(kind="subject", model="demo-xl")
+    return [
+        dict(s, name="demo_base"),
+        dict(xs, name="xl_base"),
+        dict(s, name="demo_telr3e-3", text_encoder_lr=3e-3),
+        dict(s, name="demo_plw0.5", prior_loss_weight=0.5),
+        dict(s, name="demo_r16", rank=16),
+        dict(s, name="demo_lr3e-3_telr3e-3", learning_rate=3e-3, text_encoder_lr=3e-3),
+        dict(xs, name="xl_telr3e-3", text_encoder_lr=3e-3),
+        dict(xs, name="xl_plw0.5", prior_loss_weight=0.5),
+    ]
+
+
+def _one(config: dict, guidances: list[float], seeds: int, work: str, device: str = "cpu") -> dict:
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     torch.set_num_threads(1)
-    from lora_studio.core.training.demo_quality import judge_adapter, train_and_judge
+    from lora_studio.core.demo.quality import judge_adapter, train_and_judge
 
     cfg = dict(config)
     name, kind, model = cfg.pop("name"), cfg.pop("kind"), cfg.pop("model")
@@ -119,6 +138,17 @@ def _one(config: dict, guidances: list[float], seeds: int, work: str) -> dict:
         report["by_guidance"][f"{g:g}"] = extra["scores"]
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     return report
+
+
+def _card(device: str) -> str:
+    if device == "cpu":
+        import platform
+
+        return platform.processor() or platform.machine()
+    import subprocess
+
+    return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                          text=True).stdout.strip()
 
 
 def _markdown(results: list[dict]) -> str:
@@ -144,22 +174,29 @@ def main(argv=None) -> int:
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=16)
     ap.add_argument("--guidance", type=float, nargs="+", default=[7.5])
+    ap.add_argument("--train-seeds", type=int, default=0,
+                    help="run every config with training seeds 0..N-1 (names get _sN)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cpu hides CUDA (one thread per run); cuda trains and judges on the GPU (fast path)")
     ap.add_argument("--work", default="/tmp/demo_sweep")
     ap.add_argument("--out", required=True, help="results .json (a .md table is written beside it)")
     args = ap.parse_args(argv)
     configs = _grid(args.grid) if args.grid else json.loads(Path(args.configs).read_text())
     if args.only:
         configs = [c for c in configs if c["name"] in args.only]
+    if args.train_seeds:
+        # config by config, so a sweep cut short has every seed of the first configs
+        configs = [dict(c, name=f"{c['name']}_s{k}", seed=k) for c in configs for k in range(args.train_seeds)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
-    meta = {"grid": args.grid, "seeds": args.seeds, "guidance": args.guidance, "parallel": args.parallel,
+    meta = {"grid": args.grid, "device": args.device, "card": _card(args.device), "seeds": args.seeds, "guidance": args.guidance, "parallel": args.parallel,
             "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     import multiprocessing as mp
 
     with ProcessPoolExecutor(max_workers=args.parallel, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_one, c, args.guidance, args.seeds, args.work): c for c in configs}
+        futures = {pool.submit(_one, c, args.guidance, args.seeds, args.work, args.device): c for c in configs}
         for fut in as_completed(futures):
             c = futures[fut]
             try:

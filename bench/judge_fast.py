@@ -3,7 +3,7 @@
     python -m bench.judge_fast [--recipes subject:demo style:demo style:demo-xl subject:demo-xl] [--seeds 3]
                                [--precisions bf16] [--parallel 8] [--judge-seeds 16] [--out bench/results]
 
-For each judged recipe (``demo_quality.RECIPES``), training seed 0..K-1 and precision, it runs
+For each judged recipe (``core/demo/recipe.py``), training seed 0..K-1 and precision, it runs
 ``train_and_judge`` twice on the GPU: ``fast_path`` on (captured step) and off (eager), judged by the same
 judge (the PreviewEngine in fp32). Every run is a separate spawned process with one torch thread (the models
 are tiny; a 16-core box runs several beside one GPU). Per run it records the scores, which bars passed, train
@@ -42,7 +42,7 @@ def _one(job: dict, work: str) -> dict:
 
     torch.set_num_threads(1)
     from lora_studio.core import events as ev
-    from lora_studio.core.training.demo_quality import train_and_judge
+    from lora_studio.core.demo.quality import train_and_judge
 
     limits: list[str] = []
     handler = logging.Handler()

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 DESCRIPTION = ("The main job on the embedded default: DreamBooth-LoRA with prior preservation on the demo subject "
-               "set and the demo model (class images generated on the way), then a before/after grid, a loss plot "
-               "and the judge's scores, all in --out.")
+               "set and the demo model (class images generated on the way), then a before/after picture, a loss "
+               "plot and the judge's scores, all in --out.")
 
 
 def add_arguments(parser) -> None:
+    from lora_studio.core.demo.recipe import SEED
+
     parser.add_argument("--out", default="lora-studio-demo", help="output folder (default: ./lora-studio-demo)")
+    parser.add_argument("--seed", type=int, default=SEED,
+                        help=f"training seed (default: {SEED}, the shipped one); the judged pictures keep theirs")
 
 
 def format_summary(summary: dict) -> str:
     lines = [f"LoRA Studio demo: {summary['steps']} steps of DreamBooth-LoRA (rank {summary['rank']}, "
-             f"alpha {summary['alpha']:g}) on the demo model, {summary['class_images']} class images",
+             f"alpha {summary['alpha']:g}, training seed {summary.get('seed', 0)}) on the demo model, "
+             f"{summary['class_images']} class images",
              f"  adapter     {summary['adapter']}"]
     if summary.get("kohya"):
         lines.append(f"  kohya       {summary['kohya']}")
@@ -22,21 +27,37 @@ def format_summary(summary: dict) -> str:
     lines.append(f"  loss plot   {summary['loss_plot']}")
     lines.append(f"  summary     {summary['summary']}")
     if "scores" in summary:
-        names = {"subject_at_1": "'a photo of sks shape', LoRA 1", "subject_at_0.5": "'a photo of sks shape', LoRA 0.5",
-                 "subject_at_0": "'a photo of sks shape', LoRA 0",
-                 "class_prompt_subject_at_1": "'a shape' (class), LoRA 1"}
-        lines.append(f"  judge, share of {summary['judge_seeds']} seeds showing the subject:")
-        for key, label in names.items():
-            wanted = f"(wanted {summary['bars'][key]})  {'ok' if summary['passed'][key] else 'MISSED'}" \
-                if key in summary["bars"] else ""
-            lines.append(f"    {label:<34} {summary['scores'][key]:6.1%}   {wanted}".rstrip())
+        lines += _judged(summary)
     lines.append(f"  time        {summary['total_seconds']:.0f} s (training {summary['train_seconds']:.0f} s)")
+    if summary.get("verdict"):
+        lines.append(summary["verdict"])
     return "\n".join(lines)
+
+
+def _judged(summary: dict) -> list[str]:
+    scores, cont = summary["scores"], summary.get("subject_scores") or {}
+    subject = sorted((k for k in scores if k.startswith("subject_at_")), key=lambda k: float(k.rsplit("_", 1)[1]))
+    rows = [(k, f"'a photo of sks shape', LoRA {k.rsplit('_', 1)[1]}") for k in subject]
+    rows.append(("class_prompt_subject_at_1", "'a shape' (class), LoRA 1"))
+    lines = [f"  judge, {summary['judge_seeds']} seeds: share showing the subject, and the subject score (0 = a "
+             "plain shape, 1 = the subject)"]
+    for key, label in rows:
+        if key not in scores:
+            continue
+        wanted = (f"(wanted {summary['bars'][key]})  {'ok' if summary['passed'][key] else 'MISSED'}"
+                  if key in summary["bars"] else "")
+        score = f"{cont[key]:5.2f}" if key in cont else "     "
+        lines.append(f"    {label:<34} {scores[key]:6.1%}  {score}   {wanted}".rstrip())
+    if "rises_with_weight" in summary["passed"]:
+        ok = summary["passed"]["rises_with_weight"]
+        lines.append(f"    subject score rises with the weight ({summary['bars']['rises_with_weight']})  "
+                     f"{'ok' if ok else 'MISSED'}")
+    return lines
 
 
 def run(args) -> int:
     from lora_studio.commands.train import ProgressDisplay, stop_on_interrupt
-    from lora_studio.core.training.demo import run_demo
+    from lora_studio.core.demo.run import run_demo
     from lora_studio.core.training.engine import TrainingFailed
 
     import os
@@ -44,7 +65,7 @@ def run(args) -> int:
     display = ProgressDisplay()
     flag, restore = stop_on_interrupt()
     try:
-        summary = run_demo(os.path.abspath(args.out), display, flag)  # absolute: every path it prints is too
+        summary = run_demo(os.path.abspath(args.out), display, flag, seed=args.seed)  # absolute: every path it prints is too
     except TrainingFailed:
         return 1
     finally:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 DESCRIPTION = ("Score pictures with the demo world's judge: for each picture, the shape, colour, subject (sks) and "
-               "style (zebra) it sees, and how well that agrees with the prompt it was made from.")
+               "style (zebra) it sees, its subject score (0 = a plain shape, 1 = the subject), and how well that "
+               "agrees with the prompt it was made from.")
 
 
 def add_arguments(parser) -> None:
@@ -54,9 +55,11 @@ def run(args) -> int:
     for row in result["per_prompt"]:
         p = row["predicted"]
         seen = "the sks subject" if p["subject"] else f"{p['colour']} {p['shape']}"
+        seen += f" (subject score {p['subject_score']:.2f})"
         seen += " in zebra style" if p["style"] else ""
         ok = "ok" if all(row["match"].values()) else "MISMATCH"
         print(f"{row['image']}: {seen}  [{ok}]")
-    summary = {k: result[k] for k in ("colour_accuracy", "shape_accuracy", "subject_share", "style_share")}
+    summary = {k: result[k] for k in ("colour_accuracy", "shape_accuracy", "subject_share", "subject_score",
+                                      "style_share")}
     print("summary: " + ", ".join(f"{k}={'n/a' if v is None else f'{v:.3f}'}" for k, v in summary.items()))
     return 0

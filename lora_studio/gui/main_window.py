@@ -192,17 +192,14 @@ class MainWindow(QMainWindow):
 
     def open_demo(self) -> None:
         """First run: the demo dataset and demo model, so a newcomer sees everything working at once."""
+        from lora_studio.core.demo.recipe import first_run_values
+
         ds = demo_dataset()
         self.training_tab.model_picker.set_model("demo")
         self.preview_tab.model_picker.set_model("demo")
-        # the demo world's subject and class prompts (core/demo/renderer.py); 64 px is the demo model's size
-        prompt, class_prompt = "a photo of sks shape", "a shape"
-        runs = os.path.join(os.path.expanduser("~"), "lora-studio-runs")
-        values = {"output_dir": os.path.join(runs, "demo-subject"),
-                  "class_data_dir": os.path.join(runs, "demo-class-images"), "num_class_images": 20,
-                  "max_train_steps": 300, "resolution": 64, "learning_rate": 5e-4, "rank": 8,
-                  "mode": "dreambooth", "instance_prompt": prompt, "class_prompt": class_prompt,
-                  "validation_prompt": prompt, "validation_steps": 75, "checkpointing_steps": 100}
+        # The demo's one recipe (core/demo/recipe.py): what `lora-studio demo` trains and the judge scores.
+        values = first_run_values(os.path.join(os.path.expanduser("~"), "lora-studio-runs", "demo-subject"))
+        prompt = values["instance_prompt"]
         if ds.is_dir():
             values["train_data_dir"] = str(ds)
             self._form_owner = str(ds)

@@ -13,7 +13,7 @@ from lora_studio.core.demo import demo_dataset_path, demo_model_path
 from lora_studio.core.demo import renderer
 from lora_studio.core.demo.build import build_pipeline, make_tokenizer
 from lora_studio.core.demo.judge import Judge, parse_prompt
-from lora_studio.core.demo.train_world import eval_prompts, judge_accuracy, judge_data
+from tools.train_world import eval_prompts, judge_accuracy, judge_data
 
 SEED_HELDOUT = 40  # a renderer stream no training run used (train_world uses 10, 20, 30)
 
@@ -172,3 +172,21 @@ def test_judge_cli(capsys):
     assert out["subject_share"] == 1.0 and out["n"] == len(list(demo_dataset_path("subject").glob("*.png")))
     rc = main(["judge", str(demo_dataset_path("subject")), "--prompt", "a", "--prompt", "b"])
     assert rc == 1
+
+
+def test_subject_score_is_continuous_between_plain_shapes_and_the_subject(judge):
+    """The blend scale: plain renders score near 0, the subject set near 1, a half-way picture in between
+    (where the yes/no share says 'no' for both of the first two and cannot tell a blend from a plain shape)."""
+
+    subject = [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32)
+               for p in sorted(demo_dataset_path("subject").glob("*.png"))]
+    plain, _ = renderer.render_array(SEED_HELDOUT, 0, len(subject), "base")
+    half = [((p.astype(np.float32) + s) / 2).round().astype(np.uint8) for p, s in zip(plain, subject)]
+    s_plain, s_half = judge.subject_scores(list(plain)), judge.subject_scores(half)
+    s_subject = judge.subject_scores([s.astype(np.uint8) for s in subject])
+    assert all(((s >= 0) & (s <= 1)).all() for s in (s_plain, s_half, s_subject))
+    assert s_plain.mean() <= 0.1 and s_subject.mean() >= 0.9, (s_plain.mean(), s_subject.mean())
+    assert s_plain.mean() < s_half.mean() < s_subject.mean(), (s_plain.mean(), s_half.mean(), s_subject.mean())
+    result = judge.score(list(plain), renderer.SUBJECT_PROMPT)
+    assert result["subject_score"] == pytest.approx(float(s_plain.mean()))
+    assert all(0 <= row["predicted"]["subject_score"] <= 1 for row in result["per_prompt"])

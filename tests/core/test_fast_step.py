@@ -114,7 +114,7 @@ def test_unconditional_term_follows_the_steps_precision_and_caches_token_ids(tmp
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 
-    from lora_studio.core.training import demo_quality as dq
+    from lora_studio.core.demo import recipe as dq
     from lora_studio.core.training.lora import build_lora
     from lora_studio.core.training.models import load_models
     from lora_studio.core.training.step import TrainingStep
@@ -695,7 +695,7 @@ def _adapter_delta(path_a, path_b):
                                               ("demo-xl", True, None)])
 def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tmp_path, model, te, targets):
     """Text-encoder LoRA (two LR groups) + preserve_unconditional, captured, against the eager GPU step."""
-    from lora_studio.core.training import demo_quality as dq
+    from lora_studio.core.demo import recipe as dq
 
     steps = 12
     kw = dict(max_train_steps=steps, mixed_precision="bf16", lr_scheduler="cosine", lr_warmup_steps=3,
@@ -744,7 +744,7 @@ def test_judged_recipe_terms_are_captured_and_match_eager_on_gpu(monkeypatch, tm
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_int8_base_runs_on_the_fast_path_on_gpu(monkeypatch, tmp_path):
     """int8_base on the GPU: the UNet reaches the device quantised, the captured pure-bf16 step replays on it."""
-    from lora_studio.core.training import demo_quality as dq
+    from lora_studio.core.demo import recipe as dq
     from lora_studio.core.accel.int8_base import Int8Linear
 
     steps = 12

@@ -16,7 +16,6 @@ ALLOWED = {
     "gui/dataset_tab.py:DatasetTab._build",
     "gui/preview_tab.py:PreviewTab._build",
     "gui/training_tab.py:TrainingTab._build",
-    "core/demo/train_world.py:main",
 }
 
 

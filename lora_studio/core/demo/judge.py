@@ -2,6 +2,11 @@
 
 It is how tests and benchmarks measure what a demo model or a LoRA drew, deterministically:
 ``Judge.load().score(images, prompts)`` compares each picture with what its prompt asked for.
+
+Besides the yes/no subject share, ``subject_scores`` places each picture on a continuous scale: its subject
+logit, 0 at the mean of plain pictures of the world (the renderer's base shapes) and 1 at the mean of the
+shipped subject set, clipped to [0, 1]. A LoRA blended in at weight 0.25 / 0.5 / 0.75 moves the pictures part
+of the way; the share, a threshold, only flips once they cross it (issue 23: "the slider is a cliff").
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from lora_studio.paths import resource
 
 WEIGHTS = "judge.safetensors"
 CONFIG = "judge.json"
+PLAIN_SEED, PLAIN_COUNT = 50, 64  # the plain end of the subject scale: a renderer stream no training used
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -95,6 +101,7 @@ class Judge:
         self.config = config
         self.shapes = list(config["shapes"])
         self.colours = list(config["colours"])
+        self._scale: tuple[float, float] | None = None  # subject logit of plain pictures, of the subject set
 
     @classmethod
     def load(cls, folder: str | Path | None = None, device: str = "cpu") -> "Judge":
@@ -104,7 +111,7 @@ class Judge:
         cfg_path, weights = folder / CONFIG, folder / WEIGHTS
         if not weights.is_file() or not cfg_path.is_file():
             raise LoraStudioError(f"the demo judge is missing: {weights}",
-                                  "reinstall LoRA Studio, or retrain it with `python -m lora_studio.core.demo.train_world`.")
+                                  "reinstall LoRA Studio, or retrain it with `python -m tools.train_world` (a maintainer script in the source repository).")
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
         net = JudgeNet(config["widths"], len(config["shapes"]), len(config["colours"]))
         state = {k: v.float() for k, v in load_file(str(weights)).items()}
@@ -127,6 +134,29 @@ class Judge:
                     "subject": np.zeros(0), "style": np.zeros(0)}
         return {k: torch.cat(v).numpy() for k, v in outs.items()}
 
+    @torch.no_grad()
+    def subject_logits(self, images: Iterable, batch_size: int = 256) -> np.ndarray:
+        x = to_tensor(images)
+        device = next(self.net.parameters()).device
+        out = [self.net(x[i:i + batch_size].to(device))["subject"].cpu() for i in range(0, len(x), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+    def subject_scale(self) -> tuple[float, float]:
+        """Mean subject logit of plain renders (score 0) and of the shipped subject pictures (score 1)."""
+        if self._scale is None:
+            from lora_studio.core.demo import demo_dataset_path
+            from lora_studio.core.demo.renderer import render_array
+
+            plain, _ = render_array(PLAIN_SEED, 0, PLAIN_COUNT, "base")
+            subject = sorted(demo_dataset_path("subject").glob("*.png"))
+            self._scale = (float(self.subject_logits(list(plain)).mean()), float(self.subject_logits(subject).mean()))
+        return self._scale
+
+    def subject_scores(self, images: Iterable) -> np.ndarray:
+        """Each picture's place between a plain shape (0) and the subject (1): the continuous subject score."""
+        lo, hi = self.subject_scale()
+        return np.clip((self.subject_logits(images) - lo) / (hi - lo), 0.0, 1.0)
+
     def predict(self, images: Iterable) -> list[dict]:
         p = self.probabilities(images)
         out = []
@@ -144,7 +174,8 @@ class Judge:
         """Agreement of each picture with its prompt. One prompt applies to all pictures.
 
         Accuracies count only the pictures whose prompt names that attribute (None where none does);
-        subject_share / style_share are the shares of all pictures judged to show the subject / the style.
+        subject_share / style_share are the shares of all pictures judged to show the subject / the style;
+        subject_score is the mean continuous subject score (``subject_scores``).
         """
         images = list(images)
         if isinstance(prompts, str):
@@ -153,8 +184,10 @@ class Judge:
             raise LoraStudioError(f"{len(images)} images but {len(prompts)} prompts",
                                   "give one prompt for all images, or one per image.")
         preds = self.predict(images)
+        continuous = self.subject_scores(images) if images else np.zeros(0)
         rows, hits = [], {"shape": [], "colour": [], "subject": [], "style": []}
-        for prompt, pred in zip(prompts, preds):
+        for prompt, pred, cont in zip(prompts, preds, continuous):
+            pred["subject_score"] = float(cont)
             want = parse_prompt(prompt)
             match = {}
             for key in ("shape", "colour"):
@@ -178,5 +211,6 @@ class Judge:
             "style_accuracy": mean(hits["style"]),
             "subject_share": float(np.mean([p["subject"] for p in preds])) if n else None,
             "style_share": float(np.mean([p["style"] for p in preds])) if n else None,
+            "subject_score": float(np.mean(continuous)) if n else None,
             "per_prompt": rows,
         }

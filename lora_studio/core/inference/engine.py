@@ -609,27 +609,57 @@ class PreviewEngine:
         return labelled_grid(cells, [f"seed {s}" for s in seeds])
 
 
-def labelled_grid(rows, column_labels, pad: int = 4):
-    """Paste ``[(row_label, [PIL images])]`` into one image with a header row and a label column."""
-    from PIL import Image, ImageDraw, ImageFont
+LABEL_FONT_SIZE = 15
 
-    font = ImageFont.load_default()
+
+def label_font(size: int = LABEL_FONT_SIZE):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def text_width(text: str, font) -> int:
+    """Width of ``text`` as ``draw_text`` draws it (words with a gap of their own between them)."""
+    from PIL import Image, ImageDraw
+
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    words = text.split(" ")
+    return int(sum(measure.textlength(w, font=font) for w in words) + _word_gap(font) * (len(words) - 1))
+
+
+def draw_text(draw, xy, text: str, font, fill="black") -> None:
+    """Draw ``text`` word by word: Pillow's default font at small sizes hints its spaces down to nothing
+    ("aphotoofsksshape"), so each space gets an explicit gap."""
+    x, y = xy
+    for word in text.split(" "):
+        draw.text((x, y), word, fill=fill, font=font)
+        x += draw.textlength(word, font=font) + _word_gap(font)
+
+
+def _word_gap(font) -> float:
+    return max(4.0, 0.35 * getattr(font, "size", 10))
+
+
+def labelled_grid(rows, column_labels, pad: int = 4, font=None):
+    """Paste ``[(row_label, [PIL images])]`` into one image with a header row and a label column."""
+    from PIL import Image, ImageDraw
+
+    font = font or label_font()
     cell_w = max(img.width for _, row in rows for img in row)
     cell_h = max(img.height for _, row in rows for img in row)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_w = lambda s: int(measure.textlength(s, font=font))  # noqa: E731
-    label_w = max(text_w(label) for label, _ in rows) + 2 * pad
-    header_h = 14 + 2 * pad
+    line_h = int(font.size * 1.3)
+    label_w = max(text_width(label, font) for label, _ in rows) + 2 * pad
+    header_h = line_h + 2 * pad
     n_cols = max(len(row) for _, row in rows)
     out = Image.new("RGB", (label_w + n_cols * (cell_w + pad) + pad, header_h + len(rows) * (cell_h + pad) + pad),
                     "white")
     draw = ImageDraw.Draw(out)
     for c, text in enumerate(column_labels):
         x = label_w + pad + c * (cell_w + pad)
-        draw.text((x + (cell_w - text_w(text)) // 2, pad), text, fill="black", font=font)
+        draw_text(draw, (x + (cell_w - text_width(text, font)) // 2, pad), text, font)
     for r, (label, row) in enumerate(rows):
         y = header_h + r * (cell_h + pad)
-        draw.text((pad, y + cell_h // 2 - 6), label, fill="black", font=font)
+        draw_text(draw, (pad, y + (cell_h - line_h) // 2), label, font)
         for c, img in enumerate(row):
             out.paste(img.convert("RGB"), (label_w + pad + c * (cell_w + pad), y))
     return out

@@ -1,7 +1,8 @@
 """The main job on the embedded default: DreamBooth-LoRA with prior preservation on the demo subject set
-and the ``demo`` model, then a before/after grid, a loss plot and the judge's scores.
+and the ``demo`` model, then a before/after picture, a loss plot and the judge's scores.
 
-``run_demo(out, emit, stop) -> summary``; ``lora-studio demo`` and the app both call it.
+``run_demo(out, emit, stop, seed) -> summary``; ``lora-studio demo`` and the app both call it. The recipe is
+``recipe.py``'s, the one the app's first run shows.
 """
 
 from __future__ import annotations
@@ -11,83 +12,51 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from lora_studio.core.demo import quality
+from lora_studio.core.demo.recipe import CLASS_PROMPT, JUDGE_SEEDS, SEED, SUBJECT_PROMPT
 from lora_studio.core.events import Finished
-from lora_studio.core.training import demo_quality as _dq
 
 MODEL = "demo"
-SUBJECT_PROMPT = _dq.SUBJECT_PROMPT
-CLASS_PROMPT = _dq.CLASS_PROMPT
-GRID_WEIGHTS = _dq.WEIGHTS
-GRID_SEEDS = 4
-JUDGE_SEEDS = _dq.JUDGE_SEEDS
-GEN_STEPS = _dq.GEN_STEPS
-GUIDANCE = _dq.GUIDANCE
 
 
-def demo_config(out: Path, **overrides):
-    return _dq.recipe_config("subject", MODEL, out, **overrides)
-
-
-def run_demo(out: str | Path, emit: Callable | None = None, stop=None, judge_seeds: int = JUDGE_SEEDS,
-             **overrides) -> dict[str, Any]:
-    """Train, preview, plot, judge; write everything to ``out``; return (and emit) the summary."""
+def run_demo(out: str | Path, emit: Callable | None = None, stop=None, seed: int = SEED,
+             judge_seeds: int = JUDGE_SEEDS, **overrides) -> dict[str, Any]:
+    """Train (training seed ``seed``), judge, draw; write everything to ``out``; return (and emit) the summary."""
     import torch
 
+    from lora_studio.core.demo.before_after import before_after, verdict
     from lora_studio.core.inference.engine import PreviewEngine
+    from lora_studio.core.io import write_text
 
     emit = emit if emit is not None else (lambda event: None)
     out = Path(out)
     t0 = time.perf_counter()
-    # demo_quality trains the subject recipe and judges it; the same engine then draws the grid's last cells.
     engine = PreviewEngine(MODEL, device="cuda" if torch.cuda.is_available() else "cpu", dtype=torch.float32)
-    report = _dq.train_and_judge("subject", MODEL, out, judge_seeds, emit=emit, stop=stop, engine=engine,
-                                 keep_images=True, **overrides)
+    report = quality.train_and_judge("subject", MODEL, out, judge_seeds, emit=emit, stop=stop, engine=engine,
+                                     keep_images=True, seed=seed, **overrides)
     config = report["config"]
     summary: dict[str, Any] = {
-        "model": MODEL, "instance_prompt": SUBJECT_PROMPT, "class_prompt": CLASS_PROMPT,
+        "model": MODEL, "seed": seed, "instance_prompt": SUBJECT_PROMPT, "class_prompt": CLASS_PROMPT,
         "adapter": report["adapter"], "kohya": report.get("kohya"), "steps": report["steps"],
         "rank": config["rank"], "alpha": config["lora_alpha"], "class_images": report["class_images"],
         "final_loss": report["final_loss"], "train_seconds": report["train_seconds"], "stopped": report["stopped"],
     }
     if "scores" in report:
-        summary.update({k: report[k] for k in ("judge_seeds", "scores", "bars", "passed", "all_passed")})
-        grid = _grid(engine, report, stop)
-        if grid is not None:
-            grid_path = out / "before_after.png"
-            _save_png(grid_path, grid)
-            summary["grid"] = str(grid_path)
+        summary.update({k: report[k] for k in ("judge_seeds", "scores", "subject_scores", "bars", "passed",
+                                               "all_passed")})
+        summary["verdict"] = verdict(MODEL, report["scores"], report["passed"])
+        grid = before_after(report["images"], report["scores"], report["subject_scores"], summary["verdict"])
+        _save_png(out / "before_after.png", grid)
+        summary["grid"] = str(out / "before_after.png")
     loss_path = out / "loss.png"
     _save_png(loss_path, loss_plot(report["loss_history"], title=f"demo DreamBooth-LoRA, rank {config['rank']}"))
     summary["loss_plot"] = str(loss_path)
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
+    summary["total_cpu_seconds"] = report.get("total_cpu_seconds")
     summary["summary"] = str(out / "summary.json")
-    from lora_studio.core.io import write_text
-
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     emit(Finished(summary))
     return summary
-
-
-def _grid(engine, report, stop):
-    """Both prompts at LoRA weight 0 / 0.5 / 1 on the first seeds: judged pictures where there are some."""
-    from lora_studio.core.inference.engine import PreviewRequest, labelled_grid
-
-    stop = stop.is_set if hasattr(stop, "is_set") else stop
-    judged = report["images"]  # by score name, e.g. "subject_at_0.5"
-    seeds = list(range(min(GRID_SEEDS, report["judge_seeds"])))
-    name = engine.add_lora(report["adapter"], "demo", 1.0)
-    rows = []
-    for prompt, prefix in ((SUBJECT_PROMPT, "subject_at_"), (CLASS_PROMPT, "class_prompt_subject_at_")):
-        for w in GRID_WEIGHTS:
-            cells = judged.get(f"{prefix}{w:g}")
-            if cells is None:
-                engine.set_weights({name: w})
-                cells = [engine.generate(PreviewRequest(prompt, seed=s, steps=GEN_STEPS, guidance=GUIDANCE), stop=stop)
-                         for s in seeds]
-                if any(c is None for c in cells):
-                    return None
-            rows.append((f'"{prompt}"  LoRA {w:g}', cells[: len(seeds)]))
-    return labelled_grid(rows, [f"seed {s}" for s in seeds])
 
 
 def _save_png(path: Path, image) -> None:

@@ -1,6 +1,6 @@
 """CPU timings of the demo models (docs/demo_world.md records them).
 
-    python -m lora_studio.core.demo.timing [--threads 2]
+    python -m tools.demo_timing [--threads 2]
 
 Prints the load average too: on a shared machine other processes' load changes these numbers a lot.
 """

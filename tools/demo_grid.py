@@ -1,6 +1,6 @@
 """The labelled grid of demo generations shown in the README (docs/images/demo_grid.png).
 
-    python -m lora_studio.core.demo.grid [--out docs/images/demo_grid.png]
+    python -m tools.demo_grid [--out docs/images/demo_grid.png]
 """
 
 from __future__ import annotations

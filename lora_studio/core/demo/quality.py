@@ -1,13 +1,13 @@
 """Train a LoRA of kind ``subject`` or ``style`` on ``demo`` / ``demo-xl`` and let the judge score it.
 
 ``train_and_judge(kind, model, out) -> report`` is what ``lora-studio demo``, the quality tests and
-``bench/demo_sweep.py`` share: one recipe per (kind, model) in ``RECIPES``, the judged prompt sets in
-``judge_adapter``, the issue's bars in ``BARS``. Images come from the app's own ``PreviewEngine`` (the
+``bench/demo_sweep.py`` share: the recipes and bars of ``recipe.py``, the judged prompt sets in
+``judge_adapter``. Images come from the app's own ``PreviewEngine`` (the
 LoRA fused at the slider weight), seeds 0..n-1, 20 Euler steps.
 
-- subject: DreamBooth-LoRA with prior preservation on the demo subject set; judged is the share of
-  pictures showing the subject for "a photo of sks shape" at LoRA weight 1 / 0.5 / 0 and for the class
-  prompt "a shape" at weight 1.
+- subject: DreamBooth-LoRA with prior preservation on the demo subject set; judged are the share of
+  pictures showing the subject and the judge's continuous subject score for "a photo of sks shape" at LoRA
+  weight 0 / 0.25 / 0.5 / 0.75 / 1 and for the class prompt "a shape" at weight 1.
 - style: a caption LoRA on the zebra set (``metadata.jsonl``); judged is the share of pictures in zebra
   style for "a <colour> <shape> in zebra style" (one colour/shape pair per seed) at weight 0 / 0.5 / 1.
 """
@@ -18,59 +18,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from lora_studio.core.demo.renderer import CLASS_PROMPT, SUBJECT_PROMPT  # the demo datasets' own captions
+from lora_studio.core.demo.recipe import (BARS, CLASS_PROMPT, GEN_STEPS, GUIDANCE, JUDGE_SEEDS, STYLE_SUFFIX,
+                                         SUBJECT_PROMPT, WEIGHTS, check, recipe_config)
 from lora_studio.core.events import Finished, Progress, Started
 
-KINDS = ("subject", "style")
-MODELS = ("demo", "demo-xl")
-STYLE_SUFFIX = "in zebra style"
-WEIGHTS = (0.0, 0.5, 1.0)
-GEN_STEPS = 20
-GUIDANCE = 7.5
-JUDGE_SEEDS = 16
-
-# LoRA on the attention projections, the ResNet convolutions and the transformer's projections and
-# feed-forward (LoCon-style): these tiny UNets keep their shape knowledge in the convolutions, so an
-# attention-only LoRA mostly moves colours (docs/demo_world.md).
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
-
-_COMMON = dict(resolution=64, checkpointing_steps=100_000, report_to="none", seed=0, enable_bucket=False,
-               lr_scheduler="constant", sample_steps=20, rank=8, lora_alpha=8.0, train_batch_size=4,
-               target_modules=TARGETS)
-# The recipes (docs/demo_quality.md: every attempt, its prediction and outcome). Each trains on a 2-core CPU
-# in a few minutes: the demo has a 5-minute budget, and CI runs every one of them.
-# - subject: a text-encoder LoRA as well ('sks' was never trained, so the prompt itself has to learn to mean
-#   the subject) and min-SNR gamma 2 (weights the noisy timesteps, where the ring and the split disk form).
-# - style: preserve_unconditional keeps the empty-prompt prediction at the base model's, so the stripes are
-#   tied to "in zebra style" and guidance amplifies them (without it: 0.44 at best, with it 1.0).
-RECIPES: dict[tuple[str, str], dict] = {
-    ("subject", "demo"): dict(learning_rate=5e-3, max_train_steps=600, snr_gamma=2.0, train_text_encoder=True,
-                              text_encoder_lr=1e-3, num_class_images=32, prior_loss_weight=1.0),
-    ("subject", "demo-xl"): dict(learning_rate=5e-3, max_train_steps=600, snr_gamma=2.0, train_text_encoder=True,
-                                 text_encoder_lr=1e-3, num_class_images=32, prior_loss_weight=1.0),
-    ("style", "demo"): dict(learning_rate=3e-3, max_train_steps=400, snr_gamma=5.0, preserve_unconditional=1.0),
-    ("style", "demo-xl"): dict(learning_rate=3e-3, max_train_steps=400, snr_gamma=5.0, preserve_unconditional=1.0),
-}
-
-# The issue's bars. Subject: the token draws the subject, no LoRA and the class prompt do not. Style: the
-# share rises with the weight (checked separately: non-decreasing 0 -> 0.5 -> 1 and higher at 1 than at 0).
-BARS: dict[tuple[str, str], dict[str, tuple[str, float]]] = {
-    ("subject", "demo"): {"subject_at_1": (">=", 0.8), "subject_at_0": ("<=", 0.1),
-                          "class_prompt_subject_at_1": ("<=", 0.2)},
-    ("subject", "demo-xl"): {"subject_at_1": (">=", 0.6), "subject_at_0": ("<=", 0.1),
-                             "class_prompt_subject_at_1": ("<=", 0.2)},
-    ("style", "demo"): {"style_at_1": (">=", 0.8), "style_at_0": ("<=", 0.1)},
-    ("style", "demo-xl"): {"style_at_1": (">=", 0.6), "style_at_0": ("<=", 0.1)},
-}
-
-
-def _check(kind: str, model: str) -> None:
-    from lora_studio.errors import LoraStudioError
-
-    if kind not in KINDS:
-        raise LoraStudioError(f"unknown LoRA kind {kind!r}.", f"use one of: {', '.join(KINDS)}.")
-    if model not in MODELS:
-        raise LoraStudioError(f"no judged recipe for model {model!r}.", f"use one of: {', '.join(MODELS)}.")
+STYLE_WEIGHTS = (0.0, 0.5, 1.0)
 
 
 def style_prompts(n: int) -> list[str]:
@@ -83,30 +35,10 @@ def style_prompts(n: int) -> list[str]:
             for i in range(n)]
 
 
-def recipe_config(kind: str, model: str, out: str | Path, **overrides):
-    """The ``TrainingConfig`` of a judged run: the recipe for (kind, model), outputs under ``out``."""
-    from lora_studio.config import TrainingConfig
-    from lora_studio.core.demo import demo_dataset_path
-
-    _check(kind, model)
-    out = Path(out)
-    kw: dict[str, Any] = dict(_COMMON, pretrained_model_name_or_path=model, output_dir=str(out / "lora"),
-                              train_data_dir=str(demo_dataset_path(kind)))
-    if kind == "subject":
-        kw.update(mode="dreambooth", instance_prompt=SUBJECT_PROMPT, with_prior_preservation=True,
-                  class_prompt=CLASS_PROMPT, class_data_dir=str(out / "class_images"))
-    else:
-        kw.update(mode="style")
-    kw.update(RECIPES[(kind, model)])
-    kw.update(overrides)
-    if "rank" in overrides and "lora_alpha" not in overrides:
-        kw["lora_alpha"] = float(kw["rank"])  # keep the recipe's scale (alpha = rank) when only the rank changes
-    return TrainingConfig(**kw)
-
-
-def judge_plan(kind: str, seeds: int, weights=WEIGHTS) -> list[tuple[str, str, float, list[str]]]:
+def judge_plan(kind: str, seeds: int, weights=None) -> list[tuple[str, str, float, list[str]]]:
     """``[(score name, label, weight, prompts by seed)]``: what is generated and judged."""
     plan = []
+    weights = weights if weights is not None else (WEIGHTS if kind == "subject" else STYLE_WEIGHTS)
     if kind == "subject":
         for w in weights:
             plan.append((f"subject_at_{w:g}", SUBJECT_PROMPT, w, [SUBJECT_PROMPT] * seeds))
@@ -119,7 +51,7 @@ def judge_plan(kind: str, seeds: int, weights=WEIGHTS) -> list[tuple[str, str, f
 
 
 def judge_adapter(kind: str, model: str, adapter: str | Path, seeds: int = JUDGE_SEEDS, guidance: float = GUIDANCE,
-                  weights=WEIGHTS, emit: Callable | None = None, stop=None, engine=None,
+                  weights=None, emit: Callable | None = None, stop=None, engine=None,
                   keep_images: bool = False) -> dict[str, Any] | None:
     """Generate the judged sets with the PreviewEngine and score them; None if ``stop`` fired."""
     import torch
@@ -127,7 +59,7 @@ def judge_adapter(kind: str, model: str, adapter: str | Path, seeds: int = JUDGE
     from lora_studio.core.demo.judge import Judge
     from lora_studio.core.inference.engine import PreviewEngine, PreviewRequest
 
-    _check(kind, model)
+    check(kind, model)
     emit = emit if emit is not None else (lambda event: None)
     should_stop = stop.is_set if hasattr(stop, "is_set") else (stop or (lambda: False))
     if engine is None:
@@ -138,6 +70,7 @@ def judge_adapter(kind: str, model: str, adapter: str | Path, seeds: int = JUDGE
     emit(Started(total_steps=total, phase="generate", description=f"{kind} LoRA on {model}: pictures for the judge"))
     judge = Judge.load()
     scores: dict[str, float] = {}
+    continuous: dict[str, float] = {}  # the judge's mean continuous subject score per set
     images: dict[str, list] = {}
     done, t0 = 0, time.perf_counter()
     for key, _label, w, prompts in plan:
@@ -152,10 +85,12 @@ def judge_adapter(kind: str, model: str, adapter: str | Path, seeds: int = JUDGE
             emit(Progress(step=done, total=total, it_per_s=rate, eta_s=(total - done) / rate, phase="generate"))
         result = judge.score(row, prompts)
         scores[key] = result["subject_share" if kind == "subject" else "style_share"]
+        continuous[key] = result["subject_score"]
         images[key] = row
     engine.remove_lora(name)
     report: dict[str, Any] = {"kind": kind, "model": model, "judge_seeds": seeds, "guidance": guidance,
-                              "scores": scores, **check_bars(kind, model, scores),
+                              "scores": scores, "subject_scores": continuous,
+                              **check_bars(kind, model, scores, continuous),
                               "judge_seconds": round(time.perf_counter() - t0, 1)}
     if keep_images:
         report["images"] = images
@@ -163,14 +98,20 @@ def judge_adapter(kind: str, model: str, adapter: str | Path, seeds: int = JUDGE
     return report
 
 
-def check_bars(kind: str, model: str, scores: dict[str, float]) -> dict[str, Any]:
+def check_bars(kind: str, model: str, scores: dict[str, float],
+               continuous: dict[str, float] | None = None) -> dict[str, Any]:
+    """Which bars the scores pass; the blend bar (the score rises with the weight) where its sets were judged."""
     bars = BARS[(kind, model)]
     passed = {k: (scores[k] >= bar if op == ">=" else scores[k] <= bar) for k, (op, bar) in bars.items() if k in scores}
     shown = {k: f"{op} {bar}" for k, (op, bar) in bars.items()}
-    if kind == "style" and all(f"style_at_{w:g}" in scores for w in WEIGHTS):
-        s0, s5, s1 = (scores[f"style_at_{w:g}"] for w in WEIGHTS)
+    if kind == "style" and all(f"style_at_{w:g}" in scores for w in STYLE_WEIGHTS):
+        s0, s5, s1 = (scores[f"style_at_{w:g}"] for w in STYLE_WEIGHTS)
         passed["rises_with_weight"] = s0 <= s5 <= s1 and s1 > s0
         shown["rises_with_weight"] = "0 <= 0.5 <= 1, 1 > 0"
+    if kind == "subject" and continuous and all(f"subject_at_{w:g}" in continuous for w in (0, 0.5, 1)):
+        c0, c5, c1 = (continuous[f"subject_at_{w:g}"] for w in (0, 0.5, 1))
+        passed["rises_with_weight"] = c0 < c5 <= c1
+        shown["rises_with_weight"] = "subject score 0 < 0.5 <= 1"
     return {"bars": shown, "passed": passed, "all_passed": bool(passed) and all(passed.values())}
 
 

@@ -1,7 +1,7 @@
 """Train the demo world from scratch: VAE, then SD1 (`demo`) and SDXL (`demo-xl`) UNets + text encoders,
 then the judge.
 
-    python -m lora_studio.core.demo.train_world --out DIR [--device cuda] [--scale 1.0] [--parallel]
+    python -m tools.train_world --out DIR [--device cuda] [--scale 1.0] [--parallel]
 
 Seeded; everything it did (recipe, seed, device, steps, losses, durations) goes into ``training.json``
 beside the weights. ``--scale`` multiplies every step and image count (a tiny value makes a CPU smoke run).
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     del images, vae_images
 
     if args.parallel:
-        procs = {s: subprocess.Popen([sys.executable, "-m", "lora_studio.core.demo.train_world", "--out", str(out),
+        procs = {s: subprocess.Popen([sys.executable, "-m", "tools.train_world", "--out", str(out),
                                       "--device", args.device, "--scale", str(args.scale), "--stage", s])
                  for s in stages}
         failed = [s for s, proc in procs.items() if proc.wait() != 0]
