@@ -6,7 +6,7 @@ It is how tests and benchmarks measure what a demo model or a LoRA drew, determi
 Besides the yes/no subject share, ``subject_scores`` places each picture on a continuous scale: its subject
 logit, 0 at the mean of plain pictures of the world (the renderer's base shapes) and 1 at the mean of the
 shipped subject set, clipped to [0, 1]. A LoRA blended in at weight 0.25 / 0.5 / 0.75 moves the pictures part
-of the way; the share, a threshold, only flips once they cross it (issue 23: "the slider is a cliff").
+of the way; the share, a threshold, only flips once they cross it (a cliff, not a blend).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ RECIPES: dict[tuple[str, str], dict] = {
     ("style", "demo"): _STYLE, ("style", "demo-xl"): dict(_STYLE),
 }
 
-# The bars (issue 23). Subject: the token draws the subject, no LoRA and the class prompt do not, and the
+# The bars. Subject: the token draws the subject, no LoRA and the class prompt do not, and the
 # judge's continuous score rises with the weight. Style: the share rises with the weight.
 BARS: dict[tuple[str, str], dict[str, tuple[str, float]]] = {
     ("subject", "demo"): {"subject_at_1": (">=", 0.8), "subject_at_0": ("<=", 0.1),
