@@ -108,12 +108,17 @@ def load_example(ex: Example, center_crop: bool, random_flip: bool, gen: torch.G
     return t, crop
 
 
+def crops_at_random(ex: Example) -> bool:
+    """True when the picture does not fit its bucket exactly, so a random crop can move (the dataset's arithmetic)."""
+    from lora_studio.core.dataset import crop_for_bucket
+
+    return crop_for_bucket(ex.size, ex.bucket)[0] != ex.bucket
+
+
 def augmentations_random(examples: list[Example], config) -> bool:
     """True when an image's pixels can differ between epochs (so its latents cannot be cached)."""
     if config.random_flip:
         return True
     if config.center_crop:
         return False
-    from lora_studio.core.dataset import crop_for_bucket
-
-    return any(crop_for_bucket(ex.size, ex.bucket)[0] != ex.bucket for ex in examples)
+    return any(crops_at_random(ex) for ex in examples)

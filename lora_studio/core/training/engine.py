@@ -80,12 +80,12 @@ def _failure_words(exc: BaseException, config) -> tuple[str, str]:
 
 def _why_latents_are_not_cached(examples, cfg) -> str:
     """The true reason, naming the setting and a picture: the old one-size message blamed flips that were off."""
-    from lora_studio.core.training.data import crop_slack
+    from lora_studio.core.training.data import crops_at_random
 
     if cfg.random_flip:
         return ("cache_latents is off for this run: random_flip = true mirrors pictures at random every epoch "
                 "(set random_flip = false to cache their latents).")
-    loose = [ex for ex in examples if crop_slack(ex.size, ex.bucket) != (0, 0)]
+    loose = [ex for ex in examples if crops_at_random(ex)]
     ex = loose[0]
     return (f"cache_latents is off for this run: {len(loose)} of {len(examples)} pictures do not fit their "
             f"bucket exactly (e.g. {ex.path.name}, {ex.size[0]}x{ex.size[1]} into {ex.bucket[0]}x{ex.bucket[1]}) "
