@@ -29,6 +29,7 @@ class DatasetTab(QWidget):
         self.proxy.setSourceModel(self.model)
         self.model.error.connect(self._error)
         self.job: workers.JobThread | None = None
+        self._stopping: set = set()  # scans asked to stop, kept until their threads end
         self.last_dialog = None
         self.path: str | None = None
         self.mode = "style"  # the run's mode decides whether a missing caption stops Start (set by MainWindow)
@@ -133,7 +134,12 @@ class DatasetTab(QWidget):
     def open_folder(self, path: str) -> None:
         """Scan the folder off the GUI thread; the table fills when the scan is done."""
         if self.job is not None and self.job.isRunning():
-            self.job.request_stop()
+            # Keep the stopping scan alive until its thread ends: a QThread destroyed while running aborts the app.
+            old = self.job
+            old.request_stop()
+            old.result.disconnect()  # a late result of the old folder must not replace the new one
+            self._stopping.add(old)
+            old.finished.connect(lambda o=old: self._stopping.discard(o))
         self.path_label.setText(f"Opening {path}…")
         self.job = workers.open_dataset_job(str(path), self.model.buckets())
         self.job.result.connect(lambda ds, p=str(path): self.set_dataset(ds, p))

@@ -112,3 +112,17 @@ def test_generate_class_images_then_delete_bad_ones_in_the_review_grid(qtbot, ma
     assert review.delete_selected() == 1
     assert review.grid.count() == 2 and len(list((tmp_path / "class").glob("*.png"))) == 2
     review.close()
+
+
+def test_opening_another_folder_while_one_is_scanning_shows_the_second(qtbot, make_window, tmp_path):
+    # The first scan is still running when the second folder is opened: its thread must outlive the
+    # replacement (a QThread destroyed while running aborts the whole app), and its result must not win.
+    first = make_images(tmp_path / "first", 40)
+    second = make_images(tmp_path / "second", 3)
+    window = make_window()
+    window.open_dataset(str(first))
+    window.open_dataset(str(second))
+    tab = window.dataset_tab
+    qtbot.waitUntil(lambda: tab.model.rowCount() == 3 and not tab._stopping, timeout=30000)
+    qtbot.wait(200)
+    assert tab.model.rowCount() == 3 and tab.path == str(second)
