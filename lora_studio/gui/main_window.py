@@ -198,7 +198,9 @@ class MainWindow(QMainWindow):
         self.training_tab.model_picker.set_model("demo")
         self.preview_tab.model_picker.set_model("demo")
         # The demo's one recipe (core/demo/recipe.py): what `lora-studio demo` trains and the judge scores.
-        values = first_run_values(os.path.join(os.path.expanduser("~"), "lora-studio-runs", "demo-subject"))
+        from lora_studio.paths import runs_dir
+
+        values = first_run_values(str(runs_dir() / "demo-subject"))  # the same runs folder as every other run
         prompt = values["instance_prompt"]
         if ds.is_dir():
             values["train_data_dir"] = str(ds)
