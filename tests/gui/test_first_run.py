@@ -12,7 +12,7 @@ from lora_studio.core.demo.recipe import recipe_config
 def _first_run_window(make_window, tmp_path, **kw):
     window = make_window(first_run=True, **kw)  # the first start opens the demo (MainWindow.open_demo)
     tab = window.training_tab
-    # Outputs under tmp_path instead of ~/lora-studio-runs; nothing else is touched.
+    # Outputs under tmp_path instead of the runs folder in Documents; nothing else is touched.
     tab.form.set_values({"output_dir": str(tmp_path / "lora"), "class_data_dir": str(tmp_path / "class_images")})
     return window, tab
 
