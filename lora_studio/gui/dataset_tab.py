@@ -168,9 +168,9 @@ class DatasetTab(QWidget):
             self._update_summary()
 
     def uncaptioned(self) -> list:
-        """Images that Start refuses in a style run: the same test as core/training/preflight.py (no prompt)."""
+        """Images that Start refuses in a style run (Dataset.uncaptioned, the test preflight uses)."""
         ds = self.model.dataset
-        return [] if ds is None or self.mode != "style" else [item for item in ds.items if not item.prompt]
+        return [] if ds is None or self.mode != "style" else ds.uncaptioned()
 
     def _update_summary(self) -> None:
         from lora_studio.core.dataset import ERROR, Problem

@@ -119,6 +119,10 @@ class Dataset:
                 return i
         raise ValueError(f"no image {name!r} in {self.root}")
 
+    def uncaptioned(self) -> list[DatasetItem]:
+        """Pictures with no caption text: a style run refuses them (preflight), the Dataset tab counts them."""
+        return [item for item in self.items if not item.prompt]
+
     def all_problems(self) -> list[Problem]:
         return self.problems + [p for item in self.items for p in item.problems]
 

@@ -106,7 +106,7 @@ def collect_examples(config) -> list[Example]:
         raise LoraStudioError(f"{len(broken)} image(s) in {ds.root} cannot be read: {names}.",
                               f"fix or remove them; `lora-studio dataset check {ds.root}` lists the problems.")
     if config.mode == "style":
-        missing = [item for item in ds if not item.prompt]
+        missing = ds.uncaptioned()
         if missing:
             names = ", ".join(item.name for item in missing[:5]) + (" ..." if len(missing) > 5 else "")
             raise LoraStudioError(
