@@ -112,6 +112,7 @@ if ($DryRun) {
     Write-Host "LoRA Studio install plan (dry run: nothing is changed)"
     Write-Host "torch build : $($Plan.build) ($($Plan.reason))"
     Write-Host "torch       : $($Plan.torch_requirement) from $($Plan.index_url)"
+    Write-Host "triton      : triton-windows matched to the torch installed (CUDA builds only; triton_windows.py)"
     foreach ($g in $Plan.gpus) { Write-Host "GPU         : $($g.name), driver $($g.driver)" }
     foreach ($w in $Plan.warnings) { Write-Host "warning     : $w" }
     Write-Host "prefix      : $Prefix"
@@ -164,6 +165,25 @@ if (-not $Old -or $Old.app_hash -ne $appHash) {
 }
 if ($Src) { Remove-Item (Join-Path $Prefix "build") -Recurse -Force }
 
+# --- Triton for the fast training kernels: torch's Windows wheels carry none. triton_windows.py (next to this
+# script) picks the triton-windows matched to the torch just installed. Optional: without it the app trains on
+# its eager kernels, so a failure here is reported, never fatal.
+$tw = $null
+try { $tw = ((& $Py (Join-Path $PSScriptRoot "triton_windows.py") $torchVersion $Plan.build) -join "`n") | ConvertFrom-Json }
+catch { $tw = $null }
+if (-not $tw) {
+    Write-Host "note: could not decide which triton-windows fits torch $torchVersion; LoRA Studio runs without its Triton kernels."
+} elseif (-not $tw.requirement) {
+    Write-Host "Triton kernels: not installed ($($tw.reason)); LoRA Studio runs without them."
+} else {
+    Step "Installing $($tw.requirement) for the fast training kernels ($($tw.reason))"
+    & $Uv pip install -q --python $EnvPy $tw.requirement
+    if ($LASTEXITCODE -ne 0) {
+        Write-Host "note: $($tw.requirement) could not be installed (exit $LASTEXITCODE). LoRA Studio works without it," `
+            "with slower training steps; run this setup again to retry."
+    }
+}
+
 Step "Adding the Start-menu shortcut and the lora-studio command"
 New-Item -ItemType Directory $BinDir -Force | Out-Null
 Set-Content (Join-Path $BinDir "lora-studio.cmd") "@`"$EnvDir\Scripts\lora-studio.exe`" %*"
@@ -187,6 +207,8 @@ Remove-Item Env:PYTHONPATH
 Remove-Item $planFile
 Set-Content $Record ($recordJson -join "`n")
 & $EnvPy -I -c "from lora_studio.core.system import torch_check; print(torch_check().summary())"
+# which kernel path training gets: "fast kernels (Triton)" or "without Triton kernels: <why>" (never fails)
+& $EnvPy -I -m lora_studio.core.accel.triton_check
 Remove-Item $Marker
 
 Write-Host ""

@@ -1,6 +1,7 @@
 ; LoRA Studio setup for Windows (Inno Setup 6). A small setup.exe: it carries the app wheel and
 ; bootstrap.ps1, which fetches uv from PyPI, a Python, and the torch build for the GPU it finds
-; (decided by lora_studio/install_plan.py), then adds the Start-menu shortcut and the lora-studio command.
+; (decided by lora_studio/install_plan.py) with triton-windows matched to it (triton_windows.py), then adds
+; the Start-menu shortcut and the lora-studio command.
 ; Freezing torch into the installer would make it 3-5 GB; this stays well under 10 MB.
 ;
 ; Build: python -m pip wheel . --no-deps -w dist   then   iscc packaging\windows\lora-studio.iss
@@ -29,6 +30,7 @@ WizardStyle=modern
 
 [Files]
 Source: "bootstrap.ps1"; DestDir: "{app}\setup"; Flags: ignoreversion
+Source: "triton_windows.py"; DestDir: "{app}\setup"; Flags: ignoreversion
 Source: "..\..\dist\lora_studio-{#AppVersion}-py3-none-any.whl"; DestDir: "{app}\setup"; Flags: ignoreversion
 
 [UninstallRun]

@@ -15,8 +15,9 @@ Invariants:
 
 Modules: `fast_kernels` (LoRA Linear forward, regional compile, attention backend, the Triton self-check
 mechanism), `fast_qkv`, `fast_proj`, `fast_norm`, `fast_geglu`, `fast_layernorm`, `fast_block` (Triton and
-layout kernels), `int8_base` (8-bit frozen weights), `graphs` (CUDA-graph capture of a training step,
-`FastStep`, and of an inference forward, `GraphedForward`). Measured figures: bench/NOTES.md.
+layout kernels), `triton_check` (which kernel path a device gets, and why), `int8_base` (8-bit frozen
+weights), `graphs` (CUDA-graph capture of a training step, `FastStep`, and of an inference forward,
+`GraphedForward`). Measured figures: bench/NOTES.md.
 """
 
 from __future__ import annotations
@@ -93,6 +94,7 @@ class Accel:
     def stats(self) -> dict[str, Any]:
         """The record for a run's result: the step graphs' counters, and what is installed on the model now."""
         from lora_studio.core.accel import fast_block, fast_geglu, fast_layernorm, fast_proj, fast_qkv
+        from lora_studio.core.accel.triton_check import kernel_path
 
         m = self.model
         out: dict[str, Any] = self.step.stats() if self.step is not None else {}
@@ -100,6 +102,9 @@ class Accel:
                    fast_lora=fk.installed_fast_lora(m), fused_qkv=fast_qkv.installed(m), fast_proj=fast_proj.installed(m),
                    fast_geglu=fast_geglu.installed(m), fast_layernorm=fast_layernorm.installed(m),
                    fast_block=fast_block.installed(m), channels_last=self.channels_last)
+        p = next(m.parameters(), None)
+        if p is not None:  # which kernel path this device gets, and why not the fast one (triton_check)
+            out["kernels"] = kernel_path(p.device)
         if self.graphed is not None:
             out.update(forward_graphs=sum(g is not None for g in self.graphed.graphs.values()),
                        forward_replays=self.graphed.replays)
