@@ -8,7 +8,8 @@ installer (lora-studio.iss) after it copied this script and the app wheel to {ap
 
 uv comes from PyPI (the uv wheel is a zip holding uv.exe); uv fetches a Python for the app environment,
 so no system Python is needed. Which torch build suits the GPU is decided by lora_studio/install_plan.py
-(the tests run it), read from the wheel itself. Rerunning repairs an interrupted install.
+(the tests run it), read from the wheel itself; which triton-windows suits that torch by triton_windows.py
+next to this script. Rerunning repairs an interrupted install.
 #>
 param(
     [string]$Prefix = (Join-Path $env:LOCALAPPDATA "LoRA Studio"),
@@ -177,10 +178,11 @@ if (-not $tw) {
     Write-Host "Triton kernels: not installed ($($tw.reason)); LoRA Studio runs without them."
 } else {
     Step "Installing $($tw.requirement) for the fast training kernels ($($tw.reason))"
-    & $Uv pip install -q --python $EnvPy $tw.requirement
-    if ($LASTEXITCODE -ne 0) {
-        Write-Host "note: $($tw.requirement) could not be installed (exit $LASTEXITCODE). LoRA Studio works without it," `
-            "with slower training steps; run this setup again to retry."
+    $twOk = $false
+    try { & $Uv pip install -q --python $EnvPy $tw.requirement; $twOk = ($LASTEXITCODE -eq 0) } catch { $twOk = $false }
+    if (-not $twOk) {
+        Write-Host "note: $($tw.requirement) could not be installed. LoRA Studio works without it, with slower" `
+            "training steps; run this setup again to retry."
     }
 }
 
@@ -208,7 +210,7 @@ Remove-Item $planFile
 Set-Content $Record ($recordJson -join "`n")
 & $EnvPy -I -c "from lora_studio.core.system import torch_check; print(torch_check().summary())"
 # which kernel path training gets: "fast kernels (Triton)" or "without Triton kernels: <why>" (never fails)
-& $EnvPy -I -m lora_studio.core.accel.triton_check
+try { & $EnvPy -I -m lora_studio.core.accel.triton_check } catch { Write-Host "training kernels: could not be checked ($_)" }
 Remove-Item $Marker
 
 Write-Host ""
