@@ -59,6 +59,8 @@ class ProgressDisplay:
             self._line(f"warning: {event.msg}")
         elif isinstance(event, ev.Checkpoint):
             self._line(f"checkpoint: {event.path}")
+        elif isinstance(event, ev.Phase):
+            self._line(event.summary())
         elif isinstance(event, ev.Sample):
             self._line(f"sample: {event.path}")
         elif isinstance(event, ev.Failed):

@@ -56,6 +56,8 @@ def load_models(name_or_path: str) -> Models:
         for name in ("image_encoder", "feature_extractor"):
             if name in pipe.components:
                 extras[name] = pipe.components[name]
+        # Samples and class images pass encoded prompts: the empty negative prompt is zeros or "" as the model says.
+        extras["force_zeros_for_empty_prompt"] = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
     models = Models(family, type(pipe), tokenizers, encoders, pipe.vae, pipe.unet, noise_scheduler,
                     pipe.scheduler, extras)
     for module in [models.vae, models.unet, *models.text_encoders]:
@@ -69,14 +71,25 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def encode_tokens(models: Models, token_ids: list[torch.Tensor], text_encoders=None):
-    """(prompt_embeds, pooled_embeds or None) for already tokenized prompts, one id tensor per encoder."""
+def encode_tokens(models: Models, token_ids: list[torch.Tensor], text_encoders=None, visit=None):
+    """(prompt_embeds, pooled_embeds or None) for already tokenized prompts, one id tensor per encoder.
+
+    ``visit(device)``: each encoder goes to that device for its own call and back where it was after it (the
+    memory plan: one text encoder at a time on a small card); the outputs stay on that device.
+    """
     encoders = text_encoders if text_encoders is not None else models.text_encoders
-    if not models.is_sdxl:
-        return encoders[0](token_ids[0].to(module_device(encoders[0])), return_dict=False)[0], None
     parts, pooled = [], None
     for encoder, ids in zip(encoders, token_ids):
-        out = encoder(ids.to(module_device(encoder)), output_hidden_states=True)
+        was = module_device(encoder)
+        if visit is not None:
+            encoder.to(visit)
+        try:
+            if not models.is_sdxl:
+                return encoder(ids.to(module_device(encoder)), return_dict=False)[0], None
+            out = encoder(ids.to(module_device(encoder)), output_hidden_states=True)
+        finally:
+            if visit is not None:
+                encoder.to(was)
         pooled = out[0]  # the last encoder's projected pooled output is what SDXL conditions on
         parts.append(out.hidden_states[-2])
     return torch.cat(parts, dim=-1), pooled
