@@ -345,14 +345,22 @@ def main(argv: list[str] | None = None) -> int:
               for f in args.families}
     pictures = {f: write_pictures(work / f"pictures-{64 if args.tiny else NATIVE[f]}", 64 if args.tiny else NATIVE[f])
                 for f in args.families}
-    todo = [] if args.peer_only else [(f, p) for f in args.families for p in args.presets]
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        rows = list(pool.map(lambda fp: capped_row(fp[0], fp[1], models[fp[0]], pictures[fp[0]], work, args), todo))
-    if args.peer or args.peer_only:  # timing rows alone on the GPU
-        rows += [peer_row(f, models[f], pictures[f], work, args) for f in args.families]
+    todo = [] if args.peer_only else [(f, p) for p in args.presets for f in args.families]
     stem = f"e2e_{card_slug()}_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}" + ("_notriton" if args.no_triton else "")
-    path = record.save(out, stem, {"rows": rows}, table(rows))
-    print(table(rows) + f"\nwritten: {path}", flush=True)
+    rows: list[dict] = []
+    lock = threading.Lock()
+
+    def keep(row):  # the file is rewritten after every row: a call cut short keeps what it measured
+        with lock:
+            rows.append(row)
+            record.save(out, stem, {"rows": rows}, table(rows))
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        list(pool.map(lambda fp: keep(capped_row(fp[0], fp[1], models[fp[0]], pictures[fp[0]], work, args)), todo))
+    if args.peer or args.peer_only:  # timing rows alone on the GPU
+        for f in args.families:
+            keep(peer_row(f, models[f], pictures[f], work, args))
+    print(table(rows) + f"\nwritten: {out / stem}.json", flush=True)
     return 0 if all(r["ok"] for r in rows) else 1
 
 
