@@ -57,6 +57,6 @@ def _low_memory_pipeline(models, config, device, resolution: int):
     prompts arrive encoded), the VAE tiled where the card is short, and a batch that fits."""
     models.unet.to(device)
     models.vae.to(device)
-    set_vae_tiling(models.vae, needs_vae_tiling(resolution, device, decode=True))
+    set_vae_tiling(models.vae, needs_vae_tiling(resolution, device))
     batch = sample_batch(models.family, resolution, config.sample_batch_size, device)
     return models.pipeline(), batch

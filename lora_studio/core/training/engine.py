@@ -301,15 +301,20 @@ class _Run:
 
     def fill_caches(self, all_examples, cache_latents: bool, cache_text: bool, note: list) -> None:
         """Encode once (reading what an earlier run left on disk); then the VAE and text encoders leave the GPU
-        if cached, or stay there for the step if not."""
+        if cached, or stay there for the step if not. Pictures are encoded whole (never in tiles, which would
+        change the latents): where one does not fit beside the UNet, the UNet waits on the CPU meanwhile."""
         from lora_studio.core.training.disk_cache import DiskCache
-        from lora_studio.core.training.memory import needs_vae_tiling, release, set_vae_tiling
+        from lora_studio.core.training.memory import encode_needs_room, release, set_vae_tiling
 
         cfg, m = self.config, self.models
         m.vae.to(self.device)
-        tiled = needs_vae_tiling(cfg.resolution, self.device, decode=False)
-        set_vae_tiling(m.vae, tiled)
+        set_vae_tiling(m.vae, False)
         if cache_latents or cache_text:
+            unet_out = cache_latents and not cfg.int8_base and encode_needs_room(cfg.resolution, self.device)
+            if unet_out:
+                m.unet.to("cpu")
+                release(self.device)
+                note.append("UNet on the CPU while encoding")
             total = (len({(e.path, e.bucket) for e in all_examples}) if cache_latents else 0) + \
                 (len({e.caption for e in all_examples}) if cache_text else 0)
             self.emit(Started(total_steps=total, phase="cache", description="encoding images and captions once"))
@@ -317,13 +322,12 @@ class _Run:
                                                                                     phase="cache")),
                                               disk=DiskCache() if cfg.disk_cache else None)
             note.append(f"{counts['encoded']} encoded, {counts['read']} read from disk")
-        if tiled:
-            note.append("VAE tiled")
         if cache_latents:
             m.vae.to("cpu")
         for enc in m.text_encoders:
             enc.to("cpu" if cache_text else self.device)
         release(self.device)
+        m.unet.to(self.device)
 
     def make_optimizer(self):
         """The optimizer over the trained modules' LoRA parameters and its LR schedule, through accelerate."""
@@ -492,7 +496,7 @@ class _Run:
                 module.eval()
             vae_was = next(m.vae.parameters()).device
             m.vae.to(self.device)  # the memory plan: the VAE visits for the samples, tiled where the card is short
-            set_vae_tiling(m.vae, needs_vae_tiling(cfg.resolution, self.device, decode=True))
+            set_vae_tiling(m.vae, needs_vae_tiling(cfg.resolution, self.device))
             try:
                 for i in range(cfg.num_validation_images):
                     gen = torch.Generator("cpu").manual_seed(cfg.seed + i)
@@ -520,6 +524,11 @@ class _Run:
             self.checkpoint(step, self.micro)  # save on stop: `--resume` continues exactly here
         elif not stopped and cfg.validation_prompt:
             with self.phase("samples"):
+                # Training is over: its captured graphs and optimizer state leave room for the samples.
+                from lora_studio.core.training.memory import release
+
+                self.step_fn = self.optimizer = None
+                release(self.device)
                 self.make_samples(step)
         with self.phase("save"):
             if acc.is_main_process:

@@ -4,7 +4,8 @@ A small card cannot hold every frozen part at once (SDXL: UNet 4.8 GiB + text en
 its activations at 1024 px > 7.5 GiB). So the UNet is the one part that lives on the GPU; the text encoders go
 there one at a time when prompts are encoded and back to the CPU; the VAE goes there for class images, caching
 and samples and back once latents are cached; VAE tiling and smaller class-image batches when the card's free
-memory is below what the phase's activations need. Each phase reports its seconds and peak (``Phase``).
+memory is below what the phase's activations need (decoding only: training latents are encoded whole, with
+the UNet off the GPU for the caching phase where the card cannot hold both). Each phase reports its seconds and peak (``Phase``).
 """
 
 from __future__ import annotations
@@ -56,9 +57,15 @@ def module_bytes(module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
-def needs_vae_tiling(resolution: int, device, decode: bool) -> bool:
-    per_px = VAE_DECODE_BYTES_PER_PX if decode else VAE_ENCODE_BYTES_PER_PX
-    return resolution * resolution > TILE_PX and free_bytes(device) < per_px * resolution * resolution
+def needs_vae_tiling(resolution: int, device) -> bool:
+    """Decoding (class images, samples) in tiles where the card is short: a picture, tiny seams at most. Training
+    latents are never encoded in tiles (each tile's own normalisation changes them); see encode_needs_room."""
+    return resolution * resolution > TILE_PX and free_bytes(device) < VAE_DECODE_BYTES_PER_PX * resolution**2
+
+
+def encode_needs_room(resolution: int, device) -> bool:
+    """True when encoding one picture does not fit beside what is on the GPU (then the UNet steps out)."""
+    return free_bytes(device) < VAE_ENCODE_BYTES_PER_PX * resolution * resolution
 
 
 def set_vae_tiling(vae, on: bool) -> None:
