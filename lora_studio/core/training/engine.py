@@ -218,7 +218,7 @@ class _Run:
         from lora_studio.core.training.models import load_models
 
         cfg = self.config
-        self.models = m = load_models(cfg.pretrained_model_name_or_path)
+        self.models = m = load_models(cfg.pretrained_model_name_or_path, self.weight_dtype)
         if cfg.prediction_type:
             m.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
         # Frozen weights in the run's precision; the VAE stays fp32 (SDXL's VAE overflows in fp16).

@@ -39,14 +39,25 @@ class Models:
         return pipe
 
 
-def load_models(name_or_path: str) -> Models:
-    """Load a pipeline (fp32, CPU) through the models layer and split it into trainable-ready parts."""
+def load_models(name_or_path: str, dtype: torch.dtype = torch.float32) -> Models:
+    """Load a pipeline (CPU) through the models layer and split it into trainable-ready parts.
+
+    ``dtype``: the frozen weights' precision, read straight into it (SDXL in fp32 first would be a 10 GB
+    detour and seconds of conversion); the VAE is kept in fp32 whatever it is.
+    """
     from diffusers import DDPMScheduler
 
     from lora_studio.core.models.loader import load_pipeline, resolve_model
 
     ref = resolve_model(name_or_path)
-    pipe = load_pipeline(ref, torch_dtype=torch.float32, device="cpu")
+    direct = ref.kind == "diffusers" and (ref.path / "vae").is_dir()  # a folder: the VAE can be read apart
+    pipe = load_pipeline(ref, torch_dtype=dtype if direct else torch.float32, device="cpu")
+    vae = pipe.vae
+    if vae.dtype != torch.float32:  # the VAE's own file in fp32, never a 16-bit copy cast up
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(str(ref.path), subfolder="vae", torch_dtype=torch.float32,
+                                            local_files_only=True)
     family = ref.family
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
@@ -58,7 +69,7 @@ def load_models(name_or_path: str) -> Models:
                 extras[name] = pipe.components[name]
         # Samples and class images pass encoded prompts: the empty negative prompt is zeros or "" as the model says.
         extras["force_zeros_for_empty_prompt"] = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
-    models = Models(family, type(pipe), tokenizers, encoders, pipe.vae, pipe.unet, noise_scheduler,
+    models = Models(family, type(pipe), tokenizers, encoders, vae, pipe.unet, noise_scheduler,
                     pipe.scheduler, extras)
     for module in [models.vae, models.unet, *models.text_encoders]:
         module.requires_grad_(False)
