@@ -33,6 +33,7 @@ def ensure_class_images(models, config, device, emit, stop, resolution: int, ste
     start = len(have)
     made = 0
     index = 0
+    encoded = None
     while made < missing:
         if stop():
             break
@@ -40,9 +41,10 @@ def ensure_class_images(models, config, device, emit, stop, resolution: int, ste
         seeds = [config.seed * 1_000_003 + start + made + i for i in range(n)]
         gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         with torch.no_grad():
-            prompts = prompt_embeds(models, [config.class_prompt] * n, device)
-            images = pipe(**prompts, num_inference_steps=steps, generator=gens,
-                          height=resolution, width=resolution).images
+            if encoded is None:  # one prompt for every batch: the text encoders visit the GPU once
+                encoded = prompt_embeds(models, [config.class_prompt], device)
+            images = pipe(**{k: v.expand(n, *v.shape[1:]) for k, v in encoded.items()}, num_inference_steps=steps,
+                          generator=gens, height=resolution, width=resolution).images
         for image in images:
             while (folder / f"class-{index:05d}.png").exists():
                 index += 1

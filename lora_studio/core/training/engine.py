@@ -498,10 +498,11 @@ class _Run:
             m.vae.to(self.device)  # the memory plan: the VAE visits for the samples, tiled where the card is short
             set_vae_tiling(m.vae, needs_vae_tiling(cfg.resolution, self.device))
             try:
+                with self.accelerator.autocast():
+                    prompt = prompt_embeds(m, [cfg.validation_prompt], self.device, encs)
                 for i in range(cfg.num_validation_images):
                     gen = torch.Generator("cpu").manual_seed(cfg.seed + i)
                     with self.accelerator.autocast():
-                        prompt = prompt_embeds(m, [cfg.validation_prompt], self.device, encs)
                         image = pipe(**prompt, num_inference_steps=cfg.sample_steps, generator=gen,
                                      height=cfg.resolution, width=cfg.resolution).images[0]
                     path = self.output_dir / "samples" / f"step-{step:06d}-{i}.png"
