@@ -282,6 +282,8 @@ def parse_args(argv):
     ap.add_argument("--peer-steps", type=int, default=200)
     ap.add_argument("--peer-dir", default=str(ROOT.parent / "shared" / "peers" / "diffusers-examples"))
     ap.add_argument("--no-triton", action="store_true", help="`import triton` fails in every process (Windows)")
+    ap.add_argument("--no-triton-too", action="store_true",
+                    help="after each comparison, lora-studio's side again without Triton (same script time)")
     ap.add_argument("--tiny", action="store_true", help="demo-sized models, 64 px, a few steps, no cap (CPU smoke)")
     ap.add_argument("--work", help="where models, pictures and runs go (default OUT/e2e-work)")
     ap.add_argument("--out", default=record.default_out())
@@ -323,6 +325,19 @@ def peer_row(family, model, pictures, work, args) -> dict:
     return row
 
 
+def no_triton_row(family, model, pictures, work, args, peer: dict) -> dict:
+    """lora-studio's side again with `import triton` failing, against the script's time measured in this call
+    (the script uses no Triton kernels: it runs eager PyTorch)."""
+    rundir = work / "runs" / f"{family}-peer-notriton"
+    ours = summarize(run_train(peer_config(model, pictures, rundir, family, args), None, True))
+    row = {"family": family, "preset_gib": 24, "cap_gib": None, **ours,
+           **{k: peer[k] for k in ("peer_ok", "peer_wall_s", "peer_loss_last50")}, "steps": args.peer_steps,
+           "triton": False}
+    row["speedup"] = round(row["peer_wall_s"] / row["wall_s"], 2) if row["wall_s"] else None
+    print(json.dumps({k: v for k, v in row.items() if k != "phases"}), flush=True)
+    return row
+
+
 def table(rows: list[dict]) -> str:
     head = ("| family | preset GB | cap GiB | ok | ms/step | first step s | wall s | peak GiB | peer wall s | "
             "triton |\n|---|---|---|---|---|---|---|---|---|---|\n")
@@ -347,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                 for f in args.families}
     todo = [] if args.peer_only else [(f, p) for p in args.presets for f in args.families]
     stem = f"e2e_{card_slug()}_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}" + ("_notriton" if args.no_triton else "")
-    rows: list[dict] = []
+    previous = out / f"{stem}.json"  # several calls of one day add to one file (a table, then comparisons)
+    rows: list[dict] = json.loads(previous.read_text())["rows"] if previous.is_file() else []
     lock = threading.Lock()
 
     def keep(row):  # the file is rewritten after every row: a call cut short keeps what it measured
@@ -359,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         list(pool.map(lambda fp: keep(capped_row(fp[0], fp[1], models[fp[0]], pictures[fp[0]], work, args)), todo))
     if args.peer or args.peer_only:  # timing rows alone on the GPU
         for f in args.families:
-            keep(peer_row(f, models[f], pictures[f], work, args))
+            keep(row := peer_row(f, models[f], pictures[f], work, args))
+            if args.no_triton_too:
+                keep(no_triton_row(f, models[f], pictures[f], work, args, row))
     print(table(rows) + f"\nwritten: {out / stem}.json", flush=True)
     return 0 if all(r["ok"] for r in rows) else 1
 
