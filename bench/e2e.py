@@ -169,8 +169,10 @@ def peer_config(model: Path, pictures: Path, rundir: Path, family: str, args) ->
 
 
 # ----------------------------------------------------------------------------------------------- running
-def child_env(cap_gib: float | None, no_triton: bool) -> dict:
+def child_env(cap_gib: float | None, no_triton: bool, cache: Path | None = None) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    if cache is not None:  # the encodings kept on disk (disk_cache.py): cold for a comparison row
+        env["LORA_STUDIO_CACHE_DIR"] = str(cache)
     path = [str(ROOT)] + ([str(ROOT / "bench" / "no_triton")] if no_triton else [])
     env["PYTHONPATH"] = os.pathsep.join(path[::-1] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.pop("LORA_STUDIO_MEMORY_CAP_GIB", None)
@@ -179,14 +181,15 @@ def child_env(cap_gib: float | None, no_triton: bool) -> dict:
     return env
 
 
-def run_train(config: Path, cap_gib: float | None, no_triton: bool) -> dict:
+def run_train(config: Path, cap_gib: float | None, no_triton: bool, cache: Path | None = None) -> dict:
     """Run `lora-studio train` in a fresh process; the events file is tailed so each event gets its time."""
     events_path = config.parent / "events.jsonl"
     events_path.unlink(missing_ok=True)
     log = open(config.parent / "train.log", "w")
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "lora_studio", "train", str(config), "--events", str(events_path)],
-                            env=child_env(cap_gib, no_triton), stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT))
+                            env=child_env(cap_gib, no_triton, cache), stdout=log, stderr=subprocess.STDOUT,
+                            cwd=str(ROOT))
     stamped: list[tuple[float, dict]] = []
     done = threading.Event()
     tail = threading.Thread(target=_tail, args=(events_path, t0, stamped, done), daemon=True)
@@ -307,7 +310,7 @@ def capped_row(family, preset, model, pictures, work, args) -> dict:
     rundir = work / "runs" / f"{family}-{preset}{'-notriton' if args.no_triton else ''}"
     config = row_config(model, pictures, rundir, family, preset, args)
     row = {"family": family, "preset_gib": preset, "cap_gib": cap,
-           **summarize(run_train(config, cap, args.no_triton))}
+           **summarize(run_train(config, cap, args.no_triton, work / "cache"))}
     row["triton"] = not args.no_triton
     print(json.dumps({k: v for k, v in row.items() if k != "phases"}), flush=True)
     return row
@@ -315,7 +318,8 @@ def capped_row(family, preset, model, pictures, work, args) -> dict:
 
 def peer_row(family, model, pictures, work, args) -> dict:
     rundir = work / "runs" / f"{family}-peer{'-notriton' if args.no_triton else ''}"
-    ours = summarize(run_train(peer_config(model, pictures, rundir, family, args), None, args.no_triton))
+    ours = summarize(run_train(peer_config(model, pictures, rundir, family, args), None, args.no_triton,
+                               rundir / "cache"))  # cold: nothing encoded yet
     row = {"family": family, "preset_gib": 24, "cap_gib": None, **ours, **run_peer(model, pictures, rundir,
                                                                                    family, args)}
     row["steps"] = args.peer_steps
@@ -329,7 +333,7 @@ def no_triton_row(family, model, pictures, work, args, peer: dict) -> dict:
     """lora-studio's side again with `import triton` failing, against the script's time measured in this call
     (the script uses no Triton kernels: it runs eager PyTorch)."""
     rundir = work / "runs" / f"{family}-peer-notriton"
-    ours = summarize(run_train(peer_config(model, pictures, rundir, family, args), None, True))
+    ours = summarize(run_train(peer_config(model, pictures, rundir, family, args), None, True, rundir / "cache"))
     row = {"family": family, "preset_gib": 24, "cap_gib": None, **ours,
            **{k: peer[k] for k in ("peer_ok", "peer_wall_s", "peer_loss_last50")}, "steps": args.peer_steps,
            "triton": False}
