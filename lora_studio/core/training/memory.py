@@ -18,7 +18,6 @@ import torch
 
 from lora_studio.core.events import Phase
 
-GIB = 2**30
 # Activation bytes per pixel, measured at 1024 px in fp32 (VAE) / 16-bit with CFG (UNet, per image);
 # bench/NOTES.md has the figures. With a margin: the allocator fragments.
 VAE_ENCODE_BYTES_PER_PX = 2600
@@ -53,10 +52,6 @@ def release(device) -> None:
         torch.cuda.empty_cache()
 
 
-def module_bytes(module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
-
-
 def needs_vae_tiling(resolution: int, device) -> bool:
     """Decoding (class images, samples) in tiles where the card is short: a picture, tiny seams at most. Training
     latents are never encoded in tiles (each tile's own normalisation changes them); see encode_needs_room."""
@@ -82,18 +77,6 @@ def sample_batch(family: str, resolution: int, wanted: int, device) -> int:
     per_image = UNET_SAMPLE_BYTES_PER_PX.get(family, 1300) * resolution * resolution
     fits = max(1, int(free_bytes(device) * 0.8 // max(1, per_image)))
     return max(1, min(wanted, fits))
-
-
-@contextmanager
-def on_device(module, device, keep: bool = False):
-    """``module`` on ``device`` for the block, back on the CPU after it unless ``keep``."""
-    was = next(module.parameters()).device
-    module.to(device)
-    try:
-        yield module
-    finally:
-        if not keep and was.type == "cpu":
-            module.to("cpu")
 
 
 @contextmanager
