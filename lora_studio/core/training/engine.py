@@ -2,8 +2,11 @@
 
 The run reads top to bottom as named steps (`_Run.run`): preflight, accelerator, models, class images, LoRA,
 data, optimizer, step (on the fast path: the UNet prepared by `core.accel` and the step captured in CUDA
-graphs), resume, loop, save. Every outcome is an event: ``Finished`` once on success (also after a
-stop, with ``result["stopped"] = True``), ``Failed`` before the exception is re-raised otherwise.
+graphs), resume, loop, save. The parts are phases (load, class_images, cache, setup, train, samples, save), each
+ending with a ``Phase`` event (seconds, peak GPU memory) and each with its place in the memory plan
+(core/training/memory.py: only the UNet lives on the GPU). Every outcome is an event: ``Finished`` once on
+success (also after a stop, with ``result["stopped"] = True``), ``Failed`` before the exception is re-raised
+otherwise.
 """
 
 from __future__ import annotations
