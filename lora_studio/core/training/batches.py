@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from lora_studio.core.training.data import BatchOrder, Example, generator, load_example
@@ -18,6 +21,17 @@ def _scale(models: Models, latents: torch.Tensor) -> torch.Tensor:
     cfg = models.vae.config
     shift = getattr(cfg, "shift_factor", None) or 0.0
     return (latents - shift) * cfg.scaling_factor
+
+
+def _prefetched(fn, items: list, ahead: int = 8, threads: int = 4):
+    """``fn(item)`` for each item in order, computed by a few threads at most ``ahead`` items in advance (a
+    thousand pictures never sit in memory at once)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = deque(pool.submit(fn, item) for item in items[:ahead])
+        for nxt in items[ahead:] + [None] * min(ahead, len(items)):
+            yield pending.popleft().result()
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
 
 
 class BatchMaker:
@@ -57,19 +71,25 @@ class BatchMaker:
         from lora_studio.core.training.disk_cache import fingerprint, picture_key
 
         weights = fingerprint(self.models.vae) if disk is not None else ""
+        names = {key: picture_key(ex.path, ex.bucket, weights) if disk is not None else None
+                 for key, ex in examples.items()}
+        missing = []
         for key, ex in examples.items():
-            name = picture_key(ex.path, ex.bucket, weights) if disk is not None else None
-            hit = disk.get(name) if disk is not None else None
+            hit = disk.get(names[key]) if disk is not None else None
             if hit is not None and {"mean", "std", "crop"} <= set(hit):
                 self.latent_cache[key] = (hit["mean"].to(self.device), hit["std"].to(self.device),
                                           tuple(int(v) for v in hit["crop"]))
                 tick("read")
-                continue
-            pixels, crop = load_example(ex, center_crop=True, random_flip=False, gen=None)
+            else:
+                missing.append(key)
+        # Pictures are opened and resized by a few threads (PIL releases the GIL) while the VAE encodes the one
+        # before: CPU work that would otherwise wait for the GPU and the GPU for it.
+        load = lambda key: load_example(examples[key], center_crop=True, random_flip=False, gen=None)  # noqa: E731
+        for key, (pixels, crop) in zip(missing, _prefetched(load, missing)):
             mean, std = _latent_moments(self.models, pixels[None].to(self.device))
             self.latent_cache[key] = (mean[0], std[0], crop)
             if disk is not None:
-                disk.put(name, {"mean": mean[0], "std": std[0], "crop": torch.tensor(crop)})
+                disk.put(names[key], {"mean": mean[0], "std": std[0], "crop": torch.tensor(crop)})
             tick("encoded")
 
     def _cache_text(self, captions: list[str], disk, tick, chunk: int = 32) -> None:
