@@ -139,6 +139,9 @@ class TrainingConfig:
                              group="memory")
     cache_text_embeddings: bool = _f(True, "Encode captions once and keep the text encoders off the GPU "
                                      "(not when training the text encoder).", group="memory")
+    disk_cache: bool = _f(True, "Keep the encoded pictures and captions on disk (the user cache folder), so the next "
+                          "run on the same pictures and model starts without encoding them again.", group="memory",
+                          advanced=True)
     int8_base: bool = _f(False, "Store the frozen UNet's large weights in 8 bits: SDXL at 1024 fits a 6 GB card "
                          "(rank 32, batch 1, checkpointing: 4.0 GiB instead of 6.2), the step is ~30% slower and the "
                          "base model is slightly rounded while training. The saved LoRA is the usual file and loads "

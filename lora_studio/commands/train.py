@@ -59,6 +59,8 @@ class ProgressDisplay:
             self._line(f"warning: {event.msg}")
         elif isinstance(event, ev.Checkpoint):
             self._line(f"checkpoint: {event.path}")
+        elif isinstance(event, ev.Phase):
+            self._line(event.summary())
         elif isinstance(event, ev.Sample):
             self._line(f"sample: {event.path}")
         elif isinstance(event, ev.Failed):
@@ -120,9 +122,26 @@ def stop_check(flag, stop_file: str | None):
     return lambda: flag.is_set() or stop_requested(stop_file, app)
 
 
+MEMORY_CAP_ENV = "LORA_STUDIO_MEMORY_CAP_GIB"
+
+
+def apply_memory_cap() -> None:
+    """``LORA_STUDIO_MEMORY_CAP_GIB=7.5``: this process may use at most that much GPU memory, from its first
+    allocation on (loading, class images, caching, training, samples), as if the card were that small."""
+    cap = os.environ.get(MEMORY_CAP_ENV, "").strip()
+    if not cap:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) * 2**30 / total))
+
+
 def run(args) -> int:
     from lora_studio import config as config_mod
 
+    apply_memory_cap()  # before any CUDA work, so the cap covers the whole run
     cfg = config_mod.load(args.config)
     if args.processes > 1 and not is_launched_rank():
         return run_processes(args, cfg)

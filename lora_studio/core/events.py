@@ -52,6 +52,20 @@ class Warning:  # noqa: A001 - the protocol's name
 
 
 @dataclass(frozen=True)
+class Phase:
+    """One part of a run has ended: its name ("load", "class_images", "cache", "setup", "train", "samples",
+    "save"), how long it took and the most GPU memory it held (bytes; None on the CPU)."""
+    name: str
+    seconds: float
+    peak_bytes: int | None = None
+    note: str = ""  # what the memory plan chose for it, e.g. "VAE tiled; text encoders one at a time"
+
+    def summary(self) -> str:
+        peak = f", peak {self.peak_bytes / 2**30:.2f} GiB" if self.peak_bytes else ""
+        return f"{self.name.replace('_', ' ')}: {self.seconds:.1f} s{peak}" + (f" ({self.note})" if self.note else "")
+
+
+@dataclass(frozen=True)
 class Finished:
     result: dict[str, Any] = field(default_factory=dict)
 
@@ -62,9 +76,9 @@ class Failed:
     advice: str = ""
 
 
-Event = Union[Started, Progress, Sample, Checkpoint, Warning, Finished, Failed]
+Event = Union[Started, Progress, Sample, Checkpoint, Warning, Phase, Finished, Failed]
 EVENT_TYPES: dict[str, type] = {
-    cls.__name__: cls for cls in (Started, Progress, Sample, Checkpoint, Warning, Finished, Failed)
+    cls.__name__: cls for cls in (Started, Progress, Sample, Checkpoint, Warning, Phase, Finished, Failed)
 }
 Emit = Callable[[Event], None]
 

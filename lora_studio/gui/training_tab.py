@@ -293,6 +293,8 @@ class TrainingTab(QWidget):
             self.append_log(f"Checkpoint at step {e.step}: {os.path.abspath(e.path)}")
         elif isinstance(e, ev.Warning):
             self.append_log(f"warning: {e.msg}")
+        elif isinstance(e, ev.Phase):  # each part of the run: its time and the most GPU memory it held
+            self.append_log(e.summary())
         elif isinstance(e, ev.Finished):
             self._on_finished(e)
         elif isinstance(e, ev.Failed):

@@ -15,6 +15,8 @@ from lora_studio.core import events as ev
         ev.Sample(path="s.png", step=5, prompt="a sks shape"),
         ev.Checkpoint(path="ckpt", step=5),
         ev.Warning(msg="careful"),
+        ev.Phase(name="cache", seconds=1.25, peak_bytes=3 * 2**30, note="VAE tiled"),
+        ev.Phase(name="load", seconds=0.5),
         ev.Finished(result={"adapter": "a.safetensors", "steps": 10}),
         ev.Failed(message="boom", advice="do this"),
     ],

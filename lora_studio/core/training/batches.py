@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from lora_studio.core.training.data import BatchOrder, Example, generator, load_example
@@ -20,6 +23,17 @@ def _scale(models: Models, latents: torch.Tensor) -> torch.Tensor:
     return (latents - shift) * cfg.scaling_factor
 
 
+def _prefetched(fn, items: list, ahead: int = 8, threads: int = 4):
+    """``fn(item)`` for each item in order, computed by a few threads at most ``ahead`` items in advance (a
+    thousand pictures never sit in memory at once)."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending = deque(pool.submit(fn, item) for item in items[:ahead])
+        for nxt in items[ahead:] + [None] * min(ahead, len(items)):
+            yield pending.popleft().result()
+            if nxt is not None:
+                pending.append(pool.submit(fn, nxt))
+
+
 class BatchMaker:
     """Deterministic batches: micro-step m always gives the same examples, crops, flips, noise and timesteps."""
 
@@ -34,26 +48,72 @@ class BatchMaker:
 
     # ---------------------------------------------------------------- caches
     @torch.no_grad()
-    def fill_caches(self, progress=None) -> None:
+    def fill_caches(self, progress=None, disk=None) -> dict:
+        """Encode every picture and caption once (``disk``: a DiskCache read first and filled after);
+        returns what was encoded and what was read from disk."""
         examples = {(ex.path, ex.bucket): ex for order in self.orders for ex in order.examples}
         captions = sorted({ex.caption for order in self.orders for ex in order.examples})
         todo = (len(examples) if self.cache_latents else 0) + (len(captions) if self.cache_text else 0)
-        done = 0
+        counts = {"encoded": 0, "read": 0}
+
+        def tick(kind):
+            counts[kind] += 1
+            if progress:
+                progress(counts["encoded"] + counts["read"], todo)
+
         if self.cache_latents:
-            for key, ex in examples.items():
-                pixels, crop = load_example(ex, center_crop=True, random_flip=False, gen=None)
-                mean, std = _latent_moments(self.models, pixels[None].to(self.device))
-                self.latent_cache[key] = (mean[0], std[0], crop)
-                done += 1
-                if progress:
-                    progress(done, todo)
+            self._cache_latents(examples, disk, tick)
         if self.cache_text:
-            for caption in captions:
-                embeds, pooled = encode_tokens(self.models, tokenize_all(self.models, [caption]))
-                self.text_cache[caption] = (embeds[0].float(), None if pooled is None else pooled[0].float())
-                done += 1
-                if progress:
-                    progress(done, todo)
+            self._cache_text(captions, disk, tick)
+        return counts
+
+    def _cache_latents(self, examples: dict, disk, tick) -> None:
+        from lora_studio.core.training.disk_cache import fingerprint, picture_key
+
+        weights = fingerprint(self.models.vae) if disk is not None else ""
+        names = {key: picture_key(ex.path, ex.bucket, weights) if disk is not None else None
+                 for key, ex in examples.items()}
+        missing = []
+        for key, ex in examples.items():
+            hit = disk.get(names[key]) if disk is not None else None
+            if hit is not None and {"mean", "std", "crop"} <= set(hit):
+                self.latent_cache[key] = (hit["mean"].to(self.device), hit["std"].to(self.device),
+                                          tuple(int(v) for v in hit["crop"]))
+                tick("read")
+            else:
+                missing.append(key)
+        # Pictures are opened and resized by a few threads (PIL releases the GIL) while the VAE encodes the one
+        # before: CPU work that would otherwise wait for the GPU and the GPU for it.
+        load = lambda key: load_example(examples[key], center_crop=True, random_flip=False, gen=None)  # noqa: E731
+        for key, (pixels, crop) in zip(missing, _prefetched(load, missing)):
+            mean, std = _latent_moments(self.models, pixels[None].to(self.device))
+            self.latent_cache[key] = (mean[0], std[0], crop)
+            if disk is not None:
+                disk.put(names[key], {"mean": mean[0], "std": std[0], "crop": torch.tensor(crop)})
+            tick("encoded")
+
+    def _cache_text(self, captions: list[str], disk, tick, chunk: int = 32) -> None:
+        from lora_studio.core.training.disk_cache import caption_key, fingerprint
+
+        weights = fingerprint(*self.models.text_encoders) if disk is not None else ""
+        missing = []
+        for caption in captions:
+            hit = disk.get(caption_key(caption, weights)) if disk is not None else None
+            if hit is not None and "embeds" in hit:
+                self.text_cache[caption] = (hit["embeds"], hit.get("pooled"))
+                tick("read")
+            else:
+                missing.append(caption)
+        for i in range(0, len(missing), chunk):
+            # Captions go through the encoders together, each encoder on the GPU for its call only.
+            part = missing[i:i + chunk]
+            embeds, pooled = encode_tokens(self.models, tokenize_all(self.models, part), visit=self.device)
+            for j, caption in enumerate(part):
+                entry = (embeds[j].float(), None if pooled is None else pooled[j].float())
+                self.text_cache[caption] = entry
+                if disk is not None:
+                    disk.put(caption_key(caption, weights), {"embeds": entry[0], "pooled": entry[1]})
+                tick("encoded")
 
     # ---------------------------------------------------------------- one step
     @torch.no_grad()

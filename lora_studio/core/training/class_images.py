@@ -9,13 +9,15 @@ import torch
 from lora_studio.core.dataset.scan import scan
 from lora_studio.core.events import Progress, Started
 from lora_studio.core.io import write_with
+from lora_studio.core.training.memory import needs_vae_tiling, prompt_embeds, sample_batch, set_vae_tiling
 
 
 def existing_class_images(folder: Path) -> list[Path]:
     return scan(folder) if folder.is_dir() else []
 
 
-def ensure_class_images(models, config, device, emit, stop, resolution: int, steps: int) -> list[Path]:
+def ensure_class_images(models, config, device, emit, stop, resolution: int, steps: int,
+                        note: list | None = None) -> list[Path]:
     """Generate missing class images with the base model (no LoRA yet); reuse the ones already there."""
     folder = Path(config.class_data_dir)
     have = existing_class_images(folder)
@@ -24,21 +26,25 @@ def ensure_class_images(models, config, device, emit, stop, resolution: int, ste
         return have[: config.num_class_images]
     emit(Started(total_steps=missing, phase="class_images",
                  description=f"generating {missing} class images for '{config.class_prompt}'"))
-    pipe = models.pipeline()
-    pipe.to(device)
+    pipe, batch = _low_memory_pipeline(models, config, device, resolution)
+    if note is not None:
+        note.append(f"batch {batch}" + ("; VAE tiled" if models.vae.use_tiling else ""))
     folder.mkdir(parents=True, exist_ok=True)
     start = len(have)
     made = 0
     index = 0
+    encoded = None
     while made < missing:
         if stop():
             break
-        n = min(config.sample_batch_size, missing - made)
+        n = min(batch, missing - made)
         seeds = [config.seed * 1_000_003 + start + made + i for i in range(n)]
         gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         with torch.no_grad():
-            images = pipe([config.class_prompt] * n, num_inference_steps=steps, generator=gens,
-                          height=resolution, width=resolution).images
+            if encoded is None:  # one prompt for every batch: the text encoders visit the GPU once
+                encoded = prompt_embeds(models, [config.class_prompt], device)
+            images = pipe(**{k: v.expand(n, *v.shape[1:]) for k, v in encoded.items()}, num_inference_steps=steps,
+                          generator=gens, height=resolution, width=resolution).images
         for image in images:
             while (folder / f"class-{index:05d}.png").exists():
                 index += 1
@@ -46,3 +52,13 @@ def ensure_class_images(models, config, device, emit, stop, resolution: int, ste
             made += 1
         emit(Progress(step=made, total=missing, phase="class_images"))
     return existing_class_images(folder)[: config.num_class_images]
+
+
+def _low_memory_pipeline(models, config, device, resolution: int):
+    """The base model's pipeline with the UNet and VAE on the device (the text encoders stay where they are:
+    prompts arrive encoded), the VAE tiled where the card is short, and a batch that fits."""
+    models.unet.to(device)
+    models.vae.to(device)
+    set_vae_tiling(models.vae, needs_vae_tiling(resolution, device))
+    batch = sample_batch(models.family, resolution, config.sample_batch_size, device)
+    return models.pipeline(), batch

@@ -2,8 +2,11 @@
 
 The run reads top to bottom as named steps (`_Run.run`): preflight, accelerator, models, class images, LoRA,
 data, optimizer, step (on the fast path: the UNet prepared by `core.accel` and the step captured in CUDA
-graphs), resume, loop, save. Every outcome is an event: ``Finished`` once on success (also after a
-stop, with ``result["stopped"] = True``), ``Failed`` before the exception is re-raised otherwise.
+graphs), resume, loop, save. The parts are phases (load, class_images, cache, setup, train, samples, save), each
+ending with a ``Phase`` event (seconds, peak GPU memory) and each with its place in the memory plan
+(core/training/memory.py: only the UNet lives on the GPU). Every outcome is an event: ``Finished`` once on
+success (also after a stop, with ``result["stopped"] = True``), ``Failed`` before the exception is re-raised
+otherwise.
 """
 
 from __future__ import annotations
@@ -129,10 +132,14 @@ class _Run:
             save(self.config, self.output_dir / "config.toml")
             record = preflight.dataset_record(examples, self.config)
             write_text(self.output_dir / "dataset.json", json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-        self.load_models()
-        if self.config.int8_base:
-            self.add_lora()  # the LoRA goes in before the frozen weights are stored in 8 bits and moved to the GPU
-        class_paths = self.class_images() if self.config.with_prior_preservation else []
+        with self.phase("load"):
+            self.load_models()
+            if self.config.int8_base:
+                self.add_lora()  # the LoRA goes in before the frozen weights are stored in 8 bits and moved to the GPU
+        class_paths = []
+        if self.config.with_prior_preservation:
+            with self.phase("class_images") as note:
+                class_paths = self.class_images(note)
         if self.should_stop() and self.config.with_prior_preservation and \
                 len(class_paths) < self.config.num_class_images:
             return self.finish_early(t0, "stopped while generating class images")
@@ -142,13 +149,21 @@ class _Run:
             from accelerate.utils import set_seed
 
             set_seed(self.config.seed)  # the same random state whether class images were made or found
-        self.setup_memory()
-        self.prepare_data(examples, class_paths)
-        self.make_optimizer()
-        self.make_step()
-        start_step, micro = self.restore()
-        stopped = self.loop(start_step, micro)
+        with self.phase("cache") as note:
+            self.prepare_data(examples, class_paths, note)
+        with self.phase("setup"):
+            self.setup_memory()
+            self.make_optimizer()
+            self.make_step()
+            start_step, micro = self.restore()
+        with self.phase("train"):
+            stopped = self.loop(start_step, micro)
         return self.save_final(stopped, t0, len(class_paths))
+
+    def phase(self, name: str):
+        from lora_studio.core.training.memory import phase
+
+        return phase(name, self.device, self.emit)
 
     # ------------------------------------------------------------------ steps
     def preflight(self):
@@ -206,16 +221,18 @@ class _Run:
         from lora_studio.core.training.models import load_models
 
         cfg = self.config
-        self.models = m = load_models(cfg.pretrained_model_name_or_path)
+        self.models = m = load_models(cfg.pretrained_model_name_or_path, self.weight_dtype)
         if cfg.prediction_type:
             m.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
         # Frozen weights in the run's precision; the VAE stays fp32 (SDXL's VAE overflows in fp16).
+        # The memory plan (core/training/memory.py): only the UNet lives on the GPU from here on; the VAE and the
+        # text encoders go there for the phases that use them (prepare_data keeps them there when not cached).
         for module, dtype in [(m.unet, self.weight_dtype), (m.vae, torch.float32),
                               *[(enc, self.weight_dtype) for enc in m.text_encoders]]:
             if module.dtype != dtype:
                 module.to(dtype=dtype)
-            if not (module is m.unet and cfg.int8_base):  # int8_base: the UNet moves once quantised (add_lora)
-                module.to(self.device)
+        if not cfg.int8_base:  # int8_base: the UNet moves once quantised (add_lora)
+            m.unet.to(self.device)
 
     def add_lora(self):
         from accelerate.utils import set_seed
@@ -228,15 +245,17 @@ class _Run:
             self.int8_saved_bytes = prepare(self.models.unet, Options(int8=True)).int8_saved_bytes
             self.models.unet.to(self.device)  # Module.to keeps the Parameter objects: self.params stays valid
 
-    def class_images(self) -> list[Path]:
+    def class_images(self, note: list) -> list[Path]:
         from lora_studio.core.training.class_images import ensure_class_images
+        from lora_studio.core.training.memory import release
 
         cfg = self.config
         paths: list[Path] = []
         if self.accelerator.is_main_process:
             with self.accelerator.autocast():
                 paths = ensure_class_images(self.models, cfg, self.device, self.emit, self.should_stop,
-                                            cfg.resolution, cfg.sample_steps)
+                                            cfg.resolution, cfg.sample_steps, note)
+        release(self.device)  # the pipeline's activations go before training memory is laid out
         self.accelerator.wait_for_everyone()
         if not self.accelerator.is_main_process:
             from lora_studio.core.training.class_images import existing_class_images
@@ -262,7 +281,7 @@ class _Run:
         for module in trainable_modules(self.models, cfg):
             module.train()
 
-    def prepare_data(self, examples, class_paths):
+    def prepare_data(self, examples, class_paths, note: list):
         from lora_studio.core.training.batches import BatchMaker
         from lora_studio.core.training.data import BatchOrder, augmentations_random
 
@@ -281,11 +300,37 @@ class _Run:
         cache_text = cfg.cache_text_embeddings and not cfg.train_text_encoder
         self.batches = BatchMaker(self.models, cfg, self.device, orders, cache_latents, cache_text,
                                   acc.process_index)
+        self.fill_caches(all_examples, cache_latents, cache_text, note)
+
+    def fill_caches(self, all_examples, cache_latents: bool, cache_text: bool, note: list) -> None:
+        """Encode once (reading what an earlier run left on disk); then the VAE and text encoders leave the GPU
+        if cached, or stay there for the step if not. Pictures are encoded whole (never in tiles, which would
+        change the latents): where one does not fit beside the UNet, the UNet waits on the CPU meanwhile."""
+        from lora_studio.core.training.disk_cache import DiskCache
+        from lora_studio.core.training.memory import encode_needs_room, release, set_vae_tiling
+
+        cfg, m = self.config, self.models
+        m.vae.to(self.device)
+        set_vae_tiling(m.vae, False)
         if cache_latents or cache_text:
+            unet_out = cache_latents and not cfg.int8_base and encode_needs_room(cfg.resolution, self.device)
+            if unet_out:
+                m.unet.to("cpu")
+                release(self.device)
+                note.append("UNet on the CPU while encoding")
             total = (len({(e.path, e.bucket) for e in all_examples}) if cache_latents else 0) + \
                 (len({e.caption for e in all_examples}) if cache_text else 0)
             self.emit(Started(total_steps=total, phase="cache", description="encoding images and captions once"))
-            self.batches.fill_caches(lambda done, todo: self.emit(Progress(step=done, total=todo, phase="cache")))
+            counts = self.batches.fill_caches(lambda done, todo: self.emit(Progress(step=done, total=todo,
+                                                                                    phase="cache")),
+                                              disk=DiskCache() if cfg.disk_cache else None)
+            note.append(f"{counts['encoded']} encoded, {counts['read']} read from disk")
+        if cache_latents:
+            m.vae.to("cpu")
+        for enc in m.text_encoders:
+            enc.to("cpu" if cache_text else self.device)
+        release(self.device)
+        m.unet.to(self.device)
 
     def make_optimizer(self):
         """The optimizer over the trained modules' LoRA parameters and its LR schedule, through accelerate."""
@@ -443,6 +488,7 @@ class _Run:
     @torch.no_grad()
     def make_samples(self, step: int):
         from lora_studio.core.io import write_with
+        from lora_studio.core.training.memory import needs_vae_tiling, prompt_embeds, release, set_vae_tiling
 
         cfg, m = self.config, self.models
         if self.accelerator.is_main_process:
@@ -451,17 +497,25 @@ class _Run:
             pipe = m.pipeline(unet=unet, text_encoders=encs)
             for module in trainable_modules(m, cfg):
                 module.eval()
+            vae_was = next(m.vae.parameters()).device
+            m.vae.to(self.device)  # the memory plan: the VAE visits for the samples, tiled where the card is short
+            set_vae_tiling(m.vae, needs_vae_tiling(cfg.resolution, self.device))
             try:
+                with self.accelerator.autocast():
+                    prompt = prompt_embeds(m, [cfg.validation_prompt], self.device, encs)
                 for i in range(cfg.num_validation_images):
                     gen = torch.Generator("cpu").manual_seed(cfg.seed + i)
                     with self.accelerator.autocast():
-                        image = pipe(cfg.validation_prompt, num_inference_steps=cfg.sample_steps, generator=gen,
+                        image = pipe(**prompt, num_inference_steps=cfg.sample_steps, generator=gen,
                                      height=cfg.resolution, width=cfg.resolution).images[0]
                     path = self.output_dir / "samples" / f"step-{step:06d}-{i}.png"
                     write_with(path, lambda tmp, im=image: im.save(tmp, format="PNG"))
                     self.samples.append(str(path))
                     self.emit(Sample(path=str(path), step=step, prompt=cfg.validation_prompt))
             finally:
+                m.vae.to(vae_was)
+                del pipe
+                release(self.device)  # the samples' activations go before training goes on
                 for module in trainable_modules(m, cfg):
                     module.train()
         self.accelerator.wait_for_everyone()
@@ -473,11 +527,18 @@ class _Run:
         if stopped and step > 0 and not str(self.last_checkpoint or "").endswith(f"checkpoint-{step}"):
             self.checkpoint(step, self.micro)  # save on stop: `--resume` continues exactly here
         elif not stopped and cfg.validation_prompt:
-            self.make_samples(step)
-        if acc.is_main_process:
-            adapter = save_adapter(self.output_dir, self.models, cfg, extra={"step": step})
-            main_file = self.write_main_file(adapter, step)
-        acc.wait_for_everyone()
+            with self.phase("samples"):
+                # Training is over: its captured graphs and optimizer state leave room for the samples.
+                from lora_studio.core.training.memory import release
+
+                self.step_fn = self.optimizer = None
+                release(self.device)
+                self.make_samples(step)
+        with self.phase("save"):
+            if acc.is_main_process:
+                adapter = save_adapter(self.output_dir, self.models, cfg, extra={"step": step})
+                main_file = self.write_main_file(adapter, step)
+            acc.wait_for_everyone()
         result = {
             "lora_path": main_file,  # the one file every webui reads: named first
             "output_dir": str(self.output_dir),
@@ -538,6 +599,14 @@ class _Run:
         acc = self.accelerator
         if acc is None:
             return
+        # The preview after the run (same process in the app) finds the card empty: drop the run's tensors.
+        for name in ("models", "unet", "trained_encoders", "optimizer", "lr_scheduler", "step_fn", "batches",
+                     "params", "accel"):
+            if hasattr(self, name):
+                setattr(self, name, None)
+        from lora_studio.core.training.memory import release
+
+        release(self.device)
         if self.tensorboard:
             acc.end_training()
         if acc.num_processes == 1:

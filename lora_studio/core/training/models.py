@@ -39,14 +39,25 @@ class Models:
         return pipe
 
 
-def load_models(name_or_path: str) -> Models:
-    """Load a pipeline (fp32, CPU) through the models layer and split it into trainable-ready parts."""
+def load_models(name_or_path: str, dtype: torch.dtype = torch.float32) -> Models:
+    """Load a pipeline (CPU) through the models layer and split it into trainable-ready parts.
+
+    ``dtype``: the frozen weights' precision, read straight into it (SDXL in fp32 first would be a 10 GB
+    detour and seconds of conversion); the VAE is kept in fp32 whatever it is.
+    """
     from diffusers import DDPMScheduler
 
     from lora_studio.core.models.loader import load_pipeline, resolve_model
 
     ref = resolve_model(name_or_path)
-    pipe = load_pipeline(ref, torch_dtype=torch.float32, device="cpu")
+    direct = ref.kind == "diffusers" and (ref.path / "vae").is_dir()  # a folder: the VAE can be read apart
+    pipe = load_pipeline(ref, torch_dtype=dtype if direct else torch.float32, device="cpu")
+    vae = pipe.vae
+    if vae.dtype != torch.float32:  # the VAE's own file in fp32, never a 16-bit copy cast up
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(str(ref.path), subfolder="vae", torch_dtype=torch.float32,
+                                            local_files_only=True)
     family = ref.family
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
@@ -56,7 +67,9 @@ def load_models(name_or_path: str) -> Models:
         for name in ("image_encoder", "feature_extractor"):
             if name in pipe.components:
                 extras[name] = pipe.components[name]
-    models = Models(family, type(pipe), tokenizers, encoders, pipe.vae, pipe.unet, noise_scheduler,
+        # Samples and class images pass encoded prompts: the empty negative prompt is zeros or "" as the model says.
+        extras["force_zeros_for_empty_prompt"] = bool(pipe.config.get("force_zeros_for_empty_prompt", True))
+    models = Models(family, type(pipe), tokenizers, encoders, vae, pipe.unet, noise_scheduler,
                     pipe.scheduler, extras)
     for module in [models.vae, models.unet, *models.text_encoders]:
         module.requires_grad_(False)
@@ -69,14 +82,25 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
                      return_tensors="pt").input_ids
 
 
-def encode_tokens(models: Models, token_ids: list[torch.Tensor], text_encoders=None):
-    """(prompt_embeds, pooled_embeds or None) for already tokenized prompts, one id tensor per encoder."""
+def encode_tokens(models: Models, token_ids: list[torch.Tensor], text_encoders=None, visit=None):
+    """(prompt_embeds, pooled_embeds or None) for already tokenized prompts, one id tensor per encoder.
+
+    ``visit(device)``: each encoder goes to that device for its own call and back where it was after it (the
+    memory plan: one text encoder at a time on a small card); the outputs stay on that device.
+    """
     encoders = text_encoders if text_encoders is not None else models.text_encoders
-    if not models.is_sdxl:
-        return encoders[0](token_ids[0].to(module_device(encoders[0])), return_dict=False)[0], None
     parts, pooled = [], None
     for encoder, ids in zip(encoders, token_ids):
-        out = encoder(ids.to(module_device(encoder)), output_hidden_states=True)
+        was = module_device(encoder)
+        if visit is not None:
+            encoder.to(visit)
+        try:
+            if not models.is_sdxl:
+                return encoder(ids.to(module_device(encoder)), return_dict=False)[0], None
+            out = encoder(ids.to(module_device(encoder)), output_hidden_states=True)
+        finally:
+            if visit is not None:
+                encoder.to(was)
         pooled = out[0]  # the last encoder's projected pooled output is what SDXL conditions on
         parts.append(out.hidden_states[-2])
     return torch.cat(parts, dim=-1), pooled

@@ -78,7 +78,8 @@ class TrainingStep:
         m = self.models
         if self._empty is None:
             with torch.no_grad(), _adapters_off(*m.text_encoders):
-                embeds, pooled = encode_tokens(m, tokenize_all(m, [""]))
+                # The encoders may be off the GPU (cached text): each visits the training device for the call.
+                embeds, pooled = encode_tokens(m, tokenize_all(m, [""]), visit=self.accelerator.device)
             if m.is_sdxl:
                 embeds, pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
             self._empty = (embeds.float(), None if pooled is None else pooled.float())

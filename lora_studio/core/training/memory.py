@@ -1,0 +1,115 @@
+"""The run's memory plan: which frozen part is on the GPU in which phase, and how much the card holds.
+
+A small card cannot hold every frozen part at once (SDXL: UNet 4.8 GiB + text encoders 1.6 GiB + the VAE and
+its activations at 1024 px > 7.5 GiB). So the UNet is the one part that lives on the GPU; the text encoders go
+there one at a time when prompts are encoded and back to the CPU; the VAE goes there for class images, caching
+and samples and back once latents are cached; VAE tiling and smaller class-image batches when the card's free
+memory is below what the phase's activations need (decoding only: training latents are encoded whole, with
+the UNet off the GPU for the caching phase where the card cannot hold both). Each phase reports its seconds and peak (``Phase``).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from contextlib import contextmanager
+
+import torch
+
+from lora_studio.core.events import Phase
+
+# Activation bytes per pixel, measured at 1024 px in fp32 (VAE) / 16-bit with CFG (UNet, per image);
+# bench/NOTES.md has the figures. With a margin: the allocator fragments.
+VAE_ENCODE_BYTES_PER_PX = 2600
+VAE_DECODE_BYTES_PER_PX = 4200
+UNET_SAMPLE_BYTES_PER_PX = {"sd1": 1300, "sdxl": 900}
+TILE_PX = 512 * 512  # a tiled VAE works on 512 px tiles (the full-size VAE's sample_size)
+
+
+def card_bytes(device) -> int:
+    """What this process may allocate on the device: the card, or less where the process is capped."""
+    if device.type != "cuda":
+        return 0
+    total = torch.cuda.get_device_properties(device).total_memory
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
+    return int(total * min(1.0, fraction))
+
+
+def free_bytes(device) -> int:
+    """Free memory for this process: the card (or its cap) less what torch holds, less what others hold."""
+    if device.type != "cuda":
+        return 1 << 62  # the CPU: no plan needed
+    allocated = torch.cuda.memory_allocated(device)
+    free_on_card, _ = torch.cuda.mem_get_info(device)
+    cached = torch.cuda.memory_reserved(device) - allocated
+    return max(0, min(card_bytes(device) - allocated, free_on_card + cached))
+
+
+def release(device) -> None:
+    """Give freed blocks back, so the next phase (and a preview after the run) finds the card empty."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def needs_vae_tiling(resolution: int, device) -> bool:
+    """Decoding (class images, samples) in tiles where the card is short: a picture, tiny seams at most. Training
+    latents are never encoded in tiles (each tile's own normalisation changes them); see encode_needs_room."""
+    return resolution * resolution > TILE_PX and free_bytes(device) < VAE_DECODE_BYTES_PER_PX * resolution**2
+
+
+def encode_needs_room(resolution: int, device) -> bool:
+    """True when encoding one picture does not fit beside what is on the GPU (then the UNet steps out)."""
+    return free_bytes(device) < VAE_ENCODE_BYTES_PER_PX * resolution * resolution
+
+
+def set_vae_tiling(vae, on: bool) -> None:
+    # Encode and decode one picture at a time either way (slicing); tiles only where the card needs them.
+    vae.enable_slicing()
+    if on:
+        vae.enable_tiling()
+    else:
+        vae.disable_tiling()
+
+
+def sample_batch(family: str, resolution: int, wanted: int, device) -> int:
+    """How many class images to generate at once: as many as wanted that fit beside what is already there."""
+    per_image = UNET_SAMPLE_BYTES_PER_PX.get(family, 1300) * resolution * resolution
+    fits = max(1, int(free_bytes(device) * 0.8 // max(1, per_image)))
+    return max(1, min(wanted, fits))
+
+
+@contextmanager
+def phase(name: str, device, emit, note: list | None = None):
+    """Time a phase and its peak GPU memory; emit ``Phase`` at its end (``note`` may be filled inside)."""
+    note = note if note is not None else []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    yield note
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    emit(Phase(name=name, seconds=round(time.perf_counter() - t0, 3), peak_bytes=peak, note="; ".join(note)))
+
+
+def prompt_embeds(models, prompts: list[str], device, encoders=None) -> dict:
+    """Pipeline keyword arguments with the prompts (and the empty negative prompt) already encoded, each text
+    encoder on the GPU only for its own call: the pipeline then never needs them on the device."""
+    from lora_studio.core.training.models import encode_tokens, tokenize_all
+
+    embeds, pooled = encode_tokens(models, tokenize_all(models, prompts), encoders, visit=device)
+    kw = {"prompt_embeds": embeds}
+    if not models.is_sdxl:
+        kw["negative_prompt_embeds"] = encode_tokens(models, tokenize_all(models, [""] * len(prompts)), encoders,
+                                                     visit=device)[0]
+        return kw
+    kw["pooled_prompt_embeds"] = pooled
+    if models.extras.get("force_zeros_for_empty_prompt", True):
+        kw["negative_prompt_embeds"] = torch.zeros_like(embeds)
+        kw["negative_pooled_prompt_embeds"] = torch.zeros_like(pooled)
+    else:
+        neg, neg_pooled = encode_tokens(models, tokenize_all(models, [""] * len(prompts)), encoders, visit=device)
+        kw["negative_prompt_embeds"], kw["negative_pooled_prompt_embeds"] = neg, neg_pooled
+    return kw
