@@ -26,10 +26,19 @@ UNET_SAMPLE_BYTES_PER_PX = {"sd1": 1300, "sdxl": 900}
 TILE_PX = 512 * 512  # a tiled VAE works on 512 px tiles (the full-size VAE's sample_size)
 
 
+def _indexed(device) -> torch.device:
+    # torch.cuda.mem_get_info and the per-process fraction want a numbered device; "cuda" alone is the current one
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def card_bytes(device) -> int:
     """What this process may allocate on the device: the card, or less where the process is capped."""
     if device.type != "cuda":
         return 0
+    device = _indexed(device)
     total = torch.cuda.get_device_properties(device).total_memory
     fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
     return int(total * min(1.0, fraction))
@@ -39,6 +48,7 @@ def free_bytes(device) -> int:
     """Free memory for this process: the card (or its cap) less what torch holds, less what others hold."""
     if device.type != "cuda":
         return 1 << 62  # the CPU: no plan needed
+    device = _indexed(device)
     allocated = torch.cuda.memory_allocated(device)
     free_on_card, _ = torch.cuda.mem_get_info(device)
     cached = torch.cuda.memory_reserved(device) - allocated
