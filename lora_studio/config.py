@@ -127,6 +127,9 @@ class TrainingConfig:
         0.0, "Weight of a loss that keeps the empty-prompt prediction equal to the base model's on the training "
         "images, so the LoRA's effect is tied to the prompt and classifier-free guidance amplifies it "
         "(0 = off; 1 is a good start for style LoRAs).", group="optim", min=0.0, max=100.0, advanced=True)
+    ema_decay: float = _f(0.0, "Save a moving average of the LoRA weights over the last updates instead of the "
+                          "last step's weights: a steadier adapter at a high learning rate (0 = off; 0.99 averages "
+                          "about the last 100 updates).", group="optim", min=0.0, max=0.9999, advanced=True)
     prediction_type: str = _f("", "Override the scheduler's prediction type ('' = the model's own).", group="optim",
                               choices=["", "epsilon", "v_prediction"], advanced=True)
 

@@ -63,13 +63,14 @@ def set_rng_states(state: dict) -> None:
 
 
 def save_checkpoint(output_dir, step: int, micro_step: int, models, config, optimizer, lr_scheduler,
-                    accelerator, loss_history: list, limit: int) -> Path:
+                    accelerator, loss_history: list, limit: int, ema=None) -> Path:
     final = checkpoints_dir(output_dir) / f"checkpoint-{step}"
     with atomic_dir(final) as tmp:
         save_adapter(tmp, models, config, extra={"step": step})
         scaler = getattr(accelerator, "scaler", None)
         torch.save({"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states()},
+                    "scaler": scaler.state_dict() if scaler is not None else None, "rng": rng_states(),
+                    "ema": ema.state_dict() if ema is not None else None},
                    tmp / "training_state.pt")
         (tmp / "state.json").write_text(json.dumps({
             "step": step, "micro_step": micro_step, "loss_history": loss_history,
@@ -87,7 +88,8 @@ def prune(output_dir, limit: int) -> None:
 
 
 def load_checkpoint(path: Path, models, config, optimizer, lr_scheduler, accelerator) -> dict:
-    """Restore adapter weights, optimizer, scheduler, scaler and RNGs; return state.json's content."""
+    """Restore adapter weights, optimizer, scheduler, scaler and RNGs; return state.json's content (plus "ema",
+    the weight average's state where the run kept one)."""
     from lora_studio.core.training.lora import load_adapter_weights
 
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
@@ -99,4 +101,5 @@ def load_checkpoint(path: Path, models, config, optimizer, lr_scheduler, acceler
     if scaler is not None and blob.get("scaler") is not None:
         scaler.load_state_dict(blob["scaler"])
     set_rng_states(blob["rng"])
+    state["ema"] = blob.get("ema")
     return state

@@ -111,6 +111,7 @@ class _Run:
         self.params: list | None = None
         self.int8_saved_bytes = 0
         self.accel = None  # what core.accel changed on the UNet (the fast path)
+        self.ema = None  # the moving average of the LoRA weights (ema_decay > 0)
 
     def emit(self, event) -> None:
         if self.accelerator is None or self.accelerator.is_main_process:
@@ -155,6 +156,10 @@ class _Run:
             self.setup_memory()
             self.make_optimizer()
             self.make_step()
+            if self.config.ema_decay > 0:
+                from lora_studio.core.training.ema import LoraEma
+
+                self.ema = LoraEma(self.params, self.config.ema_decay)
             start_step, micro = self.restore()
         with self.phase("train"):
             stopped = self.loop(start_step, micro)
@@ -397,6 +402,8 @@ class _Run:
             return 0, 0
         state = load_checkpoint(path, self.models, self.config, self.optimizer, self.lr_scheduler, self.accelerator)
         self.loss_history = [list(x) for x in state.get("loss_history", [])]
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         self.last_checkpoint = str(path)
         self.emit(Warning(f"resumed from {path.name} (step {state['step']})."))
         return int(state["step"]), int(state["micro_step"])
@@ -422,6 +429,8 @@ class _Run:
                 micro += 1
             step += 1
             self.micro = micro
+            if self.ema is not None:
+                self.ema.update()
             loss = torch.stack(losses).float().mean()
             if acc.num_processes > 1:
                 loss = acc.gather(loss[None].to(self.device)).mean()
@@ -480,7 +489,7 @@ class _Run:
         if self.accelerator.is_main_process:
             path = save_checkpoint(self.output_dir, step, micro, self.models, self.config, self.optimizer,
                                    self.lr_scheduler, self.accelerator, self.loss_history,
-                                   self.config.checkpoints_total_limit)
+                                   self.config.checkpoints_total_limit, ema=self.ema)
             self.last_checkpoint = str(path)
             self.emit(Checkpoint(path=str(path), step=step))
         self.accelerator.wait_for_everyone()
@@ -520,6 +529,12 @@ class _Run:
                     module.train()
         self.accelerator.wait_for_everyone()
 
+    def averaged(self):
+        """The saved weights: the moving average where the run keeps one (checkpoints keep the live ones)."""
+        import contextlib
+
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+
     def save_final(self, stopped: bool, t0: float, n_class: int) -> dict[str, Any]:
         cfg, acc = self.config, self.accelerator
         step = self.loss_history[-1][0] if self.loss_history else 0
@@ -533,8 +548,9 @@ class _Run:
 
                 self.step_fn = self.optimizer = None
                 release(self.device)
-                self.make_samples(step)
-        with self.phase("save"):
+                with self.averaged():
+                    self.make_samples(step)
+        with self.phase("save"), self.averaged():
             if acc.is_main_process:
                 adapter = save_adapter(self.output_dir, self.models, cfg, extra={"step": step})
                 main_file = self.write_main_file(adapter, step)
