@@ -99,9 +99,14 @@ def screenshot(window, args, app) -> int:
     window.training_tab.plot.redraw()
     app.processEvents()
     pix = window.grab()
+    from lora_studio.gui.widgets.image_view import save_png
+
     out = os.path.abspath(args.screenshot)
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    ok = pix.save(out, "PNG")
+    try:
+        save_png(pix, out)
+        ok = True
+    except OSError:
+        ok = False
     print(f"{'wrote' if ok else 'could not write'} {out} ({pix.width()}x{pix.height()})")
     window.preview_tab.shutdown()
     window.dataset_tab.shutdown()

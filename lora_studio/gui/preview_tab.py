@@ -14,7 +14,7 @@ from lora_studio.core import events as ev
 from lora_studio.gui import workers
 from lora_studio.gui.dialogs.grid import GridDialog, GridResult
 from lora_studio.gui.dialogs.merge import MergeDialog
-from lora_studio.gui.widgets.image_view import to_qimage
+from lora_studio.gui.widgets.image_view import save_png, to_qimage
 from lora_studio.gui.widgets.lora_panel import LoraPanel
 from lora_studio.gui.widgets.lora_row import LoraRow
 from lora_studio.gui.widgets.model_picker import ModelPicker
@@ -258,9 +258,15 @@ class PreviewTab(QWidget):
         if not self.view.has_image():
             return
         path, _ = QFileDialog.getSaveFileName(self, "Save image", f"preview-{int(time.time())}.png", "PNG (*.png)")
-        if path and self.view.image().save(path):
-            self.result.open_folder.set_folder(os.path.dirname(os.path.abspath(path)))
-            self.status.setText(f"Saved {os.path.abspath(path)}")
+        if not path:
+            return
+        try:
+            path = save_png(self.view.image(), path)
+        except OSError as exc:
+            self._on_error(f"the image was not saved: {exc}", "choose a folder you can write to, with free space.")
+            return
+        self.result.open_folder.set_folder(os.path.dirname(path))
+        self.status.setText(f"Saved {path}")
 
     # ------------------------------------------------------------------------------------ grid / merge
     def open_grid_dialog(self) -> None:

@@ -85,10 +85,9 @@ def save_grid(image, info: dict, path: str) -> tuple[str, str]:
     """The grid as PNG plus ``<name>.json`` with its settings; returns both absolute paths."""
     from lora_studio.core.io import write_text
 
-    png = os.path.abspath(path if path.lower().endswith(".png") else path + ".png")
-    os.makedirs(os.path.dirname(png), exist_ok=True)
-    if not image.save(png, "PNG"):
-        raise OSError(f"could not write {png}")
+    from lora_studio.gui.widgets.image_view import save_png
+
+    png = save_png(image, path if path.lower().endswith(".png") else path + ".png")
     settings = str(Path(png).with_suffix(".json"))
     write_text(settings, json.dumps(grid_settings(info), indent=2) + "\n")
     return png, settings

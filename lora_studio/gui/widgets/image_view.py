@@ -16,6 +16,23 @@ def to_qimage(img) -> QImage:
     return QImage(ImageQt(img)).copy()
 
 
+def save_png(image, path: str) -> str:
+    """A QImage or QPixmap written as PNG atomically (a half-written file never replaces a good one); returns the
+    absolute path. Raises OSError naming the file when Qt cannot write it."""
+    import os
+
+    from lora_studio.core.io import write_with
+
+    path = os.path.abspath(path)
+
+    def write(tmp) -> None:
+        if not image.save(str(tmp), "PNG"):
+            raise OSError(f"could not write {path}")
+
+    write_with(path, write)
+    return path
+
+
 class ImageView(QGraphicsView):
     """Wheel zooms around the cursor, drag pans, double-click fits the image to the view."""
 
