@@ -170,7 +170,8 @@ def peer_config(model: Path, pictures: Path, rundir: Path, family: str, args) ->
 
 # ----------------------------------------------------------------------------------------------- running
 def child_env(cap_gib: float | None, no_triton: bool, cache: Path | None = None) -> dict:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+    # No allocator setting here: `lora-studio train` chooses its own (core/system.py), and that is what is measured.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if cache is not None:  # the encodings kept on disk (disk_cache.py): cold for a comparison row
         env["LORA_STUDIO_CACHE_DIR"] = str(cache)
     path = [str(ROOT)] + ([str(ROOT / "bench" / "no_triton")] if no_triton else [])
