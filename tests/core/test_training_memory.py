@@ -97,3 +97,15 @@ def test_cached_latents_are_a_plain_whole_picture_encode(sd1_dir, tmp_path):  # 
             assert tuple(got_crop) == tuple(crop)
     assert set(first.text_cache) == set(again.text_cache) == {"a photo of sks shape"}
     torch.testing.assert_close(first.text_cache["a photo of sks shape"][0], again.text_cache["a photo of sks shape"][0])
+
+
+def test_fingerprint_sees_a_change_in_a_middle_layer():
+    from lora_studio.core.demo.build import build_sd1_components
+    from lora_studio.core.training.disk_cache import fingerprint
+
+    vae = build_sd1_components(0)["vae"]
+    before = fingerprint(vae)
+    params = list(vae.parameters())
+    with torch.no_grad():
+        params[len(params) // 2].add_(0.01)  # neither the first nor the last tensor
+    assert fingerprint(vae) != before
