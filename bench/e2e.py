@@ -172,8 +172,10 @@ def peer_config(model: Path, pictures: Path, rundir: Path, family: str, args) ->
 def child_env(cap_gib: float | None, no_triton: bool, cache: Path | None = None) -> dict:
     # No allocator setting here: `lora-studio train` chooses its own (core/system.py), and that is what is measured.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    if cache is not None:  # the encodings kept on disk (disk_cache.py): cold for a comparison row
+    if cache is not None:  # the encodings kept on disk (disk_cache.py) and compiled kernels: cold for a new folder
         env["LORA_STUDIO_CACHE_DIR"] = str(cache)
+        env["TRITON_CACHE_DIR"] = str(cache / "triton")
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(cache / "inductor")
     path = [str(ROOT)] + ([str(ROOT / "bench" / "no_triton")] if no_triton else [])
     env["PYTHONPATH"] = os.pathsep.join(path[::-1] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     env.pop("LORA_STUDIO_MEMORY_CAP_GIB", None)
@@ -226,7 +228,7 @@ def summarize(run: dict) -> dict:
     steps = [(t, e) for t, e in events if e["event"] == "Progress" and e.get("phase", "train") == "train"]
     finished = [e for _, e in events if e["event"] == "Finished"]
     failed = [e for _, e in events if e["event"] == "Failed"]
-    phases = [e for _, e in events if e["event"] == "Phase"]
+    phases = [{**e, "at": round(t, 2)} for t, e in events if e["event"] == "Phase"]  # at: seconds since start
     peaks = [e.get("vram_peak") or 0 for _, e in steps] + [e.get("peak_bytes") or 0 for e in phases]
     row = {"ok": run["rc"] == 0 and bool(finished) and not finished[0]["result"].get("stopped"),
            "ms_per_step": None, "first_step_s": round(steps[0][0], 2) if steps else None,
@@ -240,7 +242,7 @@ def summarize(run: dict) -> dict:
         row["loss_last50"] = round(sum(losses[-50:]) / max(1, len(losses[-50:])), 4) if losses else None
     if failed:
         row["error"] = failed[0]["message"]
-    row["phases"] = [{k: e.get(k) for k in ("name", "seconds", "peak_bytes")} for e in phases]
+    row["phases"] = [{k: e.get(k) for k in ("name", "seconds", "peak_bytes", "note", "at")} for e in phases]
     return row
 
 
@@ -319,14 +321,17 @@ def capped_row(family, preset, model, pictures, work, args) -> dict:
 
 def peer_row(family, model, pictures, work, args) -> dict:
     rundir = work / "runs" / f"{family}-peer{'-notriton' if args.no_triton else ''}"
-    ours = summarize(run_train(peer_config(model, pictures, rundir, family, args), None, args.no_triton,
-                               rundir / "cache"))  # cold: nothing encoded yet
-    row = {"family": family, "preset_gib": 24, "cap_gib": None, **ours, **run_peer(model, pictures, rundir,
-                                                                                   family, args)}
+    config = peer_config(model, pictures, rundir, family, args)
+    ours = summarize(run_train(config, None, args.no_triton, rundir / "cache"))  # cold: nothing encoded yet
+    warm = summarize(run_train(config, None, args.no_triton, rundir / "cache"))  # the same run again: warm caches
+    row = {"family": family, "preset_gib": 24, "cap_gib": None, **ours,
+           "first_step_warm_s": warm["first_step_s"], "wall_warm_s": warm["wall_s"],
+           "phases_warm": warm["phases"], **run_peer(model, pictures, rundir, family, args)}
     row["steps"] = args.peer_steps
     row["triton"] = not args.no_triton
     row["speedup"] = round(row["peer_wall_s"] / row["wall_s"], 2) if row["wall_s"] else None
-    print(json.dumps({k: v for k, v in row.items() if k != "phases"}), flush=True)
+    row["speedup_warm"] = round(row["peer_wall_s"] / row["wall_warm_s"], 2) if row["wall_warm_s"] else None
+    print(json.dumps({k: v for k, v in row.items() if not k.startswith("phases")}), flush=True)
     return row
 
 
@@ -345,13 +350,17 @@ def no_triton_row(family, model, pictures, work, args, peer: dict) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = ("| family | preset GB | cap GiB | ok | ms/step | first step s | wall s | peak GiB | peer wall s | "
-            "triton |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "speedup | warm: first step s / wall s | loss last 50 (ours / script) | triton |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     fmt = lambda v: "-" if v is None else (f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
                                             else str(v))
     return head + "".join(
         f"| {r['family']} | {r['preset_gib']} | {fmt(r['cap_gib'])} | {'yes' if r['ok'] else 'NO'} | "
         f"{fmt(r['ms_per_step'])} | {fmt(r['first_step_s'])} | {fmt(r['wall_s'])} | {fmt(r['peak_gib'])} | "
-        f"{fmt(r.get('peer_wall_s'))} | {'yes' if r.get('triton', True) else 'no'} |\n" for r in rows)
+        f"{fmt(r.get('peer_wall_s'))} | {fmt(r.get('speedup'))} | "
+        f"{fmt(r.get('first_step_warm_s'))} / {fmt(r.get('wall_warm_s'))} | "
+        f"{fmt(r.get('loss_last50'))} / {fmt(r.get('peer_loss_last50'))} | "
+        f"{'yes' if r.get('triton', True) else 'no'} |\n" for r in rows)
 
 
 def main(argv: list[str] | None = None) -> int:

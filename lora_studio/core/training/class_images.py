@@ -9,7 +9,8 @@ import torch
 from lora_studio.core.dataset.scan import scan
 from lora_studio.core.events import Progress, Started
 from lora_studio.core.io import write_with
-from lora_studio.core.training.memory import needs_vae_tiling, prompt_embeds, sample_batch, set_vae_tiling
+from lora_studio.core.training.memory import (decode_apart, needs_vae_tiling, prompt_embeds, sample_batch,
+                                              set_vae_tiling)
 
 
 def existing_class_images(folder: Path) -> list[Path]:
@@ -42,9 +43,11 @@ def ensure_class_images(models, config, device, emit, stop, resolution: int, ste
         gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
         with torch.no_grad():
             if encoded is None:  # one prompt for every batch: the text encoders visit the GPU once
-                encoded = prompt_embeds(models, [config.class_prompt], device)
+                encoded = prompt_embeds(models, [config.class_prompt], device, note=note)
+            models.unet.to(device)  # back from the CPU where the last decode needed its room
             images = pipe(**{k: v.expand(n, *v.shape[1:]) for k, v in encoded.items()}, num_inference_steps=steps,
-                          generator=gens, height=resolution, width=resolution).images
+                          generator=gens, height=resolution, width=resolution,
+                          **decode_apart(models, device, resolution, note)).images
         for image in images:
             while (folder / f"class-{index:05d}.png").exists():
                 index += 1
@@ -56,9 +59,10 @@ def ensure_class_images(models, config, device, emit, stop, resolution: int, ste
 
 def _low_memory_pipeline(models, config, device, resolution: int):
     """The base model's pipeline with the UNet and VAE on the device (the text encoders stay where they are:
-    prompts arrive encoded), the VAE tiled where the card is short, and a batch that fits."""
+    prompts arrive encoded), the VAE tiled where the card is short even with the UNet away for the decode
+    (decode_apart), and a batch that fits."""
     models.unet.to(device)
     models.vae.to(device)
-    set_vae_tiling(models.vae, needs_vae_tiling(resolution, device))
+    set_vae_tiling(models.vae, needs_vae_tiling(resolution, device, models.unet))
     batch = sample_batch(models.family, resolution, config.sample_batch_size, device)
     return models.pipeline(), batch

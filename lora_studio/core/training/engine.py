@@ -112,6 +112,7 @@ class _Run:
         self.int8_saved_bytes = 0
         self.accel = None  # what core.accel changed on the UNet (the fast path)
         self.ema = None  # the moving average of the LoRA weights (ema_decay > 0)
+        self.validation_embeds = None  # the samples' prompt, encoded with the captions (cached text)
 
     def emit(self, event) -> None:
         if self.accelerator is None or self.accelerator.is_main_process:
@@ -247,7 +248,10 @@ class _Run:
         if self.config.int8_base:
             from lora_studio.core.accel import Options, prepare
 
-            self.int8_saved_bytes = prepare(self.models.unet, Options(int8=True)).int8_saved_bytes
+            # Quantised on the GPU layer by layer (one 16-bit layer there at a time): SDXL's UNet took ~100 s
+            # on the CPU side.
+            self.int8_saved_bytes = prepare(self.models.unet, Options(int8=True, int8_device=self.device)
+                                            ).int8_saved_bytes
             self.models.unet.to(self.device)  # Module.to keeps the Parameter objects: self.params stays valid
 
     def class_images(self, note: list) -> list[Path]:
@@ -310,31 +314,35 @@ class _Run:
     def fill_caches(self, all_examples, cache_latents: bool, cache_text: bool, note: list) -> None:
         """Encode once (reading what an earlier run left on disk); then the VAE and text encoders leave the GPU
         if cached, or stay there for the step if not. Pictures are encoded whole (never in tiles, which would
-        change the latents): where one does not fit beside the UNet, the UNet waits on the CPU meanwhile."""
+        change the latents): where one picture or the largest text encoder does not fit beside the UNet, the UNet
+        waits on the CPU meanwhile (memory.room_for)."""
         from lora_studio.core.training.disk_cache import DiskCache
-        from lora_studio.core.training.memory import encode_needs_room, release, set_vae_tiling
+        from lora_studio.core.training.memory import encode_room, encoder_room, prompt_embeds, release, room_for, \
+            set_vae_tiling
 
         cfg, m = self.config, self.models
         m.vae.to(self.device)
         set_vae_tiling(m.vae, False)
-        if cache_latents or cache_text:
-            unet_out = cache_latents and not cfg.int8_base and encode_needs_room(cfg.resolution, self.device)
-            if unet_out:
-                m.unet.to("cpu")
-                release(self.device)
-                note.append("UNet on the CPU while encoding")
-            total = (len({(e.path, e.bucket) for e in all_examples}) if cache_latents else 0) + \
-                (len({e.caption for e in all_examples}) if cache_text else 0)
-            self.emit(Started(total_steps=total, phase="cache", description="encoding images and captions once"))
-            counts = self.batches.fill_caches(lambda done, todo: self.emit(Progress(step=done, total=todo,
-                                                                                    phase="cache")),
-                                              disk=DiskCache() if cfg.disk_cache else None)
-            note.append(f"{counts['encoded']} encoded, {counts['read']} read from disk")
-        if cache_latents:
-            m.vae.to("cpu")
-        for enc in m.text_encoders:
-            enc.to("cpu" if cache_text else self.device)
-        release(self.device)
+        need = max(encode_room(cfg.resolution) if cache_latents else 0,
+                   encoder_room(m, self.device) if cache_text else 0)
+        with room_for(m, need, self.device, note):
+            if cache_latents or cache_text:
+                total = (len({(e.path, e.bucket) for e in all_examples}) if cache_latents else 0) + \
+                    (len({e.caption for e in all_examples}) if cache_text else 0)
+                self.emit(Started(total_steps=total, phase="cache", description="encoding images and captions once"))
+                counts = self.batches.fill_caches(lambda done, todo: self.emit(Progress(step=done, total=todo,
+                                                                                        phase="cache")),
+                                                  disk=DiskCache() if cfg.disk_cache else None)
+                note.append(f"{counts['encoded']} encoded, {counts['read']} read from disk")
+                if cache_text and cfg.validation_prompt and self.accelerator.is_main_process:
+                    # The samples' prompt too, while the encoders visit: a small card then never needs an encoder
+                    # beside the training UNet (the encoders are frozen when captions are cached).
+                    self.validation_embeds = prompt_embeds(m, [cfg.validation_prompt], self.device)
+            if cache_latents:
+                m.vae.to("cpu")
+            for enc in m.text_encoders:
+                enc.to("cpu" if cache_text else self.device)
+            release(self.device)  # the UNet comes back (room_for) to a card holding only what training needs
         m.unet.to(self.device)
 
     def make_optimizer(self):
@@ -497,9 +505,14 @@ class _Run:
     @torch.no_grad()
     def make_samples(self, step: int):
         from lora_studio.core.io import write_with
-        from lora_studio.core.training.memory import needs_vae_tiling, prompt_embeds, release, set_vae_tiling
+        from lora_studio.core.training.memory import decode_apart, needs_vae_tiling, prompt_embeds, release, \
+            set_vae_tiling
 
         cfg, m = self.config, self.models
+        # After training the UNet may step out for the text encoders and the decode (the memory plan); during
+        # training it may not: the captured step holds its tensors' addresses.
+        movable = getattr(self, "step_fn", None) is None
+        note: list = []
         if self.accelerator.is_main_process:
             unet = self.accelerator.unwrap_model(self.unet)
             encs = [self.accelerator.unwrap_model(e) for e in m.text_encoders]
@@ -508,26 +521,32 @@ class _Run:
                 module.eval()
             vae_was = next(m.vae.parameters()).device
             m.vae.to(self.device)  # the memory plan: the VAE visits for the samples, tiled where the card is short
-            set_vae_tiling(m.vae, needs_vae_tiling(cfg.resolution, self.device))
+            set_vae_tiling(m.vae, needs_vae_tiling(cfg.resolution, self.device, unet if movable else None))
             try:
-                with self.accelerator.autocast():
-                    prompt = prompt_embeds(m, [cfg.validation_prompt], self.device, encs)
+                prompt = self.validation_embeds
+                if prompt is None:
+                    with self.accelerator.autocast():
+                        prompt = prompt_embeds(m, [cfg.validation_prompt], self.device, encs, note, movable)
                 for i in range(cfg.num_validation_images):
                     gen = torch.Generator("cpu").manual_seed(cfg.seed + i)
+                    unet.to(self.device)
                     with self.accelerator.autocast():
                         image = pipe(**prompt, num_inference_steps=cfg.sample_steps, generator=gen,
-                                     height=cfg.resolution, width=cfg.resolution).images[0]
+                                     height=cfg.resolution, width=cfg.resolution,
+                                     **decode_apart(m, self.device, cfg.resolution, note, movable)).images[0]
                     path = self.output_dir / "samples" / f"step-{step:06d}-{i}.png"
                     write_with(path, lambda tmp, im=image: im.save(tmp, format="PNG"))
                     self.samples.append(str(path))
                     self.emit(Sample(path=str(path), step=step, prompt=cfg.validation_prompt))
             finally:
                 m.vae.to(vae_was)
+                unet.to(self.device)
                 del pipe
                 release(self.device)  # the samples' activations go before training goes on
                 for module in trainable_modules(m, cfg):
                     module.train()
         self.accelerator.wait_for_everyone()
+        return note
 
     def averaged(self):
         """The saved weights: the moving average where the run keeps one (checkpoints keep the live ones)."""
@@ -542,14 +561,14 @@ class _Run:
         if stopped and step > 0 and not str(self.last_checkpoint or "").endswith(f"checkpoint-{step}"):
             self.checkpoint(step, self.micro)  # save on stop: `--resume` continues exactly here
         elif not stopped and cfg.validation_prompt:
-            with self.phase("samples"):
+            with self.phase("samples") as note:
                 # Training is over: its captured graphs and optimizer state leave room for the samples.
                 from lora_studio.core.training.memory import release
 
                 self.step_fn = self.optimizer = None
                 release(self.device)
                 with self.averaged():
-                    self.make_samples(step)
+                    note.extend(self.make_samples(step))
         with self.phase("save"), self.averaged():
             if acc.is_main_process:
                 adapter = save_adapter(self.output_dir, self.models, cfg, extra={"step": step})

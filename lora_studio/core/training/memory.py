@@ -55,6 +55,63 @@ def free_bytes(device) -> int:
     return max(0, min(card_bytes(device) - allocated, free_on_card + cached))
 
 
+def module_bytes(module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def on_device(module, device) -> bool:
+    first = next(module.parameters(), None)
+    return first is not None and first.device.type == torch.device(device).type
+
+
+@contextmanager
+def room_for(models, needed: int, device, note: list | None = None, movable: bool = True):
+    """Run the block with `needed` bytes free on the device: where the card cannot give them beside the UNet,
+    the UNet waits on the CPU meanwhile and comes back after. `movable=False` while a captured training step
+    holds the UNet's tensors (their addresses must not change): then the block runs as it is."""
+    out = movable and device.type == "cuda" and on_device(models.unet, device) and free_bytes(device) < needed
+    if out:
+        models.unet.to("cpu")
+        release(device)
+        if note is not None and "UNet on the CPU meanwhile" not in note:
+            note.append("UNet on the CPU meanwhile")
+    try:
+        yield out
+    finally:
+        if out:
+            models.unet.to(device)
+
+
+def encoder_room(models, device, encoders=None) -> int:
+    """What the largest visiting text encoder needs on the GPU: its weights and a margin for its activations."""
+    away = [e for e in (encoders if encoders is not None else models.text_encoders) if not on_device(e, device)]
+    return max(module_bytes(e) for e in away) + (256 << 20) if away else 0
+
+
+def decode_room(vae, resolution: int, tiled: bool) -> int:
+    """What decoding one picture needs beside the VAE's weights (one tile where the VAE is tiled)."""
+    return VAE_DECODE_BYTES_PER_PX * (min(TILE_PX, resolution * resolution) if tiled else resolution * resolution)
+
+
+def decode_apart(models, device, resolution: int, note: list | None = None, movable: bool = True) -> dict:
+    """Pipeline keyword arguments that make room for the VAE's decode after the last denoising step: where the
+    card cannot hold the decode beside the UNet, the UNet goes to the CPU then (the caller brings it back).
+    The pipeline's own decode runs unchanged (scaling, upcasting, post-processing)."""
+    if not movable or device.type != "cuda":
+        return {}
+    need = decode_room(models.vae, resolution, getattr(models.vae, "use_tiling", False))
+
+    def step_end(pipe, i, t, kwargs):
+        if i == pipe.num_timesteps - 1 and on_device(models.unet, device) and free_bytes(device) < need:
+            models.unet.to("cpu")
+            release(device)
+            if note is not None and "UNet on the CPU while decoding" not in note:
+                note.append("UNet on the CPU while decoding")
+        return kwargs
+
+    return {"callback_on_step_end": step_end}
+
+
 def release(device) -> None:
     """Give freed blocks back, so the next phase (and a preview after the run) finds the card empty."""
     gc.collect()
@@ -62,15 +119,17 @@ def release(device) -> None:
         torch.cuda.empty_cache()
 
 
-def needs_vae_tiling(resolution: int, device) -> bool:
+def needs_vae_tiling(resolution: int, device, unet=None) -> bool:
     """Decoding (class images, samples) in tiles where the card is short: a picture, tiny seams at most. Training
-    latents are never encoded in tiles (each tile's own normalisation changes them); see encode_needs_room."""
-    return resolution * resolution > TILE_PX and free_bytes(device) < VAE_DECODE_BYTES_PER_PX * resolution**2
+    latents are never encoded in tiles (each tile's own normalisation changes them); see encode_needs_room.
+    `unet`: a UNet that will leave the GPU for the decode (decode_apart): its room counts as free."""
+    free = free_bytes(device) + (module_bytes(unet) if unet is not None and on_device(unet, device) else 0)
+    return resolution * resolution > TILE_PX and free < VAE_DECODE_BYTES_PER_PX * resolution**2
 
 
-def encode_needs_room(resolution: int, device) -> bool:
-    """True when encoding one picture does not fit beside what is on the GPU (then the UNet steps out)."""
-    return free_bytes(device) < VAE_ENCODE_BYTES_PER_PX * resolution * resolution
+def encode_room(resolution: int) -> int:
+    """What encoding one training picture needs beside the VAE's weights (never tiled)."""
+    return VAE_ENCODE_BYTES_PER_PX * resolution * resolution
 
 
 def set_vae_tiling(vae, on: bool) -> None:
@@ -104,9 +163,16 @@ def phase(name: str, device, emit, note: list | None = None):
     emit(Phase(name=name, seconds=round(time.perf_counter() - t0, 3), peak_bytes=peak, note="; ".join(note)))
 
 
-def prompt_embeds(models, prompts: list[str], device, encoders=None) -> dict:
+def prompt_embeds(models, prompts: list[str], device, encoders=None, note: list | None = None,
+                  movable: bool = True) -> dict:
     """Pipeline keyword arguments with the prompts (and the empty negative prompt) already encoded, each text
-    encoder on the GPU only for its own call: the pipeline then never needs them on the device."""
+    encoder on the GPU only for its own call (the UNet steps out where the card cannot hold both: room_for):
+    the pipeline then never needs them on the device."""
+    with room_for(models, encoder_room(models, device, encoders), device, note, movable):
+        return _prompt_embeds(models, prompts, device, encoders)
+
+
+def _prompt_embeds(models, prompts: list[str], device, encoders=None) -> dict:
     from lora_studio.core.training.models import encode_tokens, tokenize_all
 
     embeds, pooled = encode_tokens(models, tokenize_all(models, prompts), encoders, visit=device)
