@@ -134,8 +134,9 @@ class TrainingConfig:
                               choices=["", "epsilon", "v_prediction"], advanced=True)
 
     # Memory and speed
-    mixed_precision: str = _f("no", "Mixed precision: fp16 (most cards), bf16 (RTX 30 series and newer), no (fp32).",
-                              group="memory", choices=["no", "fp16", "bf16"])
+    mixed_precision: str = _f("auto", "Mixed precision: auto (bf16 on cards that have it, fp16 on older cards, fp32 on "
+                              "the CPU), fp16 (most cards), bf16 (RTX 30 series and newer), no (fp32).",
+                              group="memory", choices=["auto", "no", "fp16", "bf16"])
     gradient_checkpointing: bool = _f(False, "Trade speed for memory: recompute activations in the backward pass.",
                                       group="memory")
     cache_latents: bool = _f(True, "Encode images once and keep the VAE off the GPU (off when flips/crops are random).",
@@ -318,21 +319,21 @@ def save(cfg: TrainingConfig, path: str | Path) -> None:
 PRESETS: dict[str, dict[int, dict[str, Any]]] = {
     "sd1": {
         # 512, batch 1, checkpointing: 2.20 / 2.26 GiB at rank 32 (target <= 3.5 GiB).
-        4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
+        4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                 cache_text_embeddings=True, resolution=512, rank=8),
         # batch 4, checkpointing: 3.2 GiB (the 8 GB preset; 6 GB cards get it too).
-        6: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
+        6: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                 cache_text_embeddings=True, resolution=512),
         # batch 4, checkpointing: 3.2 GiB (batch 4 without it needs 6.1-6.5 GiB, too close to 8 GB).
-        8: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
+        8: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                 cache_text_embeddings=True, resolution=512),
         # batch 4, no checkpointing: 6.1-6.5 GiB.
-        12: dict(train_batch_size=4, gradient_checkpointing=False, mixed_precision="fp16", cache_latents=True,
+        12: dict(train_batch_size=4, gradient_checkpointing=False, mixed_precision="auto", cache_latents=True,
                  resolution=512),
         # batch 8, no checkpointing: 10.5-11.0 GiB (86 img/s against 73 at batch 4 with the fast step).
-        16: dict(train_batch_size=8, gradient_checkpointing=False, mixed_precision="bf16", cache_latents=True,
+        16: dict(train_batch_size=8, gradient_checkpointing=False, mixed_precision="auto", cache_latents=True,
                  resolution=512),
-        24: dict(train_batch_size=8, gradient_checkpointing=False, mixed_precision="bf16", cache_latents=True,
+        24: dict(train_batch_size=8, gradient_checkpointing=False, mixed_precision="auto", cache_latents=True,
                  resolution=512),
     },
     "sdxl": {
@@ -340,24 +341,24 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
         # at 3.29 GiB in the step alone (bench/results/archive/lowmem_h100_768r4.md). The whole run does NOT fit
         # yet: `lora-studio train` under a 3.5 GiB cap runs out of memory after loading, and the 6 GB preset under
         # 5.5 GiB while caching (bench/results/current/e2e_h100_2026-12-07.md).
-        4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
+        4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                 cache_text_embeddings=True, resolution=768, rank=4, int8_base=True),
         # 1024, batch 1, checkpointing, 8-bit base: 4.03 GiB at rank 32 (lowmem_h100_int8engine.md), ~30% slower
         # than the 16-bit base (6.21 GiB, too much for 6 GB).
-        6: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
+        6: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                 cache_text_embeddings=True, resolution=1024, rank=16, int8_base=True),
         # 1024, batch 1, checkpointing: 6.15 / 6.28 GiB at rank 32 (target <= 7.5 GiB); rank 16 keeps a margin.
-        8: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="fp16", cache_latents=True,
+        8: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                 cache_text_embeddings=True, resolution=1024, rank=16),
         # batch 2, checkpointing: between batch 1 (6.2 GiB) and batch 4 (8.1-9.1 GiB).
-        12: dict(train_batch_size=2, gradient_checkpointing=True, mixed_precision="bf16", cache_latents=True,
+        12: dict(train_batch_size=2, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                  cache_text_embeddings=True, resolution=1024),
         # batch 4, checkpointing: 8.1-9.1 GiB.
-        16: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="bf16", cache_latents=True,
+        16: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                  resolution=1024),
         # batch 4, checkpointing (without it batch 4 needs 34.5 GiB and batch 1 12.7 GiB; batch 4 with
         # checkpointing is also the faster per image with the fast step: 11.2 img/s against 9.8).
-        24: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="bf16", cache_latents=True,
+        24: dict(train_batch_size=4, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                  resolution=1024),
     },
 }

@@ -36,3 +36,20 @@ def test_what_mps_cannot_run_is_said_before_any_work():
         preflight.check_device(cfgmod.TrainingConfig().replace(int8_base=True), mps)
     with pytest.raises(LoraStudioError, match="fp16.*Apple GPU"):
         preflight.check_precision(cfgmod.TrainingConfig().replace(mixed_precision="fp16"), mps)
+
+
+def test_auto_precision_takes_bf16_where_the_card_has_it(monkeypatch):
+    # bf16 needs no loss scaler, so the captured fast step can run; fp16 on older cards; fp32 off CUDA.
+    auto = cfgmod.TrainingConfig()
+    assert auto.mixed_precision == "auto"
+    assert preflight.resolve_precision(auto, torch.device("cpu")).mixed_precision == "no"
+    assert preflight.resolve_precision(auto, torch.device("mps")).mixed_precision == "no"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert preflight.resolve_precision(auto, torch.device("cuda", 0)).mixed_precision == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert preflight.resolve_precision(auto, torch.device("cuda", 0)).mixed_precision == "fp16"
+    fixed = auto.replace(mixed_precision="fp16")
+    assert preflight.resolve_precision(fixed, torch.device("cuda", 0)) is fixed
+    for family in cfgmod.PRESETS:  # presets leave the choice to the card
+        for gib in cfgmod.PRESET_SIZES:
+            assert cfgmod.apply_preset(auto, family, gib).mixed_precision == "auto"

@@ -178,6 +178,7 @@ class _Run:
         from lora_studio.core.system import training_device
 
         device = training_device()
+        self.config = cfg = preflight.resolve_precision(cfg, device)
         preflight.check_precision(cfg, device)
         preflight.check_device(cfg, device)
         preflight.check_optimizer(cfg)

@@ -68,6 +68,10 @@ def check_processes(processes: int, gpus: int) -> None:
 def accelerate_config(processes: int, mixed_precision: str, cpu: bool, port: int) -> dict[str, Any]:
     # accelerate's MULTI_CPU type needs mpirun; its multi-GPU launcher (torch's elastic agent) also starts
     # CPU processes, which then join with gloo because the engine asks for cpu=True without CUDA.
+    # "auto" is ours, not accelerate's: each rank's engine resolves it for its card and passes the result to
+    # Accelerator(), whose argument wins over the launcher's value.
+    if mixed_precision == "auto":
+        mixed_precision = "no"
     return {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU", "num_processes": processes,
             "num_machines": 1, "machine_rank": 0, "gpu_ids": "all", "mixed_precision": mixed_precision,
             "use_cpu": cpu, "main_process_ip": "127.0.0.1", "main_process_port": port,
