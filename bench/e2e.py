@@ -285,6 +285,8 @@ def parse_args(argv):
     ap.add_argument("--jobs", type=int, default=1, help="capped rows at a time (the cap is per process)")
     ap.add_argument("--peer", action="store_true", help="also the 200-step comparison with the diffusers script")
     ap.add_argument("--peer-only", action="store_true", help="only the comparison rows")
+    ap.add_argument("--ours-only", action="store_true",
+                    help="comparison rows without the script (lora-studio's side cold and warm; no speedup)")
     ap.add_argument("--peer-steps", type=int, default=200)
     ap.add_argument("--peer-dir", default=str(ROOT.parent / "shared" / "peers" / "diffusers-examples"))
     ap.add_argument("--no-triton", action="store_true", help="`import triton` fails in every process (Windows)")
@@ -326,11 +328,14 @@ def peer_row(family, model, pictures, work, args) -> dict:
     warm = summarize(run_train(config, None, args.no_triton, rundir / "cache"))  # the same run again: warm caches
     row = {"family": family, "preset_gib": 24, "cap_gib": None, **ours,
            "first_step_warm_s": warm["first_step_s"], "wall_warm_s": warm["wall_s"],
-           "phases_warm": warm["phases"], **run_peer(model, pictures, rundir, family, args)}
+           "phases_warm": warm["phases"]}
+    if not args.ours_only:
+        row.update(run_peer(model, pictures, rundir, family, args))
     row["steps"] = args.peer_steps
     row["triton"] = not args.no_triton
-    row["speedup"] = round(row["peer_wall_s"] / row["wall_s"], 2) if row["wall_s"] else None
-    row["speedup_warm"] = round(row["peer_wall_s"] / row["wall_warm_s"], 2) if row["wall_warm_s"] else None
+    peer_wall = row.get("peer_wall_s")
+    row["speedup"] = round(peer_wall / row["wall_s"], 2) if peer_wall and row["wall_s"] else None
+    row["speedup_warm"] = round(peer_wall / row["wall_warm_s"], 2) if peer_wall and row["wall_warm_s"] else None
     print(json.dumps({k: v for k, v in row.items() if not k.startswith("phases")}), flush=True)
     return row
 
@@ -374,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
               for f in args.families}
     pictures = {f: write_pictures(work / f"pictures-{64 if args.tiny else NATIVE[f]}", 64 if args.tiny else NATIVE[f])
                 for f in args.families}
-    todo = [] if args.peer_only else [(f, p) for p in args.presets for f in args.families]
+    todo = [] if args.peer_only or args.ours_only else [(f, p) for p in args.presets for f in args.families]
     stem = f"e2e_{card_slug()}_{dt.datetime.now(dt.timezone.utc):%Y-%m-%d}" + ("_notriton" if args.no_triton else "")
     previous = out / f"{stem}.json"  # several calls of one day add to one file (a table, then comparisons)
     rows: list[dict] = json.loads(previous.read_text())["rows"] if previous.is_file() else []
@@ -387,10 +392,10 @@ def main(argv: list[str] | None = None) -> int:
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         list(pool.map(lambda fp: keep(capped_row(fp[0], fp[1], models[fp[0]], pictures[fp[0]], work, args)), todo))
-    if args.peer or args.peer_only:  # timing rows alone on the GPU
+    if args.peer or args.peer_only or args.ours_only:  # timing rows alone on the GPU
         for f in args.families:
             keep(row := peer_row(f, models[f], pictures[f], work, args))
-            if args.no_triton_too:
+            if args.no_triton_too and not args.ours_only:
                 keep(no_triton_row(f, models[f], pictures[f], work, args, row))
     print(table(rows) + f"\nwritten: {out / stem}.json", flush=True)
     return 0 if all(r["ok"] for r in rows) else 1

