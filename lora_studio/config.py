@@ -337,13 +337,14 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
                  resolution=512),
     },
     "sdxl": {
-        # The frozen UNet alone is 4.8 GiB in 16-bit; stored in 8 bits (int8_base) it is 2.4 GiB, which leaves
-        # ~1 GiB of a 4 GB card for the step: 768 px ran out of memory in the first steps of `lora-studio train`
-        # under a 3.5 GiB cap (bench/results/current/e2e_h100_2026-12-07.md), so a 4 GB card trains SDXL at 512.
+        # The frozen UNet alone is 4.8 GiB in 16-bit, 2.7 GiB with its linear layers in 8 bits (int8_base). Under a
+        # 3.5 GiB cap 768 px does not train; 512 px trains (peak 3.12 GiB) but the final samples do not fit beside it
+        # (skipped with a warning; the LoRA is saved first). bench/results/current/e2e_h100_2026-12-07_small.md.
         4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                 cache_text_embeddings=True, resolution=512, rank=4, int8_base=True),
-        # 1024, batch 1, checkpointing, 8-bit base: 4.03 GiB at rank 32 (lowmem_h100_int8engine.md), ~30% slower
-        # than the 16-bit base (6.21 GiB, too much for 6 GB).
+        # 1024, batch 1, checkpointing, 8-bit base: the whole run (8 class images, 100 steps, 2 samples) under a
+        # 5.5 GiB cap peaks at 4.32 GiB, 228 ms/step with the captured bf16 step while sharing the GPU
+        # (e2e_h100_2026-12-07_small.md); fp16 would keep the step eager (4x slower).
         6: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                 cache_text_embeddings=True, resolution=1024, rank=16, int8_base=True),
         # 1024, batch 1, checkpointing: 6.15 / 6.28 GiB at rank 32 (target <= 7.5 GiB); rank 16 keeps a margin.

@@ -22,7 +22,7 @@ def test_tiny_run_writes_rows_with_the_issue_keys(tmp_path):
     assert data["provenance"]["command"].startswith("python -m bench.e2e --tiny")
     # The run reported its phases, in the engine's order, each with its seconds.
     names = [p["name"] for p in row["phases"]]
-    assert names == ["load", "class_images", "cache", "setup", "train", "samples", "save"]
+    assert names == ["load", "class_images", "cache", "setup", "train", "save", "samples"]
     assert all(p["seconds"] >= 0 for p in row["phases"])
     # The run made the class images and the validation sample the preset's DreamBooth row asks for.
     run = tmp_path / "e2e-work" / "runs" / "sd1-8"

@@ -50,7 +50,7 @@ def test_training_run_from_the_tab_feeds_the_plot_and_finishes(qtbot, make_windo
     assert tab.samples.count() >= 1  # validation samples appear
     # each part of the run shows its time in the log (Phase events: load ... train, samples, save)
     phases = [e.name for e in seen if isinstance(e, ev.Phase)]
-    assert phases == ["load", "cache", "setup", "train", "samples", "save"]
+    assert phases == ["load", "cache", "setup", "train", "save", "samples"]
     log = tab.log.toPlainText()
     assert all(f"{name}: " in log for name in phases)
     assert (tmp_path / "out" / "pytorch_lora_weights.safetensors").exists()

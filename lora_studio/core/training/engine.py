@@ -508,10 +508,10 @@ class _Run:
         self.accelerator.wait_for_everyone()
 
     @torch.no_grad()
-    def make_samples(self, step: int):
-        from lora_studio.core.io import write_with
-        from lora_studio.core.training.memory import decode_apart, needs_vae_tiling, prompt_embeds, release, \
-            set_vae_tiling
+    def make_samples(self, step: int, saved: str | None = None):
+        """Samples from the LoRA as it is; ``saved``: the final samples, after the LoRA was saved there (an
+        out-of-memory error then skips them with a warning instead of failing the finished run)."""
+        from lora_studio.core.training.memory import release
 
         cfg, m = self.config, self.models
         # After training the UNet may step out for the text encoders and the decode (the memory plan); during
@@ -525,24 +525,14 @@ class _Run:
             for module in trainable_modules(m, cfg):
                 module.eval()
             vae_was = next(m.vae.parameters()).device
-            m.vae.to(self.device)  # the memory plan: the VAE visits for the samples, tiled where the card is short
-            set_vae_tiling(m.vae, needs_vae_tiling(cfg.resolution, self.device, unet if movable else None))
             try:
-                prompt = self.validation_embeds
-                if prompt is None:
-                    with self.accelerator.autocast():
-                        prompt = prompt_embeds(m, [cfg.validation_prompt], self.device, encs, note, movable)
-                for i in range(cfg.num_validation_images):
-                    gen = torch.Generator("cpu").manual_seed(cfg.seed + i)
-                    unet.to(self.device)
-                    with self.accelerator.autocast():
-                        image = pipe(**prompt, num_inference_steps=cfg.sample_steps, generator=gen,
-                                     height=cfg.resolution, width=cfg.resolution,
-                                     **decode_apart(m, self.device, cfg.resolution, note, movable)).images[0]
-                    path = self.output_dir / "samples" / f"step-{step:06d}-{i}.png"
-                    write_with(path, lambda tmp, im=image: im.save(tmp, format="PNG"))
-                    self.samples.append(str(path))
-                    self.emit(Sample(path=str(path), step=step, prompt=cfg.validation_prompt))
+                self._draw_samples(step, pipe, unet, encs, vae_was, movable, note)
+            except torch.OutOfMemoryError:
+                if saved is None:  # samples during training: the run's own out-of-memory advice applies
+                    raise
+                note.append("skipped: out of memory")
+                self.emit(Warning(f"the final samples did not fit in the GPU's memory and were skipped; the LoRA "
+                                  f"is saved: {saved}. Preview it in the Preview tab (it loads the model on its own)."))
             finally:
                 m.vae.to(vae_was)
                 unet.to(self.device)
@@ -552,6 +542,29 @@ class _Run:
                     module.train()
         self.accelerator.wait_for_everyone()
         return note
+
+    def _draw_samples(self, step: int, pipe, unet, encs, vae_was, movable: bool, note: list) -> None:
+        from lora_studio.core.io import write_with
+        from lora_studio.core.training.memory import decode_apart, needs_vae_tiling, prompt_embeds, set_vae_tiling
+
+        cfg, m = self.config, self.models
+        m.vae.to(self.device)  # the memory plan: the VAE visits for the samples, tiled where the card is short
+        set_vae_tiling(m.vae, needs_vae_tiling(cfg.resolution, self.device, unet if movable else None))
+        prompt = self.validation_embeds
+        if prompt is None:
+            with self.accelerator.autocast():
+                prompt = prompt_embeds(m, [cfg.validation_prompt], self.device, encs, note, movable)
+        for i in range(cfg.num_validation_images):
+            gen = torch.Generator("cpu").manual_seed(cfg.seed + i)
+            unet.to(self.device)
+            with self.accelerator.autocast():
+                image = pipe(**prompt, num_inference_steps=cfg.sample_steps, generator=gen,
+                             height=cfg.resolution, width=cfg.resolution,
+                             **decode_apart(m, self.device, cfg.resolution, note, movable)).images[0]
+            path = self.output_dir / "samples" / f"step-{step:06d}-{i}.png"
+            write_with(path, lambda tmp, im=image: im.save(tmp, format="PNG"))
+            self.samples.append(str(path))
+            self.emit(Sample(path=str(path), step=step, prompt=cfg.validation_prompt))
 
     def averaged(self):
         """The saved weights: the moving average where the run keeps one (checkpoints keep the live ones)."""
@@ -565,7 +578,13 @@ class _Run:
         main_file = None
         if stopped and step > 0 and not str(self.last_checkpoint or "").endswith(f"checkpoint-{step}"):
             self.checkpoint(step, self.micro)  # save on stop: `--resume` continues exactly here
-        elif not stopped and cfg.validation_prompt:
+        with self.phase("save"), self.averaged():
+            if acc.is_main_process:
+                adapter = save_adapter(self.output_dir, self.models, cfg, extra={"step": step})
+                main_file = self.write_main_file(adapter, step)
+            acc.wait_for_everyone()
+        if not stopped and cfg.validation_prompt:
+            # After the save: the LoRA is on disk whatever the samples do.
             with self.phase("samples") as note:
                 # Training is over: its captured graphs and optimizer state leave room for the samples.
                 from lora_studio.core.training.memory import release
@@ -573,12 +592,7 @@ class _Run:
                 self.step_fn = self.optimizer = None
                 release(self.device)
                 with self.averaged():
-                    note.extend(self.make_samples(step))
-        with self.phase("save"), self.averaged():
-            if acc.is_main_process:
-                adapter = save_adapter(self.output_dir, self.models, cfg, extra={"step": step})
-                main_file = self.write_main_file(adapter, step)
-            acc.wait_for_everyone()
+                    note.extend(self.make_samples(step, main_file))
         result = {
             "lora_path": main_file,  # the one file every webui reads: named first
             "output_dir": str(self.output_dir),
