@@ -74,10 +74,7 @@ def hash_base_model_in_background(model: str) -> None:
     """Start ``base_model_facts(model)`` in a thread (hashlib releases the GIL while it hashes): a run calls this
     once the model is loaded, so the sha256 of a multi-GB UNet (seconds) overlaps training instead of delaying
     the save. ``training_metadata`` takes the result."""
-    key = str(model)
-    if key in _PENDING:
-        return
-    future: Future = Future()
+    future: Future = Future()  # each run starts its own: a failed run's result must not outlive the file it hashed
 
     def work():
         try:
@@ -85,7 +82,7 @@ def hash_base_model_in_background(model: str) -> None:
         except BaseException as exc:  # handed to whoever asks for the result
             future.set_exception(exc)
 
-    _PENDING[key] = future
+    _PENDING[str(model)] = future
     threading.Thread(target=work, name="base-model-hash", daemon=True).start()
 
 
