@@ -338,8 +338,9 @@ PRESETS: dict[str, dict[int, dict[str, Any]]] = {
     },
     "sdxl": {
         # The frozen UNet alone is 4.8 GiB in 16-bit, 2.7 GiB with its linear layers in 8 bits (int8_base). Under a
-        # 3.5 GiB cap 768 px does not train; 512 px trains (peak 3.12 GiB) but the final samples do not fit beside it
-        # (skipped with a warning; the LoRA is saved first). bench/results/current/e2e_h100_2026-12-07_small.md.
+        # 3.5 GiB cap 768 px does not train; 512 px trains (peak 3.12 GiB); its final samples did not fit while the
+        # captured step was still held (skipped with a warning; the LoRA is saved first).
+        # bench/results/current/e2e_h100_2026-12-07_small.md.
         4: dict(train_batch_size=1, gradient_checkpointing=True, mixed_precision="auto", cache_latents=True,
                 cache_text_embeddings=True, resolution=512, rank=4, int8_base=True),
         # 1024, batch 1, checkpointing, 8-bit base: the whole run (8 class images, 100 steps, 2 samples) under a

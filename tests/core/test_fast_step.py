@@ -802,3 +802,38 @@ def test_judge_fast_loss_distance_and_replay_rule():
     assert not _replayed({"steps": 600, "fast": dict(fast, eager_calls=1)})
     assert not _replayed({"steps": 600, "fast": fast, "fast_path_warnings": ["fast path: could not capture"]})
     assert not _replayed({"steps": 600, "fast": fast, "recompile_limit_hits": ["hit config.recompile_limit"]})
+
+
+def test_end_step_lets_the_captured_step_and_what_it_holds_go_and_keeps_its_record():
+    # The final samples need the room the captured step held (its graphs' pool, and through the wrapped step
+    # the optimizer's state): the SDXL 4 GB preset ran out of memory there while Accel still held the step.
+    import gc
+    import weakref
+
+    from lora_studio.core.accel import Options, prepare
+
+    unet, params = tiny_unet_with_lora()
+    accel = prepare(unet, Options())
+
+    class Step:  # stands for the TrainingStep: it holds the optimizer state
+        def __init__(self):
+            self.state = torch.zeros(1024)
+
+        def __call__(self, batch):
+            return self.state.sum()
+
+    inner = Step()
+    held = weakref.ref(inner)
+    step = accel.capture_step(inner, device="cpu", params=params)
+    step({"x": torch.zeros(1)})
+    record = accel.stats()
+    del inner, step
+    gc.collect()
+    assert held() is not None  # Accel still holds the step, and through it the state
+    accel.end_step()
+    gc.collect()
+    assert held() is None and accel.step is None
+    after = accel.stats()
+    assert {k: after[k] for k in ("active", "reason", "replays", "eager_calls", "graphs")} == \
+        {k: record[k] for k in ("active", "reason", "replays", "eager_calls", "graphs")}
+    assert after["eager_calls"] == 1

@@ -73,6 +73,7 @@ class Accel:
     int8_saved_bytes: int = 0
     graphed: Any = None  # graphs.GraphedForward installed on the model (options.graphs)
     step: Any = None  # graphs.FastStep built by `capture_step`
+    step_stats: dict | None = None  # the step's record, kept by `end_step` when its graphs went
 
     def capture_step(self, step_fn: Callable, *, device, params: list,
                      on_warning: Callable[[str], None] | None = None):
@@ -83,6 +84,13 @@ class Accel:
         self.step = graphs.FastStep(step_fn, device=device, params=params, on_warning=on_warning,
                                     fallback=self._uncompile, cudnn_benchmark=not self.channels_last)
         return self.step
+
+    def end_step(self) -> None:
+        """Training is over: keep the step's record and let the step go, with its graphs, their memory pool and
+        what the wrapped step holds (optimizer state, static batches), so the final samples find that room."""
+        if self.step is not None:
+            self.step_stats = self.step.stats()
+            self.step = None
 
     def _uncompile(self, exc: BaseException) -> None:
         if not fk.uncompile_blocks(self.model):
@@ -97,7 +105,7 @@ class Accel:
         from lora_studio.core.accel.triton_check import kernel_path
 
         m = self.model
-        out: dict[str, Any] = self.step.stats() if self.step is not None else {}
+        out: dict[str, Any] = self.step.stats() if self.step is not None else dict(self.step_stats or {})
         out.update(pure_low_precision=not self.autocast, compiled_modules=fk.compiled(m),
                    fast_lora=fk.installed_fast_lora(m), fused_qkv=fast_qkv.installed(m), fast_proj=fast_proj.installed(m),
                    fast_geglu=fast_geglu.installed(m), fast_layernorm=fast_layernorm.installed(m),

@@ -590,6 +590,8 @@ class _Run:
                 from lora_studio.core.training.memory import release
 
                 self.step_fn = self.optimizer = None
+                if self.accel is not None:  # it holds the captured step, and through it the optimizer
+                    self.accel.end_step()
                 release(self.device)
                 with self.averaged():
                     note.extend(self.make_samples(step, main_file))
