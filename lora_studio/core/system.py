@@ -92,6 +92,24 @@ def training_device():
     return torch.device("cpu")
 
 
+def working_precision(device) -> str:
+    """What a device computes in when nothing else is asked: "bf16" on a CUDA card that has it (no loss scaler,
+    so a captured step can run), "fp16" on older CUDA cards, "no" (fp32) elsewhere. Training's
+    ``mixed_precision = "auto"`` and the preview's default dtype both follow it."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def precision_dtype(precision: str):
+    """The torch dtype of a ``mixed_precision`` name ("no", "fp16", "bf16")."""
+    import torch
+
+    return {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
 def memory_reading(device) -> tuple[int, int, int]:
     """(used, peak, total) bytes of the training device's memory; zeros on the CPU."""
     import torch

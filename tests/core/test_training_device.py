@@ -53,3 +53,14 @@ def test_auto_precision_takes_bf16_where_the_card_has_it(monkeypatch):
     for family in cfgmod.PRESETS:  # presets leave the choice to the card
         for gib in cfgmod.PRESET_SIZES:
             assert cfgmod.apply_preset(auto, family, gib).mixed_precision == "auto"
+
+
+def test_the_preview_takes_the_same_precision_as_training(monkeypatch):
+    # One rule for the card's working precision: the preview's default dtype follows training's "auto".
+    from lora_studio.core.inference.engine import _default_device_dtype
+
+    for bf16 in (True, False):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, b=bf16, **k: b)
+        trained = preflight.resolve_precision(cfgmod.TrainingConfig(), torch.device("cuda", 0)).mixed_precision
+        assert _default_device_dtype("cuda", None)[1] == system.precision_dtype(trained)
+    assert _default_device_dtype("cpu", None)[1] == torch.float32

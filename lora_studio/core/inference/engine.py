@@ -146,10 +146,9 @@ def _default_device_dtype(device, dtype):
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if dtype is None:
-        if str(device).startswith("cuda"):
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            dtype = torch.float32
+        from lora_studio.core.system import precision_dtype, working_precision
+
+        dtype = precision_dtype(working_precision(device))
     return device, dtype
 
 

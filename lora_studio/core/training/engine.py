@@ -26,8 +26,6 @@ from lora_studio.core.training.data import step_seed
 from lora_studio.core.training.lora import ADAPTER_FILE, build_lora, save_adapter, trainable_modules
 from lora_studio.errors import LoraStudioError, describe
 
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
 
 class TrainingFailed(LoraStudioError):
     """The run stopped on an error; a ``Failed`` event with the same message was already emitted."""
@@ -222,7 +220,9 @@ class _Run:
                                                                   if isinstance(v, (int, float, str, bool))})
             self.tensorboard = True
         self.device = self.accelerator.device
-        self.weight_dtype = DTYPES[cfg.mixed_precision]
+        from lora_studio.core.system import precision_dtype
+
+        self.weight_dtype = precision_dtype(cfg.mixed_precision)
 
     def load_models(self):
         from lora_studio.core.training.models import load_models

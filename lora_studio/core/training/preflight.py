@@ -43,13 +43,10 @@ DEVICE_WORDS = {"cuda": "a CUDA GPU", "mps": "the Apple GPU (MPS)", "cpu": "the 
 
 
 def resolve_precision(config, device: torch.device):
-    """``mixed_precision = "auto"`` made concrete for ``device``: bf16 on a CUDA card that has it (no loss scaler,
-    so the captured fast step can run), fp16 on older CUDA cards, fp32 elsewhere."""
-    if config.mixed_precision != "auto":
-        return config
-    if device.type == "cuda":
-        return config.replace(mixed_precision="bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    return config.replace(mixed_precision="no")
+    """``mixed_precision = "auto"`` made concrete for ``device`` (``system.working_precision``)."""
+    from lora_studio.core.system import working_precision
+
+    return config.replace(mixed_precision=working_precision(device)) if config.mixed_precision == "auto" else config
 
 
 def check_precision(config, device: torch.device) -> None:
