@@ -48,7 +48,7 @@ def test_training_run_from_the_tab_feeds_the_plot_and_finishes(qtbot, make_windo
     assert len(x) == 8 and all(math.isfinite(v) for v in y)
     assert tab.progress.value() == 8 and tab.start_btn.isEnabled()
     assert tab.samples.count() >= 1  # validation samples appear
-    # each part of the run shows its time in the log (Phase events: load ... train, samples, save)
+    # each part of the run shows its time in the log (Phase events: load ... train, save, samples)
     phases = [e.name for e in seen if isinstance(e, ev.Phase)]
     assert phases == ["load", "cache", "setup", "train", "save", "samples"]
     log = tab.log.toPlainText()

@@ -14,7 +14,6 @@ from concurrent.futures import Future
 from pathlib import Path
 
 HASH_CHUNK = 1 << 20
-_PENDING: dict[str, Future] = {}  # base model -> its facts, being computed in the background
 
 
 def caption_tags(caption: str) -> list[str]:
@@ -70,11 +69,11 @@ def base_model_facts(model: str) -> dict[str, str]:
     return facts
 
 
-def hash_base_model_in_background(model: str) -> None:
-    """Start ``base_model_facts(model)`` in a thread (hashlib releases the GIL while it hashes): a run calls this
-    once the model is loaded, so the sha256 of a multi-GB UNet (seconds) overlaps training instead of delaying
-    the save. ``training_metadata`` takes the result."""
-    future: Future = Future()  # each run starts its own: a failed run's result must not outlive the file it hashed
+def base_model_facts_later(model: str) -> Future:
+    """``base_model_facts(model)`` in a daemon thread (hashlib releases the GIL while it hashes): a run starts it
+    once the model is loaded, so the sha256 of a multi-GB UNet overlaps training instead of delaying the save,
+    and a run that fails early does not wait for it."""
+    future: Future = Future()
 
     def work():
         try:
@@ -82,17 +81,14 @@ def hash_base_model_in_background(model: str) -> None:
         except BaseException as exc:  # handed to whoever asks for the result
             future.set_exception(exc)
 
-    _PENDING[str(model)] = future
     threading.Thread(target=work, name="base-model-hash", daemon=True).start()
+    return future
 
 
-def _base_facts(model: str) -> dict[str, str]:
-    future = _PENDING.pop(str(model), None)
-    return future.result() if future is not None else base_model_facts(model)
-
-
-def training_metadata(config, examples, *, steps: int, started_at: float, finished_at: float) -> dict[str, str]:
-    """The metadata of a trained LoRA, from the run's config and the examples it trained on."""
+def training_metadata(config, examples, *, steps: int, started_at: float, finished_at: float,
+                      base_facts: dict[str, str] | None = None) -> dict[str, str]:
+    """The metadata of a trained LoRA, from the run's config and the examples it trained on; ``base_facts``:
+    ``base_model_facts`` of the base model where the caller has them already."""
     res = int(config.resolution)
     trigger = trigger_phrase(config)
     meta = {
@@ -109,7 +105,7 @@ def training_metadata(config, examples, *, steps: int, started_at: float, finish
         "ss_mixed_precision": config.mixed_precision,
         "ss_enable_bucket": str(bool(config.enable_bucket)),
         "modelspec.resolution": f"{res}x{res}",
-        **_base_facts(config.pretrained_model_name_or_path),
+        **(base_facts if base_facts is not None else base_model_facts(config.pretrained_model_name_or_path)),
     }
     if trigger:
         meta["modelspec.trigger_phrase"] = trigger

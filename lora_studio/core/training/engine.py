@@ -111,6 +111,7 @@ class _Run:
         self.accel = None  # what core.accel changed on the UNet (the fast path)
         self.ema = None  # the moving average of the LoRA weights (ema_decay > 0)
         self.validation_embeds = None  # the samples' prompt, encoded with the captions (cached text)
+        self.base_facts = None  # Future: the base model's name and hashes for the main file's metadata
 
     def emit(self, event) -> None:
         if self.accelerator is None or self.accelerator.is_main_process:
@@ -230,9 +231,9 @@ class _Run:
         cfg = self.config
         self.models = m = load_models(cfg.pretrained_model_name_or_path, self.weight_dtype)
         if self.accelerator.is_main_process:  # the main file's metadata names the base model by its hash
-            from lora_studio.core.lora_files.metadata import hash_base_model_in_background
+            from lora_studio.core.lora_files.metadata import base_model_facts_later
 
-            hash_base_model_in_background(cfg.pretrained_model_name_or_path)
+            self.base_facts = base_model_facts_later(cfg.pretrained_model_name_or_path)
         if cfg.prediction_type:
             m.noise_scheduler.register_to_config(prediction_type=cfg.prediction_type)
         # Frozen weights in the run's precision; the VAE stays fp32 (SDXL's VAE overflows in fp16).
@@ -526,7 +527,7 @@ class _Run:
                 module.eval()
             vae_was = next(m.vae.parameters()).device
             try:
-                self._draw_samples(step, pipe, unet, encs, vae_was, movable, note)
+                self._draw_samples(step, pipe, unet, encs, movable, note)
             except torch.OutOfMemoryError:
                 if saved is None:  # samples during training: the run's own out-of-memory advice applies
                     raise
@@ -543,7 +544,7 @@ class _Run:
         self.accelerator.wait_for_everyone()
         return note
 
-    def _draw_samples(self, step: int, pipe, unet, encs, vae_was, movable: bool, note: list) -> None:
+    def _draw_samples(self, step: int, pipe, unet, encs, movable: bool, note: list) -> None:
         from lora_studio.core.io import write_with
         from lora_studio.core.training.memory import decode_apart, needs_vae_tiling, prompt_embeds, set_vae_tiling
 
@@ -635,7 +636,8 @@ class _Run:
 
         out = self.output_dir / f"{self.output_dir.resolve().name or 'lora'}.safetensors"
         meta = training_metadata(self.config, getattr(self, "examples", []), steps=step,
-                                 started_at=getattr(self, "started_at", time.time()), finished_at=time.time())
+                                 started_at=getattr(self, "started_at", time.time()), finished_at=time.time(),
+                                 base_facts=self.base_facts.result() if self.base_facts is not None else None)
         export_kohya(adapter, out, family=self.models.family, alpha=self.config.alpha,
                      unet_config=dict(self.models.unet.config), extra_metadata=meta)
         return str(out)
