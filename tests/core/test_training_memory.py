@@ -130,3 +130,32 @@ def test_final_samples_that_do_not_fit_leave_the_saved_lora_and_a_warning(sd1_di
     assert result["lora_path"] in warning.msg
     [samples] = [p for p in events.of(ev.Phase) if p.name == "samples"]
     assert samples.note == "skipped: out of memory"
+
+
+def test_the_optimizer_and_the_gradients_are_gone_before_the_final_samples(sd1_dir, tmp_path, monkeypatch):  # noqa: F811
+    # The final samples get the room training held: the optimizer (with its state) is collected and no trained
+    # parameter keeps a gradient. Before, the schedule and accelerate still held the optimizer.
+    import gc
+    import weakref
+
+    from lora_studio.core.training import engine
+
+    seen = {}
+    make_optimizer, draw = engine._Run.make_optimizer, engine._Run._draw_samples
+
+    def recording_make_optimizer(self):
+        make_optimizer(self)
+        seen["optimizer"] = weakref.ref(self.optimizer.optimizer)  # the torch optimizer inside accelerate's wrapper
+
+    def checking_draw(self, *args, **kwargs):
+        gc.collect()
+        seen["alive at samples"] = seen["optimizer"]() is not None
+        seen["grads at samples"] = sum(p.grad is not None for p in self.params)
+        return draw(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine._Run, "make_optimizer", recording_make_optimizer)
+    monkeypatch.setattr(engine._Run, "_draw_samples", checking_draw)
+    data = make_dataset(tmp_path / "data", n=3)
+    events, result = _run(sd1_dir, data, tmp_path / "out", tmp_path / "cache", monkeypatch)
+    assert len(result["samples"]) == 1  # the samples were drawn, after the check
+    assert seen["alive at samples"] is False and seen["grads at samples"] == 0

@@ -573,6 +573,20 @@ class _Run:
 
         return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
+    def drop_training_state(self) -> None:
+        """Training is over: the captured step, the optimizer with its state, the schedule and the gradients go, so
+        the final samples find that room. Each was held more than once: by the run, by the captured step (Accel),
+        by the schedule (the optimizer) and by accelerate (free_memory drops its own references)."""
+        from lora_studio.core.training.memory import release
+
+        if self.accel is not None:
+            self.accel.end_step()
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.step_fn = self.optimizer = self.lr_scheduler = None
+        self.accelerator.free_memory()
+        release(self.device)
+
     def save_final(self, stopped: bool, t0: float, n_class: int) -> dict[str, Any]:
         cfg, acc = self.config, self.accelerator
         step = self.loss_history[-1][0] if self.loss_history else 0
@@ -587,13 +601,7 @@ class _Run:
         if not stopped and cfg.validation_prompt:
             # After the save: the LoRA is on disk whatever the samples do.
             with self.phase("samples") as note:
-                # Training is over: its captured graphs and optimizer state leave room for the samples.
-                from lora_studio.core.training.memory import release
-
-                self.step_fn = self.optimizer = None
-                if self.accel is not None:  # it holds the captured step, and through it the optimizer
-                    self.accel.end_step()
-                release(self.device)
+                self.drop_training_state()
                 with self.averaged():
                     note.extend(self.make_samples(step, main_file))
         result = {
