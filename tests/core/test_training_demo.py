@@ -38,6 +38,8 @@ def test_first_run_values_are_the_demo_recipe(tmp_path):
     for key, value in values.items():
         if not key.startswith("validation_"):  # live samples: their own generator, the adapter is the same
             assert getattr(cfg, key) == value, key
+    # trained in fp32 on every device, as every judged run was (the config's default "auto" is bf16 on a GPU)
+    assert values["mixed_precision"] == cfg.mixed_precision == "no"
 
 
 def _imported_modules(path) -> set[str]:

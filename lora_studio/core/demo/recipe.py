@@ -28,7 +28,10 @@ JUDGE_SEEDS = 16
 # attention-only LoRA mostly moves colours (docs/demo_world.md).
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 
+# fp32 everywhere ("no"): what every judged run trained in, on the CPU and on the GPU (the app's default "auto" would
+# take bf16 on a GPU, an unjudged change).
 _COMMON = dict(resolution=64, checkpointing_steps=100_000, report_to="none", seed=SEED, enable_bucket=False,
+               mixed_precision="no",
                lr_scheduler="constant", sample_steps=20, rank=8, lora_alpha=8.0, train_batch_size=4,
                target_modules=TARGETS)
 # - subject: a text-encoder LoRA as well ('sks' was never trained, so the prompt itself has to learn to mean
