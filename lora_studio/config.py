@@ -312,7 +312,8 @@ def save(cfg: TrainingConfig, path: str | Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------- presets
-# Settings per GPU memory; what does not appear keeps its default. Measured values live in bench/.
+# Settings per GPU memory; what does not appear keeps its default. Each names mixed_precision = "auto" although it is
+# the default: picking a preset replaces an fp32 choice the card cannot afford. Measured values live in bench/.
 # Peaks measured on an H100 (bench/results/archive/lowmem_h100.md, train_step_h100.md, 2026-11-27): allocated GPU memory
 # of the whole run at rank 32 with the frozen base in 16-bit, cached latents and text embeddings (encoders off the
 # GPU), eager / fast step. A card also loses ~0.3-0.6 GB to the CUDA context and fragmentation: keep ~1 GB spare.
