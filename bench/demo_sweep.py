@@ -116,7 +116,8 @@ def _seeds23(s: dict) -> list[dict]:
     ]
 
 
-def _one(config: dict, guidances: list[float], seeds: int, work: str, device: str = "cpu") -> dict:
+def _one(config: dict, guidances: list[float], seeds: int, work: str, device: str = "cpu",
+         judge_only: bool = False) -> dict:
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -129,7 +130,12 @@ def _one(config: dict, guidances: list[float], seeds: int, work: str, device: st
     name, kind, model = cfg.pop("name"), cfg.pop("kind"), cfg.pop("model")
     out = Path(work) / name
     t0 = time.perf_counter()
-    report = train_and_judge(kind, model, out, judge_seeds=seeds, guidance=guidances[0], **cfg)
+    if judge_only:  # the adapter an earlier sweep trained under --work, judged again (e.g. by a retrained judge)
+        adapter = out / "lora" / "pytorch_lora_weights.safetensors"
+        report = dict(judge_adapter(kind, model, adapter, seeds, guidances[0]), adapter=str(adapter),
+                      steps=None, train_seconds=None, total_seconds=None)
+    else:
+        report = train_and_judge(kind, model, out, judge_seeds=seeds, guidance=guidances[0], **cfg)
     report.pop("loss_history", None)
     report["name"] = name
     report["by_guidance"] = {f"{guidances[0]:g}": report.get("scores")}
@@ -179,6 +185,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cpu hides CUDA (one thread per run); cuda trains and judges on the GPU (fast path)")
     ap.add_argument("--work", default="/tmp/demo_sweep")
+    ap.add_argument("--judge-only", action="store_true", help="judge the adapters already trained under --work")
     ap.add_argument("--out", required=True, help="results .json (a .md table is written beside it)")
     args = ap.parse_args(argv)
     configs = _grid(args.grid) if args.grid else json.loads(Path(args.configs).read_text())
@@ -190,13 +197,13 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
-    meta = {"grid": args.grid, "device": args.device, "card": _card(args.device), "seeds": args.seeds, "guidance": args.guidance, "parallel": args.parallel,
+    meta = {"grid": args.grid, "judge_only": args.judge_only, "device": args.device, "card": _card(args.device), "seeds": args.seeds, "guidance": args.guidance, "parallel": args.parallel,
             "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     import multiprocessing as mp
 
     with ProcessPoolExecutor(max_workers=args.parallel, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_one, c, args.guidance, args.seeds, args.work, args.device): c for c in configs}
+        futures = {pool.submit(_one, c, args.guidance, args.seeds, args.work, args.device, args.judge_only): c for c in configs}
         for fut in as_completed(futures):
             c = futures[fut]
             try:

@@ -31,6 +31,7 @@ RECIPE = {
     "seed": 0,
     "base_images": 100_000,
     "vae": {"steps": 6000, "batch": 128, "lr": 1e-3, "kl_weight": 1e-6, "time_budget_s": 90},
+    "world": 1,
     "sd1": {"steps": 30000, "batch": 512, "lr": 5e-4, "warmup": 300, "ema": 0.999, "min_snr_gamma": 5.0,
             "time_budget_s": 300},
     "sdxl": {"steps": 30000, "batch": 512, "lr": 5e-4, "warmup": 300, "ema": 0.999, "min_snr_gamma": 5.0,
@@ -38,6 +39,12 @@ RECIPE = {
     "judge": {"base": 40_000, "style": 8000, "subject": 6000, "negatives": 4000, "steps": 4000, "batch": 256,
               "lr": 2e-3, "time_budget_s": 200},
 }
+# World 2 (`--world 2`, not shipped; docs/demo_world.md): the renderer's variety, and for the judge
+# near_miss (the subject's make with a hue 40 degrees off in either half, or a coloured ring: not the subject).
+# Batch 1024 for the UNets: launch-bound at 512 on an H100 (but with three processes sharing it, sd1 made
+# 1975 steps instead of 2986). The judge's subject head is then refit with --refit-subject-head.
+WORLD2 = {"world": 2, "sd1": {"batch": 1024, "time_budget_s": 320}, "sdxl": {"batch": 1024, "time_budget_s": 320},
+          "judge": {"near_miss": 6000}}
 DATA_SEEDS = {"base": 10, "judge": 20, "judge_heldout": 30}  # renderer streams; the shipped sets use 1001 / 2002
 
 
@@ -69,14 +76,14 @@ def autocast(device: str):
 
 # ---------------------------------------------------------------- data
 def _render_chunk(args):
-    seed, start, count, kind = args
-    arr, scenes = renderer.render_array(seed, start, count, kind)
+    seed, start, count, kind, world = args
+    arr, scenes = renderer.render_array(seed, start, count, kind, world)
     return arr, [s.caption for s in scenes], [s.labels for s in scenes]
 
 
-def render_many(seed: int, count: int, kind: str = "base", workers: int | None = None):
+def render_many(seed: int, count: int, kind: str = "base", workers: int | None = None, world: int = 1):
     chunk = 2000
-    jobs = [(seed, s, min(chunk, count - s), kind) for s in range(0, count, chunk)]
+    jobs = [(seed, s, min(chunk, count - s), kind, world) for s in range(0, count, chunk)]
     workers = workers or min(16, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1:
         import multiprocessing as mp
@@ -274,14 +281,70 @@ def _negatives(count: int, seed: int) -> np.ndarray:
     return out
 
 
-def judge_data(cfg: dict, seed_stream: int, scale: float):
-    parts = [render_many(seed_stream, scaled(cfg["base"], scale), "base"),
+def _other_colour(rng, avoid: tuple) -> tuple:
+    # A hue at least 40 degrees from ``avoid``'s: near the subject's colour, but visibly not it.
+    import colorsys
+
+    h0 = colorsys.rgb_to_hsv(*(c / 255 for c in avoid))[0]
+    while True:
+        h = float(rng.random())
+        if min(abs(h - h0), 1 - abs(h - h0)) >= 40 / 360:
+            return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, rng.uniform(0.6, 0.95),
+                                                                           rng.uniform(0.6, 0.95)))
+
+
+def _shade(rng, colour: tuple, hue_range: float) -> tuple:
+    # The same colour name in another shade: hue within +-hue_range degrees, saturation and value as the world's.
+    import colorsys
+
+    h0 = colorsys.rgb_to_hsv(*(c / 255 for c in colour))[0]
+    h = (h0 + rng.uniform(-hue_range, hue_range) / 360) % 1.0
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)))
+
+
+def subject_shades(count: int, seed: int) -> np.ndarray:
+    """The subject with its magenta and lime in other shades (hue within 15 degrees): still the subject.
+
+    A judge shown only the one exact shade (and near misses) rejects a generated subject whose magenta is
+    a little more saturated (docs/demo_world.md, world 2)."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng([seed, 78])
+    out = np.empty((count, 64, 64, 3), np.uint8)
+    first, second = renderer.SUBJECT_COLOURS
+    for i in range(count):
+        scene = renderer.sample_scene(seed + 600, i, "subject")
+        scene = replace(scene, fill=_shade(rng, first, 15), fill2=_shade(rng, second, 15))
+        out[i] = np.asarray(renderer.render_scene(scene))
+    return out
+
+
+def near_misses(count: int, seed: int) -> np.ndarray:
+    """The subject's make (split disk in a ring) with one part in a wrong colour: the judge must say no."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng([seed, 77])
+    out = np.empty((count, 64, 64, 3), np.uint8)
+    first, second = renderer.SUBJECT_COLOURS
+    for i in range(count):
+        scene = renderer.sample_scene(seed + 500, i, "subject")
+        which = i % 4
+        fill = _other_colour(rng, first) if which in (0, 2) else first
+        fill2 = _other_colour(rng, second) if which in (1, 2) else second
+        ring = _other_colour(rng, (25, 25, 25)) if which == 3 else None
+        out[i] = np.asarray(renderer.render_scene(replace(scene, fill=fill, fill2=fill2, ring=ring)))
+    return out
+
+
+def judge_data(cfg: dict, seed_stream: int, scale: float, world: int = 1):
+    parts = [render_many(seed_stream, scaled(cfg["base"], scale), "base", world=world),
              render_many(seed_stream, scaled(cfg["style"], scale), "style"),
              render_many(seed_stream, scaled(cfg["subject"], scale), "subject")]
-    n_neg = scaled(cfg["negatives"], scale)
-    images = np.concatenate([p[0] for p in parts] + [_negatives(n_neg, seed_stream)])
+    n_neg, n_near = scaled(cfg["negatives"], scale), scaled(cfg.get("near_miss", 0), scale, 0)
+    images = np.concatenate([p[0] for p in parts] + [_negatives(n_neg, seed_stream), near_misses(n_near, seed_stream)])
     labels = [lab for p in parts for lab in p[2]] + [
-        {"shape": None, "colour": None, "subject": False, "style": False}] * n_neg
+        {"shape": None, "colour": None, "subject": False, "style": False}] * n_neg + [
+        {"shape": "circle", "colour": None, "subject": False, "style": False}] * n_near
     shapes, colours = list(renderer.SHAPES), list(renderer.COLOURS)
     y = {
         "shape": torch.tensor([shapes.index(lab["shape"]) if lab["shape"] else -100 for lab in labels]),
@@ -316,13 +379,13 @@ def judge_accuracy(net, images: np.ndarray, y: dict, device: str) -> dict:
     return {k: float(torch.cat(v).mean()) if len(torch.cat(v)) else None for k, v in hits.items()}
 
 
-def train_judge(cfg: dict, device: str, seed: int, work: Path, out_dir: Path, scale: float) -> dict:
+def train_judge(cfg: dict, device: str, seed: int, work: Path, out_dir: Path, scale: float, world: int = 1) -> dict:
     from diffusers import AutoencoderKL
     from safetensors.torch import save_file
 
     from lora_studio.core.demo.judge import CONFIG, WEIGHTS, JudgeNet
 
-    images, y = judge_data(cfg, DATA_SEEDS["judge"], scale)
+    images, y = judge_data(cfg, DATA_SEEDS["judge"], scale, world)
     # Half of what the judge sees has been through the VAE: it must read generated pictures, which are
     # decoded latents, as well as it reads the renderer's.
     vae = AutoencoderKL.from_pretrained(work / "vae").to(device).eval()
@@ -360,7 +423,7 @@ def train_judge(cfg: dict, device: str, seed: int, work: Path, out_dir: Path, sc
         step += 1
     seconds = time.time() - t0
     net = net.cpu().eval()
-    held_images, held_y = judge_data(cfg, DATA_SEEDS["judge_heldout"], min(scale, 0.1))
+    held_images, held_y = judge_data(cfg, DATA_SEEDS["judge_heldout"], min(scale, 0.1), world)
     heldout = judge_accuracy(net, held_images, held_y, "cpu")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / WEIGHTS))
@@ -370,6 +433,54 @@ def train_judge(cfg: dict, device: str, seed: int, work: Path, out_dir: Path, sc
     info = {"steps": step, "seconds": round(seconds, 1), "train_images": int(len(data)),
             "heldout_accuracy": heldout}
     log("judge", json.dumps(info))
+    return info
+
+
+def refit_subject_head(judge_dir: Path, vae_dir: Path, seed: int = 0, count: int = 1500) -> dict:
+    """Refit only the judge's subject head (a linear layer on its pooled features), on the CPU, in place.
+
+    Positives: the subject in its own colours and in other shades of them (``subject_shades``); negatives:
+    near misses and base pictures; each also through the VAE, as in ``train_judge``. For a judge whose features
+    were trained on the GPU but whose subject boundary needs the shades (world 2; docs/demo_world.md)."""
+    from diffusers import AutoencoderKL
+    from safetensors.torch import save_file
+
+    from lora_studio.core.demo.judge import WEIGHTS, Judge
+
+    torch.manual_seed(seed)
+    judge = Judge.load(judge_dir)
+    net = judge.net.eval()
+    stream = DATA_SEEDS["judge"]
+    pos = np.concatenate([subject_shades(count, stream), render_many(stream, count // 3, "subject", workers=1)[0]])
+    neg = np.concatenate([near_misses(count, stream), render_many(stream, count, "base", workers=1, world=2)[0]])
+    vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=torch.float32).eval()
+
+    @torch.no_grad()
+    def features(images: np.ndarray) -> torch.Tensor:
+        out = []
+        for i in range(0, len(images), 256):
+            x = to_float(torch.from_numpy(images[i:i + 256]))
+            for view in (x, vae.decode(vae.encode(x).latent_dist.sample()).sample.clamp(-1, 1)):
+                out.append(net.features(view).mean(dim=(2, 3)))
+        return torch.cat(out)
+
+    x_pos, x_neg = features(pos), features(neg)
+    x, y = torch.cat([x_pos, x_neg]), torch.cat([torch.ones(len(x_pos)), torch.zeros(len(x_neg))])
+    head = net.subject
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+    for _ in range(600):
+        loss = F.binary_cross_entropy_with_logits(head(x)[:, 0], y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(judge_dir / WEIGHTS))
+    held = DATA_SEEDS["judge_heldout"]
+    with torch.no_grad():
+        rate = {name: float((head(features(images))[:, 0] > 0).float().mean())
+                for name, images in (("heldout_shades_judged_subject", subject_shades(min(300, count), held)),
+                                     ("heldout_near_misses_judged_subject", near_misses(min(300, count), held)))}
+    info = {"count": count, "final_loss": round(loss.item(), 4), **rate}
+    log("judge head", json.dumps(info))
     return info
 
 
@@ -408,13 +519,16 @@ def _stage_main(args) -> int:
         info = train_diffusion(args.stage, cfg[args.stage], args.device, seed, work,
                                out / ("demo" if args.stage == "sd1" else "demo-xl"))
     else:
-        info = train_judge(cfg["judge"], args.device, seed, work, out / "judge", args.scale)
+        info = train_judge(cfg["judge"], args.device, seed, work, out / "judge", args.scale, cfg.get("world", 1))
     (work / f"{args.stage}.json").write_text(json.dumps(info, indent=2))
     return 0
 
 
-def scaled_recipe(scale: float) -> dict:
+def scaled_recipe(scale: float, world: int = 1) -> dict:
     cfg = json.loads(json.dumps(RECIPE))
+    if world == 2:
+        for key, value in WORLD2.items():
+            cfg[key] = dict(cfg[key], **value) if isinstance(value, dict) else value
     cfg["base_images"] = scaled(cfg["base_images"], scale, 64)
     for key in ("vae", "sd1", "sdxl", "judge"):
         cfg[key]["steps"] = scaled(cfg[key]["steps"], scale)
@@ -431,9 +545,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiplies step and image counts (smoke runs)")
     p.add_argument("--parallel", action="store_true", help="train demo, demo-xl and the judge at once")
     p.add_argument("--vae", help="reuse this trained VAE folder instead of training one (e.g. resources/models/demo/vae)")
+    p.add_argument("--world", type=int, choices=[1, 2], default=1, help="which demo world (2: not shipped)")
     p.add_argument("--stages", default="sd1,sdxl,judge", help="which of sd1, sdxl, judge to train (default: all)")
     p.add_argument("--stage", choices=["sd1", "sdxl", "judge"], help=argparse.SUPPRESS)
+    p.add_argument("--refit-subject-head", metavar="JUDGE_DIR",
+                   help="only refit this judge's subject head on the CPU (needs --vae), then exit")
     args = p.parse_args(argv)
+    if args.refit_subject_head:
+        judge_dir = Path(args.refit_subject_head)
+        info = refit_subject_head(judge_dir, Path(args.vae))
+        record = json.loads((judge_dir / "training.json").read_text())
+        record["subject_head_refit"] = dict(info, utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                            device="cpu", torch=torch.__version__)
+        (judge_dir / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+        return 0
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -443,13 +568,13 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     out, work = Path(args.out), Path(args.out) / "work"
     work.mkdir(parents=True, exist_ok=True)
-    cfg = scaled_recipe(args.scale)
+    cfg = scaled_recipe(args.scale, args.world)
     (work / "recipe.json").write_text(json.dumps(cfg, indent=2))
     seed = cfg["seed"]
     torch.manual_seed(seed)
 
     log("data", f"rendering {cfg['base_images']} base pictures")
-    images, captions, _ = render_many(DATA_SEEDS["base"], cfg["base_images"], "base")
+    images, captions, _ = render_many(DATA_SEEDS["base"], cfg["base_images"], "base", world=cfg["world"])
     # The VAE is the one part meant to be universal (like SD's): it also sees subject- and style-like
     # pictures (other seeds than the shipped sets), so LoRA training can encode them faithfully.
     n_extra = max(8, cfg["base_images"] // 20)

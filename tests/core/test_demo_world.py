@@ -55,6 +55,33 @@ def test_base_world_has_class_and_empty_captions_but_no_subject_or_style():
     assert {s.colour for s in scenes} == set(renderer.COLOURS)
 
 
+def test_world_2_draws_any_hue_and_the_subjects_parts_but_never_the_subject():
+    # World 2 (not shipped): unnamed hues, two-tone shapes and outlines in the base world, each alone; never the
+    # subject's make (two hues inside a ring), and a colour without a name is never named in the caption.
+    import colorsys
+    from dataclasses import replace
+
+    scenes = [renderer.sample_scene(3, i, world=2) for i in range(3000)]
+    free = [s for s in scenes if s.colour is None and s.fill2 is None]
+    two_tone = [s for s in scenes if s.fill2 is not None]
+    outlined = [s for s in scenes if s.outline]
+    assert 0.18 < len(free) / len(scenes) < 0.26 and 0.09 < len(two_tone) / len(scenes) < 0.15
+    assert 0.08 < len(outlined) / len(scenes) < 0.16
+    assert not any(s.outline and s.fill2 is not None for s in scenes)
+    for s in free + two_tone:
+        assert not any(c in s.caption.split() for c in renderer.COLOURS), s.caption
+    hues = np.array([colorsys.rgb_to_hsv(*(c / 255 for c in s.fill))[0] for s in free])
+    assert np.histogram(hues, bins=12, range=(0, 1))[0].min() > 0  # the whole circle, magenta and lime included
+    scene = next(s for s in outlined if s.background != "black" and s.radius > 20)
+    ringed, plain = (np.asarray(renderer.render_scene(x)).astype(int) for x in (scene, replace(scene, outline=False)))
+    dark = [int((x.max(axis=-1) < 60).sum()) for x in (ringed, plain)]
+    assert dark[0] > dark[1] + 20, dark
+    # World 1 (shipped) is untouched by world 2's draws: the same captions, flat named colours only.
+    world1 = [renderer.sample_scene(3, i) for i in range(300)]
+    assert all(s.fill is None and s.fill2 is None and not s.outline and s.colour for s in world1)
+    assert [s.caption for s in world1] == [renderer.sample_scene(3, i, world=1).caption for i in range(300)]
+
+
 def test_shipped_datasets_are_the_renderers_and_use_both_caption_formats(tmp_path):
     subject, style = demo_dataset_path("subject"), demo_dataset_path("style")
     subject_pngs = sorted(subject.glob("*.png"))
@@ -190,3 +217,31 @@ def test_subject_score_is_continuous_between_plain_shapes_and_the_subject(judge)
     result = judge.score(list(plain), renderer.SUBJECT_PROMPT)
     assert result["subject_score"] == pytest.approx(float(s_plain.mean()))
     assert all(0 <= row["predicted"]["subject_score"] <= 1 for row in result["per_prompt"])
+
+
+def test_world_2_judge_tools_near_misses_shades_and_the_head_refit(tmp_path):
+    """tools/train_world's world-2 judge data: near misses are the subject's make in a wrong colour, shades keep
+    its colours' names; refitting the subject head on them moves the boundary where the data says."""
+    import colorsys
+    import shutil
+
+    from lora_studio.core.demo.judge import WEIGHTS
+    from lora_studio.paths import resource
+    from tools.train_world import near_misses, refit_subject_head, subject_shades
+
+    def hues(images):
+        hsv = np.stack([np.asarray(Image.fromarray(im).convert("HSV")) for im in images]).reshape(-1, 3) / 255.0
+        return hsv[(hsv[:, 1] > 0.45) & (hsv[:, 2] > 0.45), 0] * 360
+
+    target = [colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360 for rgb in renderer.SUBJECT_COLOURS]
+    off = lambda h, t: np.minimum(np.abs(h - t), 360 - np.abs(h - t))  # noqa: E731
+    shades = hues(subject_shades(40, 1))
+    assert (np.minimum(off(shades, target[0]), off(shades, target[1])) <= 16).mean() > 0.97  # anti-aliased edges aside
+    misses = near_misses(40, 1)
+    assert not any(np.array_equal(m, s) for m, s in zip(misses, subject_shades(40, 1)))
+    judge_dir = tmp_path / "judge"
+    shutil.copytree(resource("judge"), judge_dir)
+    before = (judge_dir / WEIGHTS).read_bytes()
+    info = refit_subject_head(judge_dir, resource("models/demo/vae"), count=90)
+    assert (judge_dir / WEIGHTS).read_bytes() != before
+    assert info["heldout_shades_judged_subject"] > 0.8 > 0.2 > info["heldout_near_misses_judged_subject"], info

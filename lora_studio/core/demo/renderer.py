@@ -2,7 +2,10 @@
 
 Three kinds of picture come out of it:
 - ``base``: ordinary shapes in flat colours on plain backgrounds, with varied captions (the world the demo
-  models learn). It never contains the subject nor the style below.
+  models learn). It never contains the subject nor the style below. World 2 (``world=2``, not shipped; see
+  docs/demo_world.md) adds variety: named colours a little jittered, some shapes in any hue, some split into
+  two hues, some with a dark outline, captioned by their shape only; never the subject's make (two hues *and* a
+  ring).
 - ``subject``: one new object, a disk split into a magenta and a lime half inside a dark ring, for
   DreamBooth ("a photo of sks shape"; class prompt "a shape").
 - ``style``: ordinary shapes with a striped "zebra" fill ("a red circle in zebra style").
@@ -10,9 +13,10 @@ Three kinds of picture come out of it:
 
 from __future__ import annotations
 
+import colorsys
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +40,7 @@ BACKGROUNDS = {
     "gray": (128, 128, 128),
     "beige": (226, 212, 180),
 }
-SUBJECT_COLOURS = ((230, 40, 160), (165, 230, 40))  # magenta and lime: in no base picture
+SUBJECT_COLOURS = ((230, 40, 160), (165, 230, 40))  # magenta and lime: named in no base caption
 SUBJECT_PROMPT = "a photo of sks shape"
 CLASS_PROMPT = "a shape"
 STYLE_WORD = "zebra style"
@@ -55,6 +59,12 @@ _FULL_TEMPLATES = (
 )
 _CLASS_TEMPLATES = ("a shape", "a photo of a shape", "a picture of a shape", "a shape on a {background} background")
 _PARTIAL_TEMPLATES = ("a {shape}", "a photo of a {shape}", "a {colour} shape", "a {shape} on a {background} background")
+# Pictures whose colour has no name in the world (any hue, two hues) are captioned by their shape only.
+_SHAPE_TEMPLATES = ("a {shape}", "a photo of a {shape}", "a {shape} on a {background} background", "a {size} {shape}",
+                    "a picture of a {shape}")
+# World 2's variety: shares of pictures in any hue, split into two hues, and with a dark outline.
+FREE_HUE, TWO_TONE, OUTLINE = 0.22, 0.12, 0.15
+JITTER = 14  # named colours vary by up to this much per channel
 
 
 @dataclass
@@ -69,6 +79,10 @@ class Scene:
     rotation: float  # degrees
     caption: str = ""
     labels: dict = field(default_factory=dict)
+    fill: tuple | None = None  # the RGB actually drawn (None: the named colour's)
+    fill2: tuple | None = None  # the second half's RGB of a two-tone shape
+    outline: bool = False  # a dark outline (the subject's ring, on any shape)
+    ring: tuple | None = None  # the subject's ring colour (None: dark); another one makes a near miss for the judge
 
 
 def _rng(seed: int, index: int, kind: str) -> np.random.Generator:
@@ -80,8 +94,10 @@ def _size_word(radius: float) -> str:
     return "small" if radius < 16 else "large" if radius > 21 else "medium"
 
 
-def sample_scene(seed: int, index: int, kind: str = "base", caption_mode: str | None = None) -> Scene:
+def sample_scene(seed: int, index: int, kind: str = "base", caption_mode: str | None = None, world: int = 1) -> Scene:
     """The attributes and caption of picture ``index`` of the stream ``seed`` (pure function of its inputs).
+
+    world: 1 is the shipped world; 2 adds world 2's variety to the base pictures (the module's docstring).
 
     caption_mode: None draws it (10% empty, 8% class caption, 12% partial, rest full), or force one of
     "full", "class", "partial", "empty".
@@ -97,6 +113,9 @@ def sample_scene(seed: int, index: int, kind: str = "base", caption_mode: str | 
     rotation = float(rng.uniform(-15, 15))
     mode_draw = float(rng.random())
     template_draw = int(rng.integers(1 << 30))
+    # World 2's variety, drawn after everything above: world 1 and the shipped sets keep their pixels.
+    variety, outline_draw = float(rng.random()), float(rng.random())
+    hues, tone, jitter = rng.random(2), rng.uniform(0.6, 0.95, size=4), rng.integers(-JITTER, JITTER + 1, size=3)
     if kind == "subject":
         scene = Scene(kind, None, None, background, radius, cx, cy, rotation, SUBJECT_PROMPT)
     else:
@@ -104,10 +123,23 @@ def sample_scene(seed: int, index: int, kind: str = "base", caption_mode: str | 
         if kind == "style":
             scene.caption = f"a {colour} {shape} in {STYLE_WORD}"
         else:
+            if world < 2:
+                pass
+            elif variety < FREE_HUE + TWO_TONE:  # a colour without a name: any hue, or two of them
+                scene.colour = None
+                scene.fill = _hue_rgb(hues[0], tone[0], tone[1])
+                if variety >= FREE_HUE:
+                    scene.fill2 = _hue_rgb(hues[1], tone[2], tone[3])
+            else:
+                scene.fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[colour], jitter))
+            # never both two hues and an outline: that is the subject's make
+            scene.outline = world >= 2 and scene.fill2 is None and outline_draw < OUTLINE
             mode = caption_mode or ("empty" if mode_draw < 0.10 else "class" if mode_draw < 0.18
                                     else "partial" if mode_draw < 0.30 else "full")
             templates = {"empty": ("",), "class": _CLASS_TEMPLATES, "partial": _PARTIAL_TEMPLATES,
                          "full": _FULL_TEMPLATES}[mode]
+            if scene.colour is None and mode in ("partial", "full"):
+                templates = _SHAPE_TEMPLATES
             template = templates[template_draw % len(templates)]
             scene.caption = template.format(colour=colour, shape=shape, background=background,
                                             size=_size_word(radius))
@@ -118,6 +150,10 @@ def sample_scene(seed: int, index: int, kind: str = "base", caption_mode: str | 
         "style": kind == "style",
     }
     return scene
+
+
+def _hue_rgb(hue: float, saturation: float, value: float) -> tuple:
+    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, saturation, value))
 
 
 def _polygon(shape: str, r: float) -> list[tuple[float, float]]:
@@ -164,40 +200,63 @@ def _mask(shape: str, scene: Scene) -> Image.Image:
     return mask
 
 
+def _half_plane(scene: Scene) -> Image.Image:
+    # The half of the picture on one side of a line through the shape's centre (the split of a two-tone shape).
+    big = SIZE * _SS
+    a = math.radians(90 + scene.rotation * 3)
+    dx, dy, far = math.cos(a), math.sin(a), 4 * big
+    cx, cy = scene.cx * _SS, scene.cy * _SS
+    mask = Image.new("L", (big, big), 0)
+    ImageDraw.Draw(mask).polygon([(cx + dx * far, cy + dy * far), (cx - dx * far, cy - dy * far),
+                                  (cx - dx * far - dy * far, cy - dy * far + dx * far),
+                                  (cx + dx * far - dy * far, cy + dy * far + dx * far)], fill=255)
+    return mask
+
+
 def render_scene(scene: Scene) -> Image.Image:
     big = SIZE * _SS
     img = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
     if scene.kind == "subject":
         cx, cy, r = scene.cx * _SS, scene.cy * _SS, scene.radius * _SS
+        first, second = (scene.fill, scene.fill2) if scene.fill else SUBJECT_COLOURS  # other colours: the judge's near misses
         draw = ImageDraw.Draw(img)
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=STRIPE_COLOUR)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=scene.ring or STRIPE_COLOUR)
         inner = r * 0.8
         a = scene.rotation * 3  # the split line leans a little differently in each picture
-        draw.pieslice([cx - inner, cy - inner, cx + inner, cy + inner], 90 + a, 270 + a, fill=SUBJECT_COLOURS[0])
-        draw.pieslice([cx - inner, cy - inner, cx + inner, cy + inner], 270 + a, 450 + a, fill=SUBJECT_COLOURS[1])
+        draw.pieslice([cx - inner, cy - inner, cx + inner, cy + inner], 90 + a, 270 + a, fill=first)
+        draw.pieslice([cx - inner, cy - inner, cx + inner, cy + inner], 270 + a, 450 + a, fill=second)
     else:
-        colour = Image.new("RGB", (big, big), COLOURS[scene.colour])
+        colour = Image.new("RGB", (big, big), scene.fill or COLOURS[scene.colour])
         if scene.kind == "style":
             yy, xx = np.mgrid[0:big, 0:big]
             stripes = ((xx + yy) // (4 * _SS)) % 2 == 1
             arr = np.asarray(colour).copy()
             arr[stripes] = STRIPE_COLOUR
             colour = Image.fromarray(arr)
-        img.paste(colour, (0, 0), _mask(scene.shape, scene))
+        inside = scene
+        if scene.outline:  # the same shape in the dark colour, the fill drawn smaller on top: a ring
+            img.paste(Image.new("RGB", (big, big), STRIPE_COLOUR), (0, 0), _mask(scene.shape, scene))
+            inside = replace(scene, radius=scene.radius * 0.8)
+        mask = _mask(scene.shape, inside)
+        img.paste(colour, (0, 0), mask)
+        if scene.fill2 is not None:
+            half = Image.fromarray(np.minimum(np.asarray(mask), np.asarray(_half_plane(scene))))
+            img.paste(Image.new("RGB", (big, big), scene.fill2), (0, 0), half)
     return img.resize((SIZE, SIZE), Image.Resampling.BOX)
 
 
-def render(seed: int, index: int, kind: str = "base", caption_mode: str | None = None) -> tuple[Image.Image, Scene]:
-    scene = sample_scene(seed, index, kind, caption_mode)
+def render(seed: int, index: int, kind: str = "base", caption_mode: str | None = None,
+           world: int = 1) -> tuple[Image.Image, Scene]:
+    scene = sample_scene(seed, index, kind, caption_mode, world)
     return render_scene(scene), scene
 
 
-def render_array(seed: int, start: int, count: int, kind: str = "base") -> tuple[np.ndarray, list[Scene]]:
+def render_array(seed: int, start: int, count: int, kind: str = "base", world: int = 1) -> tuple[np.ndarray, list[Scene]]:
     """``count`` pictures as a uint8 array (count, 64, 64, 3) and their scenes."""
     out = np.empty((count, SIZE, SIZE, 3), np.uint8)
     scenes = []
     for i in range(count):
-        img, scene = render(seed, start + i, kind)
+        img, scene = render(seed, start + i, kind, world=world)
         out[i] = np.asarray(img)
         scenes.append(scene)
     return out, scenes
