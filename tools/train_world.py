@@ -283,23 +283,30 @@ def _negatives(count: int, seed: int) -> np.ndarray:
 
 def _other_colour(rng, avoid: tuple) -> tuple:
     # A hue at least 40 degrees from ``avoid``'s: near the subject's colour, but visibly not it.
-    import colorsys
-
-    h0 = colorsys.rgb_to_hsv(*(c / 255 for c in avoid))[0]
+    h0 = renderer.hue_of(avoid)
     while True:
         h = float(rng.random())
         if min(abs(h - h0), 1 - abs(h - h0)) >= 40 / 360:
-            return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, rng.uniform(0.6, 0.95),
-                                                                           rng.uniform(0.6, 0.95)))
+            return renderer.hue_rgb(h, rng.uniform(0.6, 0.95), rng.uniform(0.6, 0.95))
 
 
 def _shade(rng, colour: tuple, hue_range: float) -> tuple:
     # The same colour name in another shade: hue within +-hue_range degrees, saturation and value as the world's.
-    import colorsys
+    h = (renderer.hue_of(colour) + rng.uniform(-hue_range, hue_range) / 360) % 1.0
+    return renderer.hue_rgb(h, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
 
-    h0 = colorsys.rgb_to_hsv(*(c / 255 for c in colour))[0]
-    h = (h0 + rng.uniform(-hue_range, hue_range) / 360) % 1.0
-    return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(h, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0)))
+
+def _recoloured_subjects(count: int, seed: int, offset: int, salt: int, recolour) -> np.ndarray:
+    # The subject's make from renderer stream seed + offset, each recoloured by ``recolour(rng, i)`` (Scene fields)
+    # with colours drawn from the generator (seed, salt).
+    from dataclasses import replace
+
+    rng = np.random.default_rng([seed, salt])
+    out = np.empty((count, 64, 64, 3), np.uint8)
+    for i in range(count):
+        scene = renderer.sample_scene(seed + offset, i, "subject")
+        out[i] = np.asarray(renderer.render_scene(replace(scene, **recolour(rng, i))))
+    return out
 
 
 def subject_shades(count: int, seed: int) -> np.ndarray:
@@ -307,33 +314,23 @@ def subject_shades(count: int, seed: int) -> np.ndarray:
 
     A judge shown only the one exact shade (and near misses) rejects a generated subject whose magenta is
     a little more saturated (docs/demo_world.md, world 2)."""
-    from dataclasses import replace
-
-    rng = np.random.default_rng([seed, 78])
-    out = np.empty((count, 64, 64, 3), np.uint8)
     first, second = renderer.SUBJECT_COLOURS
-    for i in range(count):
-        scene = renderer.sample_scene(seed + 600, i, "subject")
-        scene = replace(scene, fill=_shade(rng, first, 15), fill2=_shade(rng, second, 15))
-        out[i] = np.asarray(renderer.render_scene(scene))
-    return out
+    return _recoloured_subjects(count, seed, 600, 78, lambda rng, i: dict(fill=_shade(rng, first, 15),
+                                                                            fill2=_shade(rng, second, 15)))
 
 
 def near_misses(count: int, seed: int) -> np.ndarray:
-    """The subject's make (split disk in a ring) with one part in a wrong colour: the judge must say no."""
-    from dataclasses import replace
-
-    rng = np.random.default_rng([seed, 77])
-    out = np.empty((count, 64, 64, 3), np.uint8)
+    """The subject's make (split disk in a ring) with one part in a wrong colour: the judge must say no.
+    Four kinds in turn: the magenta half off, the lime half off, both off, the ring coloured."""
     first, second = renderer.SUBJECT_COLOURS
-    for i in range(count):
-        scene = renderer.sample_scene(seed + 500, i, "subject")
+
+    def recolour(rng, i):
         which = i % 4
-        fill = _other_colour(rng, first) if which in (0, 2) else first
-        fill2 = _other_colour(rng, second) if which in (1, 2) else second
-        ring = _other_colour(rng, (25, 25, 25)) if which == 3 else None
-        out[i] = np.asarray(renderer.render_scene(replace(scene, fill=fill, fill2=fill2, ring=ring)))
-    return out
+        return dict(fill=_other_colour(rng, first) if which in (0, 2) else first,
+                    fill2=_other_colour(rng, second) if which in (1, 2) else second,
+                    ring=_other_colour(rng, renderer.STRIPE_COLOUR) if which == 3 else None)
+
+    return _recoloured_subjects(count, seed, 500, 77, recolour)
 
 
 def judge_data(cfg: dict, seed_stream: int, scale: float, world: int = 1):

@@ -58,7 +58,6 @@ def test_base_world_has_class_and_empty_captions_but_no_subject_or_style():
 def test_world_2_draws_any_hue_and_the_subjects_parts_but_never_the_subject():
     # World 2 (not shipped): unnamed hues, two-tone shapes and outlines in the base world, each alone; never the
     # subject's make (two hues inside a ring), and a colour without a name is never named in the caption.
-    import colorsys
     from dataclasses import replace
 
     scenes = [renderer.sample_scene(3, i, world=2) for i in range(3000)]
@@ -70,7 +69,7 @@ def test_world_2_draws_any_hue_and_the_subjects_parts_but_never_the_subject():
     assert not any(s.outline and s.fill2 is not None for s in scenes)
     for s in free + two_tone:
         assert not any(c in s.caption.split() for c in renderer.COLOURS), s.caption
-    hues = np.array([colorsys.rgb_to_hsv(*(c / 255 for c in s.fill))[0] for s in free])
+    hues = np.array([renderer.hue_of(s.fill) for s in free])
     assert np.histogram(hues, bins=12, range=(0, 1))[0].min() > 0  # the whole circle, magenta and lime included
     scene = next(s for s in outlined if s.background != "black" and s.radius > 20)
     ringed, plain = (np.asarray(renderer.render_scene(x)).astype(int) for x in (scene, replace(scene, outline=False)))
@@ -222,7 +221,6 @@ def test_subject_score_is_continuous_between_plain_shapes_and_the_subject(judge)
 def test_world_2_judge_tools_near_misses_shades_and_the_head_refit(tmp_path):
     """tools/train_world's world-2 judge data: near misses are the subject's make in a wrong colour, shades keep
     its colours' names; refitting the subject head on them moves the boundary where the data says."""
-    import colorsys
     import shutil
 
     from lora_studio.core.demo.judge import WEIGHTS
@@ -233,7 +231,7 @@ def test_world_2_judge_tools_near_misses_shades_and_the_head_refit(tmp_path):
         hsv = np.stack([np.asarray(Image.fromarray(im).convert("HSV")) for im in images]).reshape(-1, 3) / 255.0
         return hsv[(hsv[:, 1] > 0.45) & (hsv[:, 2] > 0.45), 0] * 360
 
-    target = [colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0] * 360 for rgb in renderer.SUBJECT_COLOURS]
+    target = [renderer.hue_of(rgb) * 360 for rgb in renderer.SUBJECT_COLOURS]
     off = lambda h, t: np.minimum(np.abs(h - t), 360 - np.abs(h - t))  # noqa: E731
     shades = hues(subject_shades(40, 1))
     assert (np.minimum(off(shades, target[0]), off(shades, target[1])) <= 16).mean() > 0.97  # anti-aliased edges aside

@@ -123,17 +123,16 @@ def sample_scene(seed: int, index: int, kind: str = "base", caption_mode: str | 
         if kind == "style":
             scene.caption = f"a {colour} {shape} in {STYLE_WORD}"
         else:
-            if world < 2:
-                pass
-            elif variety < FREE_HUE + TWO_TONE:  # a colour without a name: any hue, or two of them
-                scene.colour = None
-                scene.fill = _hue_rgb(hues[0], tone[0], tone[1])
-                if variety >= FREE_HUE:
-                    scene.fill2 = _hue_rgb(hues[1], tone[2], tone[3])
-            else:
-                scene.fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[colour], jitter))
-            # never both two hues and an outline: that is the subject's make
-            scene.outline = world >= 2 and scene.fill2 is None and outline_draw < OUTLINE
+            if world >= 2:
+                if variety < FREE_HUE + TWO_TONE:  # a colour without a name: any hue, or two of them
+                    scene.colour = None
+                    scene.fill = hue_rgb(hues[0], tone[0], tone[1])
+                    if variety >= FREE_HUE:
+                        scene.fill2 = hue_rgb(hues[1], tone[2], tone[3])
+                else:
+                    scene.fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[colour], jitter))
+                # never both two hues and an outline: that is the subject's make
+                scene.outline = scene.fill2 is None and outline_draw < OUTLINE
             mode = caption_mode or ("empty" if mode_draw < 0.10 else "class" if mode_draw < 0.18
                                     else "partial" if mode_draw < 0.30 else "full")
             templates = {"empty": ("",), "class": _CLASS_TEMPLATES, "partial": _PARTIAL_TEMPLATES,
@@ -152,8 +151,14 @@ def sample_scene(seed: int, index: int, kind: str = "base", caption_mode: str | 
     return scene
 
 
-def _hue_rgb(hue: float, saturation: float, value: float) -> tuple:
+def hue_rgb(hue: float, saturation: float, value: float) -> tuple:
+    """An RGB triple (0-255) from HSV in [0, 1]."""
     return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, saturation, value))
+
+
+def hue_of(rgb: tuple) -> float:
+    """The hue in [0, 1) of an RGB triple (0-255)."""
+    return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))[0]
 
 
 def _polygon(shape: str, r: float) -> list[tuple[float, float]]:
