@@ -63,6 +63,21 @@ def test_fused_weights_equal_live_adapters(files):
         assert diff(arr(fused.generate(REQ)), arr(live.generate(REQ))) < 1 / 255, weights
 
 
+def test_two_kohya_files_blend_like_their_diffusers_files(files, tmp_path):
+    # The run's main file is kohya's layout; loading a second one used to fail the architecture guard ("no such
+    # layer in the model") because the first had wrapped the layers it names.
+    from lora_studio.core.lora_files import export_kohya
+
+    kohya = {k: export_kohya(files[k], tmp_path / f"{k}_kohya.safetensors", family="sd1") for k in ("a", "b")}
+    images = []
+    for pair in ((files["a"], files["b"]), (kohya["a"], kohya["b"])):
+        engine = PreviewEngine(pipe=pipeline("demo"))
+        engine.set_loras([(pair[0], "a"), (pair[1], "b")])
+        engine.set_weights({"a": 0.8, "b": -0.6})
+        images.append(arr(engine.generate(REQ)))
+    assert diff(images[0], images[1]) < 1e-3
+
+
 def test_progress_and_cancel_within_one_step(files):
     engine = PreviewEngine(pipe=pipeline("demo"))
     calls = []

@@ -71,9 +71,10 @@ def kohya_module_map(pipe) -> dict[str, tuple[str, object]]:
         if model is None:
             continue
         for mod_name, module in model.named_modules():
-            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and ".lora_" not in mod_name \
-                    and not mod_name.endswith("base_layer"):
-                name = f"{comp}.{mod_name}"
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and ".lora_" not in mod_name:
+                # A layer that a loaded adapter already wraps (peft) is reached as ``<layer>.base_layer``: map the
+                # layer's own name to it, so a second LoRA is checked against the same layers as the first.
+                name = f"{comp}.{mod_name.removesuffix('.base_layer')}"
                 try:
                     out[kohya_name(name, family, pipe.unet.config)] = (name, module)
                 except KeyError:
