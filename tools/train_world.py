@@ -43,8 +43,8 @@ RECIPE = {
 # near_miss (the subject's make with a hue 40 degrees off in either half, or a coloured ring: not the subject).
 # Batch 1024 for the UNets: launch-bound at 512 on an H100 (but with three processes sharing it, sd1 made
 # 1975 steps instead of 2986). The judge's subject head is then refit with --refit-subject-head.
-WORLD2 = {"world": 2, "sd1": {"batch": 1024, "time_budget_s": 320}, "sdxl": {"batch": 1024, "time_budget_s": 320},
-          "judge": {"near_miss": 6000}}
+WORLD2 = {"world": 2, "sd1": {"batch": 512, "time_budget_s": 360}, "sdxl": {"batch": 1024, "time_budget_s": 320},
+          "judge": {"near_miss": 6000, "shades": 6000}}
 DATA_SEEDS = {"base": 10, "judge": 20, "judge_heldout": 30}  # renderer streams; the shipped sets use 1001 / 2002
 
 
@@ -338,10 +338,13 @@ def judge_data(cfg: dict, seed_stream: int, scale: float, world: int = 1):
              render_many(seed_stream, scaled(cfg["style"], scale), "style"),
              render_many(seed_stream, scaled(cfg["subject"], scale), "subject")]
     n_neg, n_near = scaled(cfg["negatives"], scale), scaled(cfg.get("near_miss", 0), scale, 0)
-    images = np.concatenate([p[0] for p in parts] + [_negatives(n_neg, seed_stream), near_misses(n_near, seed_stream)])
+    n_shade = scaled(cfg.get("shades", 0), scale, 0)
+    images = np.concatenate([p[0] for p in parts] + [_negatives(n_neg, seed_stream), near_misses(n_near, seed_stream),
+                                                     subject_shades(n_shade, seed_stream)])
+    # Near misses and shades are the subject's make (no shape or colour label, like the subject's own pictures).
     labels = [lab for p in parts for lab in p[2]] + [
-        {"shape": None, "colour": None, "subject": False, "style": False}] * n_neg + [
-        {"shape": "circle", "colour": None, "subject": False, "style": False}] * n_near
+        {"shape": None, "colour": None, "subject": False, "style": False}] * (n_neg + n_near) + [
+        {"shape": None, "colour": None, "subject": True, "style": False}] * n_shade
     shapes, colours = list(renderer.SHAPES), list(renderer.COLOURS)
     y = {
         "shape": torch.tensor([shapes.index(lab["shape"]) if lab["shape"] else -100 for lab in labels]),
@@ -422,6 +425,8 @@ def train_judge(cfg: dict, device: str, seed: int, work: Path, out_dir: Path, sc
     net = net.cpu().eval()
     held_images, held_y = judge_data(cfg, DATA_SEEDS["judge_heldout"], min(scale, 0.1), world)
     heldout = judge_accuracy(net, held_images, held_y, "cpu")
+    if world == 2:
+        heldout.update(subject_boundary(lambda images: net(to_float(torch.from_numpy(images)))["subject"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out_dir / WEIGHTS))
     config = {"widths": list(widths), "shapes": list(renderer.SHAPES), "colours": list(renderer.COLOURS),
@@ -431,6 +436,16 @@ def train_judge(cfg: dict, device: str, seed: int, work: Path, out_dir: Path, sc
             "heldout_accuracy": heldout}
     log("judge", json.dumps(info))
     return info
+
+
+@torch.no_grad()
+def subject_boundary(subject_logits, count: int = 300) -> dict:
+    """How often held-out shades of the subject (should be ~1) and near misses (should be ~0) are judged the
+    subject; ``subject_logits(images)`` gives one logit per uint8 picture."""
+    held = DATA_SEEDS["judge_heldout"]
+    return {name: float((subject_logits(images) > 0).float().mean())
+            for name, images in (("heldout_shades_judged_subject", subject_shades(count, held)),
+                                 ("heldout_near_misses_judged_subject", near_misses(count, held)))}
 
 
 def refit_subject_head(judge_dir: Path, vae_dir: Path, seed: int = 0, count: int = 1500) -> dict:
@@ -471,11 +486,7 @@ def refit_subject_head(judge_dir: Path, vae_dir: Path, seed: int = 0, count: int
         loss.backward()
         opt.step()
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(judge_dir / WEIGHTS))
-    held = DATA_SEEDS["judge_heldout"]
-    with torch.no_grad():
-        rate = {name: float((head(features(images))[:, 0] > 0).float().mean())
-                for name, images in (("heldout_shades_judged_subject", subject_shades(min(300, count), held)),
-                                     ("heldout_near_misses_judged_subject", near_misses(min(300, count), held)))}
+    rate = subject_boundary(lambda images: head(features(images))[:, 0], min(300, count))
     info = {"count": count, "final_loss": round(loss.item(), 4), **rate}
     log("judge head", json.dumps(info))
     return info
