@@ -100,3 +100,21 @@ def test_status_says_when_the_preview_runs_in_low_memory(qtbot, make_window):
     tab.worker.model_loaded.emit("xl.safetensors", 3, True, True)  # a 6-8 GB card with an SDXL model
     qtbot.waitUntil(lambda: "UNet stored in 8 bits" in tab.status.text(), timeout=5000)
     assert "text encoders in system memory" in tab.status.text() and tab.model_loads == 3
+
+
+def test_each_lora_rows_name_is_shown_beside_its_slider_not_under_it(qtbot, make_window, tiny_loras):
+    """In the app's window at its usual size the name keeps its room: the slider's stretch used to take it and
+    draw over the name (README screenshot of 2026-12-07)."""
+    window = make_window()
+    window.resize(1400, 900)
+    window.show()
+    tab = window.preview_tab
+    window.tabs.setCurrentWidget(tab)
+    rows = [tab.add_lora(str(tiny_loras[0]), 1.0), tab.add_lora(str(tiny_loras[1]), 0.8)]
+    qtbot.waitExposed(window)
+    qtbot.waitUntil(lambda: all(r.isVisible() and r.slider.width() < 600 for r in rows), timeout=5000)  # laid out
+    for row in rows:
+        name, slider = row.name.geometry(), row.slider.geometry()
+        assert name.width() >= 110
+        assert name.right() < slider.left(), (name, slider)
+        assert row.name.text() in ("style_a", "style_b")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PySide6.QtCore import Qt, QTimer, Signal
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QToolButton, QWidget
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QSizePolicy, QToolButton, QWidget
 from superqt import QLabeledDoubleSlider
 
 from lora_studio.gui.widgets.elided_label import ElidedLabel
@@ -29,6 +29,9 @@ class LoraRow(QWidget):
         self.enabled.setToolTip("Use this LoRA")
         self.name = ElidedLabel(self.display_name(path), mode=Qt.ElideRight)
         self.name.setToolTip(path)  # the whole path; the label shows the run's or file's name
+        # An elided label ignores its size hint (so a long path cannot widen the window); here that let the
+        # slider's stretch take the name's place and draw over it. Preferred: 110-170 px, the slider gets the rest.
+        self.name.setSizePolicy(QSizePolicy.Preferred, QSizePolicy.Preferred)
         self.name.setMinimumWidth(110)
         self.name.setMaximumWidth(170)
         # the slider and its editable number are one widget (superqt): no hand-synced spin box
