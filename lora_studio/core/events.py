@@ -6,6 +6,8 @@ so a multi-GPU run looks exactly like an in-process one to the GUI and the CLI.
 
 from __future__ import annotations
 
+import os
+
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -131,6 +133,7 @@ class JsonlWriter:
     """An emit target that appends events to a file, flushed per line so a reader can tail it."""
 
     def __init__(self, path: str, forward: Emit | None = None):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # `--events runs/a.jsonl` on a new folder
         self._file = open(path, "a", encoding="utf-8")
         self._forward = forward
 

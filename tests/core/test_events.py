@@ -31,7 +31,7 @@ def test_nan_loss_survives_json():
 
 
 def test_jsonl_writer_and_reader(tmp_path):
-    path = tmp_path / "events.jsonl"
+    path = tmp_path / "runs" / "new" / "events.jsonl"  # a folder that does not exist yet is made
     seen = []
     writer = ev.JsonlWriter(str(path), forward=seen.append)
     events = [ev.Started(total_steps=2), ev.Progress(step=1, total=2, loss=0.5), ev.Finished(result={})]
