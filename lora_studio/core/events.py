@@ -6,10 +6,9 @@ so a multi-GPU run looks exactly like an in-process one to the GUI and the CLI.
 
 from __future__ import annotations
 
-import os
-
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Iterable, Iterator, Union
 
