@@ -40,9 +40,9 @@ RECIPE = {
               "lr": 2e-3, "time_budget_s": 200},
 }
 # World 2 (`--world 2`, not shipped; docs/demo_world.md): the renderer's variety, and for the judge
-# near_miss (the subject's make with a hue 40 degrees off in either half, or a coloured ring: not the subject).
-# Batch 1024 for the UNets: launch-bound at 512 on an H100 (but with three processes sharing it, sd1 made
-# 1975 steps instead of 2986). The judge's subject head is then refit with --refit-subject-head.
+# near_miss (the subject's make with a hue 40 degrees off in either half, or a coloured ring: not the subject) and
+# shades (the subject with its colours' hues within 15 degrees: still the subject). The demo UNet at batch 512:
+# at 1024 with three processes sharing an H100 it made 1975 steps and drew shapes worse; at 512, 3685 in 360 s.
 WORLD2 = {"world": 2, "sd1": {"batch": 512, "time_budget_s": 360}, "sdxl": {"batch": 1024, "time_budget_s": 320},
           "judge": {"near_miss": 6000, "shades": 6000}}
 DATA_SEEDS = {"base": 10, "judge": 20, "judge_heldout": 30}  # renderer streams; the shipped sets use 1001 / 2002
