@@ -100,9 +100,11 @@ def _grid(name: str) -> list[dict]:
         return _seeds23(s)
     if name == "world2":  # issue 23: the shipped recipes on demo world 2 (models and judge swapped into resources/)
         return [dict(s, name="demo_subject"), dict(kind="subject", model="demo-xl", name="xl_subject"),
-                dict(kind="style", model="demo", name="demo_style"), dict(kind="style", model="demo-xl", name="xl_style")]
+                dict(kind="style", model="demo", name="demo_style"),
+                dict(kind="style", model="demo-xl", name="xl_style")]
     if name == "world2_levers":  # the subject recipe on world 2 with one training lever each (docs/demo_quality.md)
-        return [dict(s, name="cos", lr_scheduler="cosine"), dict(s, name="b8_300", train_batch_size=8, max_train_steps=300),
+        return [dict(s, name="cos", lr_scheduler="cosine"),
+                dict(s, name="b8_300", train_batch_size=8, max_train_steps=300),
                 dict(s, name="cos1e-2", lr_scheduler="cosine", learning_rate=1e-2),
                 dict(kind="subject", model="demo-xl", name="xl_cos", lr_scheduler="cosine"),
                 dict(kind="subject", model="demo-xl", name="xl_cos1e-2", lr_scheduler="cosine", learning_rate=1e-2)]
