@@ -6,7 +6,7 @@
 Each config is ``{"name", "kind", "model", <TrainingConfig overrides>}``, trained and judged by
 ``lora_studio.core.demo.quality.train_and_judge`` (one torch thread, CUDA hidden, so a
 16-core box reproduces this 2-core CPU's numerics config by config). ``--guidance 7.5 5`` judges the
-same adapter at several guidance scales (the first is the recipe's). Results are written after every
+same adapter at several guidance scales (default: the recipe's, ``recipe.GUIDANCE``). Results are written after every
 finished config (JSON + a Markdown table next to it), so a run cut short keeps what it finished.
 """
 
@@ -102,12 +102,23 @@ def _grid(name: str) -> list[dict]:
         return [dict(s, name="demo_subject"), dict(kind="subject", model="demo-xl", name="xl_subject"),
                 dict(kind="style", model="demo", name="demo_style"),
                 dict(kind="style", model="demo-xl", name="xl_style")]
-    if name == "world2_levers":  # the subject recipe on world 2 with one training lever each (docs/demo_quality.md)
-        return [dict(s, name="cos", lr_scheduler="cosine"),
-                dict(s, name="b8_300", train_batch_size=8, max_train_steps=300),
-                dict(s, name="cos1e-2", lr_scheduler="cosine", learning_rate=1e-2),
-                dict(kind="subject", model="demo-xl", name="xl_cos", lr_scheduler="cosine"),
-                dict(kind="subject", model="demo-xl", name="xl_cos1e-2", lr_scheduler="cosine", learning_rate=1e-2)]
+    if name == "world2_levers":  # the subject recipe of 2026-12-07 (constant 5e-3) on world 2, one lever each
+        c = dict(s, learning_rate=5e-3, lr_scheduler="constant")  # docs/demo_quality.md, issue 23
+        xc = dict(c, model="demo-xl")
+        return [dict(c, name="cos", lr_scheduler="cosine"),
+                dict(c, name="b8_300", train_batch_size=8, max_train_steps=300),
+                dict(c, name="cos1e-2", lr_scheduler="cosine", learning_rate=1e-2),
+                dict(xc, name="xl_cos", lr_scheduler="cosine"),
+                dict(xc, name="xl_cos1e-2", lr_scheduler="cosine", learning_rate=1e-2),
+                # demo-xl, fifth session: longer, lower, or a faster-learning token
+                dict(xc, name="xl_cos1e-2_900", lr_scheduler="cosine", learning_rate=1e-2, max_train_steps=900),
+                dict(xc, name="xl_cos1e-2_telr3e-3", lr_scheduler="cosine", learning_rate=1e-2, text_encoder_lr=3e-3),
+                dict(xc, name="xl_cos3e-3", lr_scheduler="cosine", learning_rate=3e-3),
+                dict(xc, name="xl_cos_telr3e-3", lr_scheduler="cosine", text_encoder_lr=3e-3),
+                # demo on cosine 1e-2 (shipped 2026-12-07 evening): weaker prior, a stronger LoRA, longer
+                dict(c, name="cos1e-2_plw0.5", lr_scheduler="cosine", learning_rate=1e-2, prior_loss_weight=0.5),
+                dict(c, name="cos1e-2_a16", lr_scheduler="cosine", learning_rate=1e-2, lora_alpha=16.0),
+                dict(c, name="cos1e-2_800", lr_scheduler="cosine", learning_rate=1e-2, max_train_steps=800)]
     raise SystemExit(f"unknown grid {name!r}")
 
 
@@ -135,9 +146,11 @@ def _one(config: dict, guidances: list[float], seeds: int, work: str, device: st
 
     torch.set_num_threads(1)
     from lora_studio.core.demo.quality import judge_adapter, train_and_judge
+    from lora_studio.core.demo.recipe import GUIDANCE
 
     cfg = dict(config)
     name, kind, model = cfg.pop("name"), cfg.pop("kind"), cfg.pop("model")
+    guidances = guidances or [GUIDANCE[kind]]
     out = Path(work) / name
     t0 = time.perf_counter()
     if judge_only:  # the adapter an earlier sweep trained under --work, judged again (e.g. by a retrained judge)
@@ -189,7 +202,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="run only these config names")
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=16)
-    ap.add_argument("--guidance", type=float, nargs="+", default=[7.5])
+    ap.add_argument("--guidance", type=float, nargs="+", help="default: the recipe's guidance for the kind")
     ap.add_argument("--train-seeds", type=int, default=0,
                     help="run every config with training seeds 0..N-1 (names get _sN)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",

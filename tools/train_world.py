@@ -39,7 +39,7 @@ RECIPE = {
     "judge": {"base": 40_000, "style": 8000, "subject": 6000, "negatives": 4000, "steps": 4000, "batch": 256,
               "lr": 2e-3, "time_budget_s": 200},
 }
-# World 2 (`--world 2`, not shipped; docs/demo_world.md): the renderer's variety, and for the judge
+# World 2 (what ships since 2026-12-07; docs/demo_world.md): the renderer's variety, and for the judge
 # near_miss (the subject's make with a hue 40 degrees off in either half, or a coloured ring: not the subject) and
 # shades (the subject with its colours' hues within 15 degrees: still the subject). The demo UNet at batch 512:
 # at 1024 with three processes sharing an H100 it made 1975 steps and drew shapes worse; at 512, 3685 in 360 s.
@@ -553,7 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="multiplies step and image counts (smoke runs)")
     p.add_argument("--parallel", action="store_true", help="train demo, demo-xl and the judge at once")
     p.add_argument("--vae", help="reuse this trained VAE folder instead of training one (e.g. resources/models/demo/vae)")
-    p.add_argument("--world", type=int, choices=[1, 2], default=1, help="which demo world (2: not shipped)")
+    p.add_argument("--world", type=int, choices=[1, 2], default=2,
+                   help="which demo world (2: the shipped weights, since 2026-12-07; 1: the first world)")
     p.add_argument("--stages", default="sd1,sdxl,judge", help="which of sd1, sdxl, judge to train (default: all)")
     p.add_argument("--stage", choices=["sd1", "sdxl", "judge"], help=argparse.SUPPRESS)
     p.add_argument("--refit-subject-head", metavar="JUDGE_DIR",

@@ -49,14 +49,16 @@ def test_demo_writes_adapter_grid_plot_and_summary(demo_run):
 
 @pytest.mark.slow
 def test_demo_learns_the_subject_and_prior_preservation_holds(demo_run):
-    """What holds on every machine and training seed tried: no subject without the token's LoRA, none for
-    the class prompt, a clear jump at weight 1 (docs/demo_quality.md), and a blend: the judge's continuous
-    subject score rises with the weight."""
+    """The demo's bars (recipe.BARS): the subject at weight 1 (training seeds 0-4 gave 81-100% on this CPU),
+    none without the token's LoRA, none for the class prompt, and a blend: the judge's continuous subject score
+    rises with the weight. The demo says PASSED."""
     out, proc = demo_run
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     scores = summary["scores"]
     assert scores["subject_at_0"] <= 0.1
     assert scores["class_prompt_subject_at_1"] <= 0.2
-    assert scores["subject_at_1"] >= scores["subject_at_0"] + 0.25, scores
+    assert scores["subject_at_1"] >= 0.8, scores
     blend = summary["subject_scores"]
     assert blend["subject_at_0"] < blend["subject_at_0.5"] <= blend["subject_at_1"], blend
+    assert summary["all_passed"] and summary["verdict"].startswith("PASSED"), summary["verdict"]
+    assert "PASSED" in proc.stdout

@@ -94,8 +94,9 @@ def subject_xl(tmp_path_factory):
 def test_subject_lora_on_demo_xl_shows_the_subject_only_with_the_token(subject_xl):
     s = subject_xl["scores"]
     assert s["subject_at_0"] <= 0.1 and s["class_prompt_subject_at_1"] <= 0.2, s
-    # The LoRA did learn the subject (seed 0: 0.44 / 0.625 at weights 0.5 / 1; seed 1: 0.375 / 0.0).
-    assert max(s["subject_at_0.5"], s["subject_at_1"]) >= 0.25, s
+    # demo-xl's bar (70% at weight 1; training seeds 0-4 gave 0.75-0.94 on this CPU and on an H100) and the blend
+    assert s["subject_at_1"] >= recipe.BARS[("subject", "demo-xl")]["subject_at_1"][1], s
+    assert subject_xl["all_passed"], subject_xl["passed"]
 
 
 def _unconditional_drift(adapter, model="demo") -> float:

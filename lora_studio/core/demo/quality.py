@@ -50,7 +50,7 @@ def judge_plan(kind: str, seeds: int, weights=None) -> list[tuple[str, str, floa
     return plan
 
 
-def judge_adapter(kind: str, model: str, adapter: str | Path, seeds: int = JUDGE_SEEDS, guidance: float = GUIDANCE,
+def judge_adapter(kind: str, model: str, adapter: str | Path, seeds: int = JUDGE_SEEDS, guidance: float | None = None,
                   weights=None, emit: Callable | None = None, stop=None, engine=None,
                   keep_images: bool = False) -> dict[str, Any] | None:
     """Generate the judged sets with the PreviewEngine and score them; None if ``stop`` fired."""
@@ -60,6 +60,7 @@ def judge_adapter(kind: str, model: str, adapter: str | Path, seeds: int = JUDGE
     from lora_studio.core.inference.engine import PreviewEngine, PreviewRequest
 
     check(kind, model)
+    guidance = GUIDANCE[kind] if guidance is None else guidance
     emit = emit if emit is not None else (lambda event: None)
     should_stop = stop.is_set if hasattr(stop, "is_set") else (stop or (lambda: False))
     if engine is None:
@@ -116,46 +117,38 @@ def check_bars(kind: str, model: str, scores: dict[str, float],
 
 
 def train_and_judge(kind: str = "subject", model: str = "demo", out: str | Path = "lora-studio-judged",
-                    judge_seeds: int = JUDGE_SEEDS, guidance: float = GUIDANCE, emit: Callable | None = None,
+                    judge_seeds: int = JUDGE_SEEDS, guidance: float | None = None, emit: Callable | None = None,
                     stop=None, engine=None, keep_images: bool = False, **overrides) -> dict[str, Any]:
     """Train the (kind, model) recipe (``overrides`` change any config key), judge it, return the report.
 
-    On CPU the run uses one torch thread (the tensors are tiny; a second thread only spin-waits when
-    other programs share the CPU) and restores the caller's thread count afterwards.
+    Runs on the caller's torch threads: `lora-studio demo` takes every core (on a quiet 2-core CPU two threads
+    train 16% faster than one), the app leaves one for the window, a sweep gives each process one.
     """
-    import torch
-
     from lora_studio.core.training import train
 
-    threads = torch.get_num_threads()
-    if not torch.cuda.is_available():
-        torch.set_num_threads(1)
-    try:
-        t0, c0 = time.perf_counter(), time.process_time()
-        cfg = recipe_config(kind, model, out, **overrides)
-        emit_ = emit if emit is not None else (lambda event: None)
-        result = train(cfg, lambda e: None if isinstance(e, Finished) else emit_(e), stop)
-        train_s = time.perf_counter() - t0
-        report: dict[str, Any] = {
-            "kind": kind, "model": model, "adapter": result["adapter_path"], "kohya": result.get("kohya_path"),
-            "steps": result["steps"],
-            "stopped": result["stopped"], "final_loss": result["final_loss"], "class_images": result["class_images"],
-            "fast_path": result.get("fast_path"),
-            "train_seconds": round(train_s, 1), "train_cpu_seconds": round(time.process_time() - c0, 1),
-            "config": _recipe_summary(cfg),
-        }
-        if not result["stopped"] and result.get("adapter_path"):
-            judged = judge_adapter(kind, model, result["adapter_path"], judge_seeds, guidance, emit=emit_, stop=stop,
-                                   engine=engine, keep_images=keep_images)
-            if judged is not None:
-                report.update(judged)
-        report["total_seconds"] = round(time.perf_counter() - t0, 1)
-        # CPU time of this process: with one thread, what the wall time is on an otherwise idle machine.
-        report["total_cpu_seconds"] = round(time.process_time() - c0, 1)
-        report["loss_history"] = result["loss_history"]
-        return report
-    finally:
-        torch.set_num_threads(threads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    cfg = recipe_config(kind, model, out, **overrides)
+    emit_ = emit if emit is not None else (lambda event: None)
+    result = train(cfg, lambda e: None if isinstance(e, Finished) else emit_(e), stop)
+    train_s = time.perf_counter() - t0
+    report: dict[str, Any] = {
+        "kind": kind, "model": model, "adapter": result["adapter_path"], "kohya": result.get("kohya_path"),
+        "steps": result["steps"],
+        "stopped": result["stopped"], "final_loss": result["final_loss"], "class_images": result["class_images"],
+        "fast_path": result.get("fast_path"),
+        "train_seconds": round(train_s, 1), "train_cpu_seconds": round(time.process_time() - c0, 1),
+        "config": _recipe_summary(cfg),
+    }
+    if not result["stopped"] and result.get("adapter_path"):
+        judged = judge_adapter(kind, model, result["adapter_path"], judge_seeds, guidance, emit=emit_, stop=stop,
+                               engine=engine, keep_images=keep_images)
+        if judged is not None:
+            report.update(judged)
+    report["total_seconds"] = round(time.perf_counter() - t0, 1)
+    # CPU time of this process (with one thread: the wall time on an otherwise idle machine).
+    report["total_cpu_seconds"] = round(time.process_time() - c0, 1)
+    report["loss_history"] = result["loss_history"]
+    return report
 
 
 def _recipe_summary(cfg) -> dict[str, Any]:
