@@ -21,7 +21,7 @@ SEED = 0  # the shipped training seed; `lora-studio demo --seed S` trains with a
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 GEN_STEPS = 20
 # The guidance the judged pictures are made at, per kind: the subject held on more training seeds at 5 than at
-# 7.5, the style needs 7.5 (guidance amplifies the stripes). Measured in docs/demo_quality.md (issue 23).
+# 7.5, the style needs 7.5 (guidance amplifies the stripes). Measured in docs/demo_quality.md.
 GUIDANCE = {"subject": 5.0, "style": 7.5}
 JUDGE_SEEDS = 16
 
