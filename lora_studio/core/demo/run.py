@@ -1,8 +1,8 @@
 """The main job on the embedded default: DreamBooth-LoRA with prior preservation on the demo subject set
 and the ``demo`` model, then a before/after picture, a loss plot and the judge's scores.
 
-``run_demo(out, emit, stop, seed) -> summary``; ``lora-studio demo`` and the app both call it. The recipe is
-``recipe.py``'s, the one the app's first run shows.
+``run_demo(out, emit, stop, seed) -> summary`` is what ``lora-studio demo`` runs. The recipe is ``recipe.py``'s,
+the one the app's first run shows and trains from its Training tab.
 """
 
 from __future__ import annotations
