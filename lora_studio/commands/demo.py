@@ -39,8 +39,11 @@ def _judged(summary: dict) -> list[str]:
     subject = sorted((k for k in scores if k.startswith("subject_at_")), key=lambda k: float(k.rsplit("_", 1)[1]))
     rows = [(k, f"'a photo of sks shape', LoRA {k.rsplit('_', 1)[1]}") for k in subject]
     rows.append(("class_prompt_subject_at_1", "'a shape' (class), LoRA 1"))
-    lines = [f"  judge, {summary['judge_seeds']} seeds: share showing the subject, and the subject score (0 = a "
-             "plain shape, 1 = the subject)"]
+    how = f"{summary['judge_seeds']} seeds"
+    if "guidance" in summary:  # so a user can make the same pictures in the Preview tab
+        how += f", {summary['judge_steps']} steps, guidance {summary['guidance']:g}"
+    lines = [f"  judge, {how}: share showing the subject, and the subject score (0 = a plain shape, 1 = the "
+             "subject)"]
     for key, label in rows:
         if key not in scores:
             continue

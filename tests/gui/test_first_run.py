@@ -46,6 +46,7 @@ def test_first_run_training_learns_the_subject(qtbot, make_window, tmp_path):
     finally:
         torch.set_num_threads(threads)
     scores = judged["scores"]
+    print("first run judged:", scores)  # docs/demo_quality.md records it
     # The demo's bars (recipe.BARS): the subject at weight 1, none without the LoRA or for the class prompt.
     assert scores["subject_at_0"] <= 0.1, scores
     assert scores["subject_at_1"] >= BARS[("subject", "demo")]["subject_at_1"][1], scores

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lora_studio.core.demo import quality
-from lora_studio.core.demo.recipe import CLASS_PROMPT, JUDGE_SEEDS, SEED, SUBJECT_PROMPT
+from lora_studio.core.demo.recipe import CLASS_PROMPT, GEN_STEPS, JUDGE_SEEDS, SEED, SUBJECT_PROMPT
 from lora_studio.core.events import Finished
 
 MODEL = "demo"
@@ -42,8 +42,9 @@ def run_demo(out: str | Path, emit: Callable | None = None, stop=None, seed: int
         "final_loss": report["final_loss"], "train_seconds": report["train_seconds"], "stopped": report["stopped"],
     }
     if "scores" in report:
-        summary.update({k: report[k] for k in ("judge_seeds", "scores", "subject_scores", "bars", "passed",
-                                               "all_passed")})
+        summary.update({k: report[k] for k in ("judge_seeds", "guidance", "scores", "subject_scores", "bars",
+                                               "passed", "all_passed")})
+        summary["judge_steps"] = GEN_STEPS
         summary["verdict"] = verdict(MODEL, report["scores"], report["passed"])
         grid = before_after(report["images"], report["scores"], report["subject_scores"], summary["verdict"])
         _save_png(out / "before_after.png", grid)
@@ -52,7 +53,6 @@ def run_demo(out: str | Path, emit: Callable | None = None, stop=None, seed: int
     _save_png(loss_path, loss_plot(report["loss_history"], title=f"demo DreamBooth-LoRA, rank {config['rank']}"))
     summary["loss_plot"] = str(loss_path)
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
-    summary["total_cpu_seconds"] = report.get("total_cpu_seconds")
     summary["summary"] = str(out / "summary.json")
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     emit(Finished(summary))
