@@ -118,7 +118,10 @@ def _grid(name: str) -> list[dict]:
                 # demo on cosine 1e-2 (shipped 2026-12-07 evening): weaker prior, a stronger LoRA, longer
                 dict(c, name="cos1e-2_plw0.5", lr_scheduler="cosine", learning_rate=1e-2, prior_loss_weight=0.5),
                 dict(c, name="cos1e-2_a16", lr_scheduler="cosine", learning_rate=1e-2, lora_alpha=16.0),
-                dict(c, name="cos1e-2_800", lr_scheduler="cosine", learning_rate=1e-2, max_train_steps=800)]
+                dict(c, name="cos1e-2_800", lr_scheduler="cosine", learning_rate=1e-2, max_train_steps=800),
+                # the two GPU misses looked under-learned in the token: a faster text encoder, a higher peak
+                dict(c, name="cos1e-2_telr3e-3", lr_scheduler="cosine", learning_rate=1e-2, text_encoder_lr=3e-3),
+                dict(c, name="cos1.5e-2", lr_scheduler="cosine", learning_rate=1.5e-2)]
     raise SystemExit(f"unknown grid {name!r}")
 
 

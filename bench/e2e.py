@@ -184,13 +184,16 @@ def child_env(cap_gib: float | None, no_triton: bool, cache: Path | None = None)
     return env
 
 
-def run_train(config: Path, cap_gib: float | None, no_triton: bool, cache: Path | None = None) -> dict:
-    """Run `lora-studio train` in a fresh process; the events file is tailed so each event gets its time."""
+def run_train(config: Path, cap_gib: float | None, no_triton: bool, cache: Path | None = None,
+              profile: str = "") -> dict:
+    """Run `lora-studio train` in a fresh process; the events file is tailed so each event gets its time.
+    ``profile``: a name; the process runs under cProfile and leaves ``<name>.prof`` beside its config."""
     events_path = config.parent / "events.jsonl"
     events_path.unlink(missing_ok=True)
     log = open(config.parent / "train.log", "w")
+    prof = ["-m", "cProfile", "-o", str(config.parent / f"{profile}.prof")] if profile else []
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "lora_studio", "train", str(config), "--events", str(events_path)],
+    proc = subprocess.Popen([sys.executable, *prof, "-m", "lora_studio", "train", str(config), "--events", str(events_path)],
                             env=child_env(cap_gib, no_triton, cache), stdout=log, stderr=subprocess.STDOUT,
                             cwd=str(ROOT))
     stamped: list[tuple[float, dict]] = []
@@ -292,6 +295,8 @@ def parse_args(argv):
     ap.add_argument("--no-triton", action="store_true", help="`import triton` fails in every process (Windows)")
     ap.add_argument("--no-triton-too", action="store_true",
                     help="after each comparison, lora-studio's side again without Triton (same script time)")
+    ap.add_argument("--profile", action="store_true",
+                    help="comparison rows under cProfile (cold.prof / warm.prof in the run folder; slower)")
     ap.add_argument("--tiny", action="store_true", help="demo-sized models, 64 px, a few steps, no cap (CPU smoke)")
     ap.add_argument("--work", help="where models, pictures and runs go (default OUT/e2e-work)")
     ap.add_argument("--out", default=record.default_out())
@@ -324,8 +329,9 @@ def capped_row(family, preset, model, pictures, work, args) -> dict:
 def peer_row(family, model, pictures, work, args) -> dict:
     rundir = work / "runs" / f"{family}-peer{'-notriton' if args.no_triton else ''}"
     config = peer_config(model, pictures, rundir, family, args)
-    ours = summarize(run_train(config, None, args.no_triton, rundir / "cache"))  # cold: nothing encoded yet
-    warm = summarize(run_train(config, None, args.no_triton, rundir / "cache"))  # the same run again: warm caches
+    prof = lambda name: name if args.profile else ""  # noqa: E731
+    ours = summarize(run_train(config, None, args.no_triton, rundir / "cache", prof("cold")))  # nothing encoded yet
+    warm = summarize(run_train(config, None, args.no_triton, rundir / "cache", prof("warm")))  # again: warm caches
     row = {"family": family, "preset_gib": 24, "cap_gib": None, **ours,
            "first_step_warm_s": warm["first_step_s"], "wall_warm_s": warm["wall_s"],
            "phases_warm": warm["phases"]}

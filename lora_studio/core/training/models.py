@@ -50,14 +50,11 @@ def load_models(name_or_path: str, dtype: torch.dtype = torch.float32) -> Models
     from lora_studio.core.models.loader import load_pipeline, resolve_model
 
     ref = resolve_model(name_or_path)
-    direct = ref.kind == "diffusers" and (ref.path / "vae").is_dir()  # a folder: the VAE can be read apart
-    pipe = load_pipeline(ref, torch_dtype=dtype if direct else torch.float32, device="cpu")
+    direct = ref.kind == "diffusers" and (ref.path / "vae").is_dir()  # a folder: each part read in its precision
+    # the VAE in fp32 from its own file, never a 16-bit copy cast up
+    pipe = load_pipeline(ref, torch_dtype={"default": dtype, "vae": torch.float32} if direct else torch.float32,
+                         device="cpu")
     vae = pipe.vae
-    if vae.dtype != torch.float32:  # the VAE's own file in fp32, never a 16-bit copy cast up
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(str(ref.path), subfolder="vae", torch_dtype=torch.float32,
-                                            local_files_only=True)
     family = ref.family
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
