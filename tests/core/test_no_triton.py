@@ -59,9 +59,12 @@ def test_every_module_imports_and_accel_reports_no_triton(tmp_path):
         from lora_studio.core.demo.build import make_sd1_unet
         accel = prepare(make_sd1_unet(), Options.training(torch.float32))
         stats = accel.stats()
+        shipped = triton_check.kernel_path("cuda")
+        triton_check.NO_TRITON_SLOWDOWN = None
         gpu = triton_check.kernel_path("cuda")
         triton_check.NO_TRITON_SLOWDOWN = 1.5
         print(json.dumps(dict(shim=shim, failed=failed, stats=stats, cpu=triton_check.kernel_path("cpu"), gpu=gpu,
+                              shipped=shipped,
                               gpu_measured=triton_check.kernel_path("cuda"))))
     """, tmp_path)
     assert out["shim"] and STAND_IN in out["shim"]  # the stand-in is what answered `import triton`
@@ -73,6 +76,7 @@ def test_every_module_imports_and_accel_reports_no_triton(tmp_path):
     assert out["cpu"] == stats["kernels"]
     assert out["gpu"].startswith("without Triton kernels: no Triton (") and out["gpu"].endswith(", expect slower steps")
     assert out["gpu_measured"].endswith(", expect about 1.5x slower steps")
+    assert out["shipped"].endswith(", expect about 1.2x slower steps")  # the measured figure ships
 
 
 def test_installer_self_check_names_the_path(tmp_path):

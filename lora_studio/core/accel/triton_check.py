@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-# How many times slower a training step is without the Triton kernels, end to end on the same GPU (SDXL, the
-# 200-step comparison of bench/e2e.py with bench/no_triton on the path; figure and command in bench/NOTES.md).
-# None: not measured yet, and the sentence says "slower" without a number.
-NO_TRITON_SLOWDOWN: float | None = None
+# How many times slower a training step is without the Triton kernels, in the real `lora-studio train` on one GPU
+# (SDXL at 1024, batch 1: 82.2 ms against 69.5 ms, bench/e2e.py with and without bench/no_triton on the path;
+# figures and commands in bench/NOTES.md). None would mean not measured: the sentence then gives no number.
+NO_TRITON_SLOWDOWN: float | None = 1.2
 
 FAST = "fast kernels (Triton)"
 
