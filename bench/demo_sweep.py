@@ -121,7 +121,9 @@ def _grid(name: str) -> list[dict]:
                 dict(c, name="cos1e-2_800", lr_scheduler="cosine", learning_rate=1e-2, max_train_steps=800),
                 # the two GPU misses looked under-learned in the token: a faster text encoder, a higher peak
                 dict(c, name="cos1e-2_telr3e-3", lr_scheduler="cosine", learning_rate=1e-2, text_encoder_lr=3e-3),
-                dict(c, name="cos1.5e-2", lr_scheduler="cosine", learning_rate=1.5e-2)]
+                dict(c, name="cos1.5e-2", lr_scheduler="cosine", learning_rate=1.5e-2),
+                # the GPU's fp32 convolutions run in TF32 by default (cuDNN), the CPU's in fp32: the same arithmetic
+                dict(c, name="cos1e-2_notf32", lr_scheduler="cosine", learning_rate=1e-2, tf32=False)]
     raise SystemExit(f"unknown grid {name!r}")
 
 
@@ -153,6 +155,8 @@ def _one(config: dict, guidances: list[float], seeds: int, work: str, device: st
 
     cfg = dict(config)
     name, kind, model = cfg.pop("name"), cfg.pop("kind"), cfg.pop("model")
+    if not cfg.pop("tf32", True):  # training and judging in full fp32 on a GPU (cuDNN takes TF32 by default)
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     guidances = guidances or [GUIDANCE[kind]]
     out = Path(work) / name
     t0 = time.perf_counter()
