@@ -123,7 +123,9 @@ def _grid(name: str) -> list[dict]:
                 dict(c, name="cos1e-2_telr3e-3", lr_scheduler="cosine", learning_rate=1e-2, text_encoder_lr=3e-3),
                 dict(c, name="cos1.5e-2", lr_scheduler="cosine", learning_rate=1.5e-2),
                 # the GPU's fp32 convolutions run in TF32 by default (cuDNN), the CPU's in fp32: the same arithmetic
-                dict(c, name="cos1e-2_notf32", lr_scheduler="cosine", learning_rate=1e-2, tf32=False)]
+                dict(c, name="cos1e-2_notf32", lr_scheduler="cosine", learning_rate=1e-2, tf32=False),
+                # the other way round on the CPU: its convolutions rounded as a TF32 GPU's (bench/tf32_emulation.py)
+                dict(c, name="cos1e-2_tf32emu", lr_scheduler="cosine", learning_rate=1e-2, tf32_emulated=True)]
     raise SystemExit(f"unknown grid {name!r}")
 
 
@@ -155,6 +157,10 @@ def _one(config: dict, guidances: list[float], seeds: int, work: str, device: st
 
     cfg = dict(config)
     name, kind, model = cfg.pop("name"), cfg.pop("kind"), cfg.pop("model")
+    if cfg.pop("tf32_emulated", False) and device == "cpu":
+        from bench.tf32_emulation import emulate
+
+        emulate()
     if not cfg.pop("tf32", True):  # training and judging in full fp32 on a GPU (cuDNN takes TF32 by default)
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     guidances = guidances or [GUIDANCE[kind]]
