@@ -1,3 +1,3 @@
-from lora_studio.cli import main
+from lora_studio.cli import entry
 
-raise SystemExit(main())
+entry()
