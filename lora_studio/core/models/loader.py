@@ -331,8 +331,8 @@ def _load_folder(ref: ModelRef, torch_dtype):
     """``torch_dtype``: one precision, or diffusers' per-component form ``{"default": .., "vae": ..}``.
 
     A component stored in one 16-bit precision and wanted in the other is read as stored and converted after:
-    diffusers converting tensor by tensor while it reads took 3.5 s for SD 1.5 on a 2-core CPU, reading as
-    stored 0.3 s and converting the whole module 0.5 s (bench/NOTES.md)."""
+    on a first read of SD 1.5 (2-core CPU) diffusers converting tensor by tensor took 3.5 s, reading as stored
+    and converting the whole module 0.8 s; with the files already in memory the two are alike (bench/NOTES.md)."""
     import torch
 
     _quiet()
