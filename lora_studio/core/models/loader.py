@@ -303,67 +303,18 @@ def _load_demo(ref: ModelRef, torch_dtype):
     return pipe if torch_dtype == torch.float32 else pipe.to(dtype=torch_dtype)
 
 
-_STORED = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
-
-
-def stored_dtype(folder: Path):
-    """The precision a component folder's weights are stored in (its ``.safetensors`` header), or None.
-
-    Only the files diffusers reads without a variant (``name.safetensors``, ``name-0000x-of-0000y.safetensors``)."""
-    import torch
-
-    for path in sorted(folder.glob("*.safetensors")):
-        if path.name.count(".") != 1:
-            continue  # a variant such as '.fp16.safetensors'
-        try:
-            with open(path, "rb") as fh:
-                header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        except (OSError, ValueError, UnicodeDecodeError):
-            return None  # the load itself reports a broken file, naming it
-        for key, info in header.items():
-            if key != "__metadata__" and isinstance(info, dict):
-                name = _STORED.get(info.get("dtype"))
-                return getattr(torch, name) if name else None
-    return None
-
-
 def _load_folder(ref: ModelRef, torch_dtype):
-    """``torch_dtype``: one precision, or diffusers' per-component form ``{"default": .., "vae": ..}``.
-
-    A component stored in one 16-bit precision and wanted in the other is read as stored and converted after:
-    on a first read of SD 1.5 (2-core CPU) diffusers converting tensor by tensor took 3.5 s, reading as stored
-    and converting the whole module 0.8 s; with the files already in memory the two are alike (bench/NOTES.md)."""
-    import torch
-
+    """``torch_dtype``: one precision, or diffusers' per-component form ``{"default": .., "vae": ..}``."""
     _quiet()
     cls = pipeline_class(ref.family)
-    wanted = dict(torch_dtype) if isinstance(torch_dtype, dict) else {"default": torch_dtype}
-    wanted.setdefault("default", torch.float32)
-    half = (torch.float16, torch.bfloat16)
-    load_as, convert = dict(wanted), {}
-    for name in _components(ref.path):
-        want, stored = wanted.get(name, wanted["default"]), stored_dtype(ref.path / name)
-        if want in half and stored in half and stored != want:
-            load_as[name], convert[name] = stored, want
-    kwargs = dict(torch_dtype=load_as, local_files_only=True)
+    kwargs = dict(torch_dtype=torch_dtype, local_files_only=True)
     if ref.family != "sdxl":
         kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     try:
-        pipe = cls.from_pretrained(str(ref.path), **kwargs)
+        return cls.from_pretrained(str(ref.path), **kwargs)
     except (OSError, ValueError, EnvironmentError) as exc:
         raise LoraStudioError(f"{ref.path}: could not load the diffusers folder: {str(exc).splitlines()[0][:300]}",
                               "check that every subfolder and weight file listed in model_index.json is there.") from None
-    for name, dtype in convert.items():
-        getattr(pipe, name).to(dtype=dtype)
-    return pipe
-
-
-def _components(folder: Path) -> list[str]:
-    try:
-        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []  # from_pretrained names what is wrong with the folder
-    return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
 
 
 def shipped_config_dir(family: str, variant: str = "base") -> Path:
